@@ -1,0 +1,90 @@
+"""One error family; the CLI and the API each translate it in one place."""
+
+from __future__ import annotations
+
+
+class OrchestraError(Exception):
+    """Base of every error a user can cause or be told about."""
+
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON body of an error answer."""
+        body: dict[str, object] = {"error": self.message}
+        if self.key:
+            body["key"] = self.key
+        return body
+
+
+class NotFound(OrchestraError):
+    """An unknown module, task or file."""
+
+    http_status = 404
+    exit_code = 3
+
+
+class InvalidInput(OrchestraError):
+    """Bad input from a user: metadata, arguments, sources, settings."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class InvalidMetadata(InvalidInput):
+    """A metadata.json with one or more problems, each named with its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid metadata.json: " + "; ".join(problems), key="metadata")
+        self.problems = problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "problems": self.problems}
+
+
+class Unauthorized(OrchestraError):
+    """A changing request without the right bearer token."""
+
+    http_status = 401
+    exit_code = 2
+
+
+class WrongState(OrchestraError):
+    """The action does not fit the current state (a name taken, a task not finished...)."""
+
+    http_status = 409
+    exit_code = 4
+
+
+class TooLarge(OrchestraError):
+    """A body, archive or argument over its limit."""
+
+    http_status = 413
+    exit_code = 2
+
+
+class SourceError(OrchestraError):
+    """A source that cannot be fetched: missing folder, failed clone, unknown ref."""
+
+    http_status = 400
+    exit_code = 5
+
+
+class InstallError(OrchestraError):
+    """A failed installation step; carries the step and the installer's log."""
+
+    http_status = 400
+    exit_code = 6
+
+    def __init__(self, step: str, message: str, *, log: str = "") -> None:
+        super().__init__(f"{step} failed: {message}", key=step)
+        self.step = step
+        self.log = log
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "step": self.step, "log": self.log[-20000:]}

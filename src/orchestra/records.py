@@ -1,0 +1,105 @@
+"""Small frozen records that the service returns; the CLI and the API render them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds") + "Z"
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.to_dict()  # type: ignore[attr-defined]
+    return value
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO 8601 UTC)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ModuleSummary(_Record):
+    """One line of the module list."""
+
+    id: int
+    name: str | None
+    description: str
+    version: str | None
+    status: str
+    output_type: str | None
+
+
+@dataclass(frozen=True)
+class ModuleInfo(_Record):
+    """Everything known about one module."""
+
+    id: int
+    name: str | None
+    description: str
+    version: str | None
+    status: str
+    output_type: str | None
+    metadata: dict[str, Any] | None
+    source: str
+    source_kind: str
+    ref: str | None
+    subdir: str | None
+    commit: str | None
+    python_version: str | None
+    created: datetime
+    updated: datetime
+    error: str | None
+    install_log: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The module's own metadata keys first, then Orchestra's (which win on a clash)."""
+        ours = super().to_dict()
+        return {**(self.metadata or {}), **ours}
+
+    def summary(self) -> ModuleSummary:
+        """The list form."""
+        return ModuleSummary(
+            self.id, self.name, self.description, self.version, self.status, self.output_type
+        )
+
+
+@dataclass(frozen=True)
+class OutputFile(_Record):
+    """One file a task wrote into its output folder."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TaskInfo(_Record):
+    """Everything known about one task."""
+
+    id: int
+    module: int
+    args: dict[str, str]
+    status: str
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+    exit_code: int | None
+    error: str | None
+    output: tuple[OutputFile, ...] | None
+
+
+@dataclass(frozen=True)
+class TaskPage(_Record):
+    """One page of the task list; ``next_cursor`` continues it."""
+
+    tasks: tuple[TaskInfo, ...]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None

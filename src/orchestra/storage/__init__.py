@@ -1,0 +1,1 @@
+"""Persistence: the database and the on-disk layout under the data folder."""

@@ -1,0 +1,92 @@
+"""The engine and sessions: SQLite tuned for concurrent writers, or any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestra.storage.tables import SCHEMA_VERSION, Base, SchemaInfo
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Database:
+    """Owns the engine; hands out short read and write transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = _make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # writes on SQLite take the write lock up front (BEGIN IMMEDIATE) so that a
+        # transaction that read first never fails with "database is locked" on upgrade
+        self._write_sessions = sessionmaker(
+            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
+        )
+
+    def create_schema(self) -> None:
+        """Create the tables when missing and record the schema version."""
+        Base.metadata.create_all(self.engine)
+        with self.write() as session:
+            if session.scalar(select(SchemaInfo).limit(1)) is None:
+                session.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction."""
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on success and rolled back on any error."""
+        with self._write_sessions() as session, session.begin():
+            yield session
+
+    def retry(self, work: Callable[[], T], attempts: int = 8) -> T:
+        """Run ``work`` again when the database reports a transient lock."""
+        for attempt in range(attempts):
+            try:
+                return work()
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                _LOGGER.warning("database locked, retrying (%s)", attempt + 1)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # let SQLAlchemy's begin event below issue BEGIN itself (pysqlite's own is deferred)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # type: ignore[no-untyped-def]
+        immediate = connection.get_execution_options().get("sqlite_immediate")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

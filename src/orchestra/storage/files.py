@@ -1,0 +1,86 @@
+"""The on-disk layout under the data folder, and joins that cannot escape it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from orchestra.errors import NotFound
+
+
+def safe_join(base: Path, relative: str) -> Path:
+    """``base/relative`` with symlinks resolved; NotFound when it would leave ``base``."""
+    if not relative or "\x00" in relative or os.path.isabs(relative):
+        raise NotFound(f"no such file: {relative!r}")
+    root = base.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise NotFound(f"no such file: {relative!r}")
+    return target
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TaskFolder:
+    """One task's folder: spec, logs, output and the supervisor's result."""
+
+    def __init__(self, tasks_dir: Path, task_id: int) -> None:
+        self.root = tasks_dir / str(task_id)
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+
+class InstallFolder:
+    """One installed generation of a module: its code and its environment."""
+
+    def __init__(self, installs_dir: Path, name: str) -> None:
+        self.root = installs_dir / name
+
+    @property
+    def code(self) -> Path:
+        return self.root / "code"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def python(self) -> Path:
+        return self.env / "bin" / "python"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "install.log"

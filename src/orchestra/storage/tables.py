@@ -1,0 +1,85 @@
+"""The database schema: modules and tasks (SQLAlchemy 2.0 typed models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    """Declarative base for Orchestra's tables."""
+
+
+class SchemaInfo(Base):
+    """One row: the schema version this database was created with."""
+
+    __tablename__ = "schema_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class ModuleRow(Base):
+    """A registered module; visible to users once ``status`` is ``installed``."""
+
+    __tablename__ = "modules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # NULL while the metadata has not been read yet (an API registration just accepted)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # installing | installed | error
+    description: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[str | None] = mapped_column(String(100))
+    output_type: Mapped[str | None] = mapped_column(String(100))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # metadata.json as given
+    source: Mapped[str] = mapped_column(Text)  # folder path, git URL or "upload:<name>"
+    source_kind: Mapped[str] = mapped_column(String(16))  # folder | git | archive
+    ref: Mapped[str | None] = mapped_column(Text)
+    subdir: Mapped[str | None] = mapped_column(Text)
+    commit: Mapped[str | None] = mapped_column(String(64))
+    python_version: Mapped[str | None] = mapped_column(String(32))
+    install_dir: Mapped[str | None] = mapped_column(Text)  # folder name under installs/
+    install_log: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column()
+    updated: Mapped[datetime] = mapped_column()
+
+    __table_args__ = (
+        # a name is claimed by an installed or installing module, never by a failed one
+        Index(
+            "ix_modules_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("status != 'error'"),
+            postgresql_where=text("status != 'error'"),
+        ),
+    )
+
+
+class TaskRow(Base):
+    """One run of a module; the lifecycle module is the only writer of ``status``."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    module_id: Mapped[int] = mapped_column(ForeignKey("modules.id"))
+    status: Mapped[str] = mapped_column(String(16))  # see tasks.status.TaskStatus
+    args: Mapped[dict[str, str]] = mapped_column(JSON)  # the values as passed to the module
+    created: Mapped[datetime] = mapped_column()
+    started: Mapped[datetime | None] = mapped_column()
+    finished: Mapped[datetime | None] = mapped_column()
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # [{name, size}]
+    timeout: Mapped[float | None] = mapped_column()
+    install_dir: Mapped[str | None] = mapped_column(Text)  # the generation it runs in
+    executor: Mapped[str] = mapped_column(String(32), default="local")
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # executor's job identity
+    kill_requested: Mapped[bool] = mapped_column(default=False)
+
+    __table_args__ = (
+        Index("ix_tasks_status_id", "status", "id"),
+        Index("ix_tasks_module_id", "module_id", "id"),
+    )

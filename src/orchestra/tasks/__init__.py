@@ -1,0 +1,1 @@
+"""Tasks: status values, the lifecycle that moves them, and the scheduler."""
