@@ -43,3 +43,53 @@ def service(settings: Settings) -> Iterator[Service]:
         yield svc
     finally:
         svc.close()
+from tests.gitserver import git_daemon  # noqa: E402, F401
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.testing import FlaskClient
+
+
+@pytest.fixture
+def app(service: Service) -> Flask:
+    """The REST API around the test's service."""
+    from orchestra.api import create_app
+
+    return create_app(service=service)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Flask's test client for ``app``."""
+    return app.test_client()
+
+
+class LiveServer:
+    """A real waitress server on a free loopback port."""
+
+    def __init__(self, url: str, service: Service) -> None:
+        self.url = url
+        self.service = service
+
+
+@pytest.fixture
+def live_server(service: Service) -> Iterator[LiveServer]:
+    """The API served by waitress on 127.0.0.1 (a free port), with the task runner started."""
+    import threading
+    import urllib.request
+
+    from orchestra.api.server import ApiServer
+
+    server = ApiServer(service.settings.with_overrides(host="127.0.0.1", port=0), service)
+    service.start()
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as answer:
+            assert answer.status == 200
+        yield LiveServer(url, service)
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the live server did not stop"

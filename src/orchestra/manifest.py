@@ -16,9 +16,10 @@ METADATA_FILE = "metadata.json"
 MAX_METADATA_BYTES = 1024 * 1024
 TYPES = ("str", "int", "float", "bool")
 ALWAYS_OFFERED = ("start", "stop")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}$")
+# \Z, not $: "$" also matches before a trailing newline ("start\n" would pass)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}\Z")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -18,6 +19,14 @@ _LOGGER = logging.getLogger(__name__)
 # variables a child may inherit; everything else (tokens, proxies for secrets, PYTHON*,
 # UV_*, GIT_*) is dropped so that user-controlled files cannot read or be steered by them
 _KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child must not dlopen
+
+
+def _die_with_parent() -> None:
+    # an installer that outlives a killed server would keep writing into a generation folder
+    # that recovery has removed; the kernel ends it when the thread that started it is gone
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -64,6 +73,7 @@ def run_checked(
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # a single foreign call after fork, taking no lock
         )
     except OSError as exc:
         raise InstallError(step, f"cannot start {argv[0]}: {exc}") from exc

@@ -44,6 +44,8 @@ class ModuleRow(Base):
     install_dir: Mapped[str | None] = mapped_column(Text)  # folder name under installs/
     install_log: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
+    # the process installing it while status is installing, so recovery can tell it is gone
+    installer_pid: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column()
     updated: Mapped[datetime] = mapped_column()
 
@@ -77,6 +79,8 @@ class TaskRow(Base):
     install_dir: Mapped[str | None] = mapped_column(Text)  # the generation it runs in
     executor: Mapped[str] = mapped_column(String(32), default="local")
     handle: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # executor's job identity
+    # what the executor runs (argv, cwd, env, timeout, declared outputs), fixed at submit
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     kill_requested: Mapped[bool] = mapped_column(default=False)
 
     __table_args__ = (

@@ -1,0 +1,97 @@
+"""4. Task overhead: a no-op module through a real server against the bare command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from context import Context
+from harness import (
+    Row,
+    Stats,
+    alternate,
+    executable_of,
+    fmt_delta,
+    fmt_stats,
+    fmt_value,
+    module_argv,
+    run,
+    timed,
+    user_env,
+)
+from live import Server, generations, orchestra_env
+
+_LOGGER = logging.getLogger(__name__)
+
+NAME = "overhead"
+NUMBER = "4"
+TARGET_MEDIAN = 0.010  # seconds Orchestra may add at the median
+TARGET_P95 = 0.025  # seconds Orchestra may add at the 95th percentile
+WARMUP = 5
+METHOD = (
+    "A module that writes one small file. Orchestra: `python -m orchestra serve` in a "
+    "subprocess on a temporary data folder; timed from the client's POST /module/<id>/run to "
+    "the client holding the answer `done` (GET /task/<id>?wait=60 on a kept-alive "
+    "connection), or with a client polling GET /task/<id> every 50 ms. Bare command: "
+    "`env/bin/python -m Noop OUT` run with subprocess from the module's installed code "
+    "folder, with the same environment's interpreter. The three are interleaved; the first "
+    f"{WARMUP} of each are discarded."
+)
+
+
+def run_bench(ctx: Context) -> list[Row]:
+    """Waiting client, polling client and bare command, interleaved."""
+    reps = ctx.reps(100, 5)
+    scratch = ctx.folder("overhead")
+    env = orchestra_env(scratch / "home", ctx.uv_cache)
+    with Server(env, scratch / "server.log") as server:
+        module = ctx.prepare("noop", scratch / "module")
+        module_id = server.register(module)
+        direct = bare_command(server.home, module, scratch / "direct-out")
+        waiting = lambda: timed(lambda: server.wait(server.submit(module_id)))  # noqa: E731
+        polling = lambda: timed(lambda: server.poll(server.submit(module_id)))  # noqa: E731
+        sides = [waiting, direct, polling]
+        alternate(WARMUP, sides)
+        ctx.log(f"overhead: {reps} rep(s) of waiting client / bare command / polling client")
+        waited, bare, polled = alternate(reps, sides, ctx.log if ctx.quick else None)
+    return [
+        _row("task overhead (no-op): waiting client", waited, bare, with_target=True),
+        _row("task overhead (no-op): client polling every 50 ms", polled, bare, with_target=False),
+    ]
+
+
+def bare_command(home: Path, module: Path, out_root: Path) -> Callable[[], float]:
+    """A callable running the installed ``module`` directly; returns its seconds."""
+    generation = generations(home)[-1]
+    code = generation / "code"
+    python = str(generation / "env" / "bin" / "python")
+    argv = [python, "-m", executable_of(module), *module_argv(module)]
+    env = user_env()
+    serial = iter(range(10**9))
+
+    def once() -> float:
+        out = out_root / str(next(serial))
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        run([*argv[:3], str(out), *argv[3:]], env=env, cwd=code)
+        return time.perf_counter() - start
+
+    return once
+
+
+def _row(label: str, ours: list[float], bare: list[float], *, with_target: bool) -> Row:
+    mine, theirs = Stats(tuple(ours)), Stats(tuple(bare))
+    extra_median = mine.median - theirs.median
+    extra_p95 = mine.p95 - theirs.p95
+    met = extra_median <= TARGET_MEDIAN and extra_p95 <= TARGET_P95 if with_target else None
+    return Row(
+        NUMBER,
+        label,
+        f"{fmt_stats(mine, 's')}, p95 {fmt_value(mine.p95, 's')}",
+        f"{fmt_stats(theirs, 's')}, p95 {fmt_value(theirs.p95, 's')}",
+        f"{fmt_delta(extra_median)} median, {fmt_delta(extra_p95)} p95",
+        "≤ +10 ms median, ≤ +25 ms p95" if with_target else "",
+        met,
+    )

@@ -1,0 +1,217 @@
+"""Orchestra as a user drives it: the CLI and a real server, over subprocess and HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness import BenchError, run, user_env
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def orchestra_env(home: Path, uv_cache: Path, **settings: str) -> dict[str, str]:
+    """The user's environment with a data folder, an installer cache and other settings."""
+    extra = {f"ORCHESTRA_{k.upper()}": v for k, v in settings.items()}
+    return user_env(ORCHESTRA_HOME=str(home), ORCHESTRA_UV_CACHE=str(uv_cache), **extra)
+
+
+def cli(*args: str, env: Mapping[str, str], timeout: float = 900.0) -> str:
+    """Run ``python -m orchestra ARGS`` and return what it printed."""
+    return run([sys.executable, "-m", "orchestra", *args], env=env, timeout=timeout).stdout
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Client:
+    """A keep-alive JSON client, so connection set-up is not what gets measured."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Send one request and return (status, decoded JSON body)."""
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, path, body=payload, headers=headers)
+                response = self._conn.getresponse()
+                raw = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                # the server may close an idle keep-alive connection: reconnect once
+                self._conn.close()
+                if attempt == 2:
+                    raise
+        return response.status, json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        """GET ``path``; BenchError unless it answers 200."""
+        return self._expect("GET", path, None, 200)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        """POST ``path``; BenchError unless it answers 2xx."""
+        return self._expect("POST", path, body, 202)
+
+    def _expect(self, method: str, path: str, body: Any, status: int) -> Any:
+        code, data = self.request(method, path, body)
+        if code // 100 != status // 100:
+            raise BenchError(f"{method} {path} answered {code}: {data}")
+        return data
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+class Server:
+    """``python -m orchestra serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.env = dict(env)
+        self.home = Path(env["ORCHESTRA_HOME"])
+        self._log = log_path.open("ab")
+        argv = [sys.executable, "-m", "orchestra", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            argv, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.client = Client(self.port)
+        self._wait_healthy(log_path)
+
+    def _wait_healthy(self, log_path: Path, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"server exited: {log_path.read_text()[-1500:]}")
+            try:
+                if self.client.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                self.client.close()
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"server did not answer /health within {timeout:g} s")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory (VmRSS)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise BenchError("no VmRSS for the server")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what a client does -------------------------------------------------------------
+
+    def register(self, source: Path, *, settle: bool = True, timeout: float = 600.0) -> int:
+        """POST /modules and poll until the module is installed; its id.
+
+        With ``settle``, also wait for the background bytecode compile to end, so that the
+        next measurement starts on a quiet machine.
+        """
+        module_id = int(self.client.post("/modules", {"source": str(source)})["id"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.client.get(f"/module/{module_id}")
+            if info["status"] == "installed":
+                if settle:
+                    wait_background_compile(self.home)
+                return module_id
+            if info["status"] == "error":
+                raise BenchError(f"registration failed: {info.get('error')}")
+            time.sleep(0.02)
+        raise BenchError(f"module {module_id} not installed after {timeout:g} s")
+
+    def submit(self, module_id: int, args: Mapping[str, str] | None = None) -> int:
+        """POST /module/<id>/run; the task id."""
+        query = "?" + urllib.parse.urlencode(args) if args else ""
+        return int(self.client.post(f"/module/{module_id}/run{query}")["task"])
+
+    def wait(self, task_id: int, timeout: float = 120.0) -> dict[str, Any]:
+        """GET /task/<id>?wait=…; BenchError unless the task ends ``done``."""
+        task: dict[str, Any] = self.client.get(f"/task/{task_id}?wait={timeout:g}")
+        if task["status"] != "done":
+            raise BenchError(f"task {task_id} ended {task['status']}: {task.get('error')}")
+        return task
+
+    def poll(self, task_id: int, interval: float = 0.05, timeout: float = 120.0) -> None:
+        """GET /task/<id> every ``interval`` until it is done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.client.get(f"/task/{task_id}")["status"]
+            if status == "done":
+                return
+            if status in ("error", "killed"):
+                raise BenchError(f"task {task_id} ended {status}")
+            time.sleep(interval)
+        raise BenchError(f"task {task_id} not done after {timeout:g} s")
+
+
+# -- the data folder --------------------------------------------------------------------------
+
+
+def generations(home: Path) -> list[Path]:
+    """Installed module generations under the data folder, oldest first."""
+    folders = [p for p in (home / "installs").iterdir() if (p / "env").is_dir()]
+    return sorted(folders, key=lambda p: p.stat().st_mtime)
+
+
+def wait_background_compile(home: Path, timeout: float = 600.0) -> float:
+    """Wait until no bytecode compile runs on anything under ``home``; seconds waited."""
+    start = time.monotonic()
+    marker = str(home).encode()
+    while time.monotonic() - start < timeout:
+        if not any(marker in cmd and b"compileall" in cmd for cmd in _cmdlines()):
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise BenchError(f"bytecode compile under {home} still running after {timeout:g} s")
+
+
+def _cmdlines() -> list[bytes]:
+    lines = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                lines.append(Path(entry.path, "cmdline").read_bytes())
+            except OSError:
+                continue  # the process ended meanwhile
+    return lines

@@ -1,0 +1,1 @@
+"""Example catalog module: synthetic events of one parameter between two times."""

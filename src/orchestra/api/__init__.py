@@ -1,0 +1,36 @@
+"""The REST API: ``create_app()`` builds a Flask app around one Service; nothing at import."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Flask
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+    from orchestra.service import Service
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
+    """A Flask app serving ``service`` (built from ``settings`` when not given)."""
+    from orchestra.api import auth, errors, modules, routing, system, tasks
+
+    if service is None:
+        from orchestra.config import load_settings
+        from orchestra.service import Service
+
+        service = Service(settings or load_settings())
+    settings = service.settings
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["orchestra"] = service
+    errors.init_app(app)
+    routing.init_app(app)
+    auth.init_app(app, settings.api_token, protect_reads=settings.protect_reads)
+    for blueprint in (modules.bp, tasks.bp, system.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,133 @@
+"""Modules: list, register (from a source or an uploaded zip), show, remove, run."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.datastructures import FileStorage
+
+from orchestra.api import inputs
+from orchestra.api.auth import changes_state
+from orchestra.api.routing import both_forms
+from orchestra.api.routing import current_service as service
+from orchestra.errors import InvalidInput
+
+_LOGGER = logging.getLogger(__name__)
+bp = Blueprint("modules", __name__)
+_SOURCE_KEYS = ("source", "ref", "subdir")
+
+
+def accepted(body: dict[str, Any], location: str) -> Response:
+    """202 with a body and a Location header."""
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = location
+    return response
+
+
+def list_modules() -> Response:
+    """Every module in its short form."""
+    return jsonify([module.to_dict() for module in service().list_modules()])
+
+
+def register_module() -> Response:
+    """Accept a registration from a source or a zip upload; it installs in the background."""
+    fields, upload = _registration_request()
+    svc = service()
+    if upload is None:
+        info = svc.register_in_background(
+            fields["source"], ref=fields.get("ref"), subdir=fields.get("subdir")
+        )
+    else:
+        archive = _save_upload(upload, svc.settings.uploads_dir)
+        try:
+            info = svc.register_in_background(archive=archive, subdir=fields.get("subdir"))
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
+    location = url_for("modules.get_module", module_id=info.id)
+    return accepted({"id": info.id, "status": info.status, "name": info.name}, location)
+
+
+def _registration_request() -> tuple[dict[str, str], FileStorage | None]:
+    kind = inputs.body_kind()
+    if kind == "none":
+        raise InvalidInput("give a JSON object with 'source', or upload a zip as field 'file'")
+    raw: dict[str, Any] = inputs.json_object("a registration") if kind == "json" else {}
+    if kind == "form":
+        pairs = inputs.form_fields()
+        raw = dict(pairs)
+        if len(raw) != len(pairs):
+            raise InvalidInput("a registration field is given more than once", key="form")
+    fields = _source_fields(raw)
+    upload = request.files.get("file") if kind == "form" else None
+    extra_files = set(request.files) - {"file"} if kind == "form" else set()
+    if extra_files:
+        raise InvalidInput(f"unexpected upload field(s): {', '.join(sorted(extra_files))}")
+    if upload is not None and ("source" in fields or "ref" in fields):
+        raise InvalidInput("give either a source or an uploaded zip, not both", key="file")
+    if upload is None and "source" not in fields:
+        raise InvalidInput(
+            "missing 'source' (a folder or git URL) or uploaded 'file'", key="source"
+        )
+    return fields, upload
+
+
+def _source_fields(raw: dict[str, Any]) -> dict[str, str]:
+    unknown = sorted(set(raw) - set(_SOURCE_KEYS))
+    if unknown:
+        shown = ", ".join(repr(name[:100]) for name in unknown)
+        raise InvalidInput(
+            f"unknown field(s): {shown}; expected source, ref, subdir", key=unknown[0]
+        )
+    fields: dict[str, str] = {}
+    for key in _SOURCE_KEYS:
+        value = raw.get(key)
+        if value is None or (value == "" and key != "source"):
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput(f"{key}: must be a non-empty string", key=key)
+        if "\x00" in value:
+            raise InvalidInput(f"{key}: must not contain a NUL character", key=key)
+        fields[key] = value
+    return fields
+
+
+def _save_upload(upload: FileStorage, folder: Path) -> Path:
+    # the client's file name is never used: it could name anything, anywhere
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}.zip"
+    upload.save(target)
+    _LOGGER.info("received archive %s (%d bytes)", target.name, target.stat().st_size)
+    return target
+
+
+def get_module(module_id: int) -> Response:
+    """One module's full record."""
+    return jsonify(service().get_module(module_id).to_dict())
+
+
+def delete_module(module_id: int) -> Response:
+    """Remove a module (``?force=1`` kills its tasks first)."""
+    service().remove(module_id, force=inputs.query_bool("force"))
+    return Response(status=204)
+
+
+@changes_state
+def run_module(module_id: int) -> Response:
+    """Start a task with the arguments of the query string, form fields or JSON body."""
+    args = inputs.run_arguments()
+    task = service().run(module_id, args)
+    location = url_for("tasks.get_task", task_id=task.id)
+    return accepted({"status": task.status, "task": task.id}, location)
+
+
+bp.add_url_rule("/modules", view_func=list_modules, methods=["GET"])
+bp.add_url_rule("/modules", view_func=register_module, methods=["POST"])
+both_forms(bp, "/module/<module_id:module_id>", get_module, ["GET"])
+both_forms(bp, "/module/<module_id:module_id>", delete_module, ["DELETE"])
+both_forms(bp, "/module/<module_id:module_id>/run", run_module, ["GET", "POST"])

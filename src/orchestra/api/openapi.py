@@ -1,0 +1,390 @@
+"""The OpenAPI 3.1 document, built from the app's url map so that it cannot drift from it.
+
+Each endpoint's words (summary, query parameters, body, answers) live in ``OPERATIONS``;
+paths, methods and path parameters come from the rules themselves. An endpoint without an
+entry fails the build, and the tests check that no entry is left over.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from flask import Flask
+from werkzeug.routing import Rule
+
+from orchestra import __version__
+from orchestra.api.auth import changes_state_view
+from orchestra.api.routing import MAX_ID
+
+_LOGGER = logging.getLogger(__name__)
+_ARG = re.compile(r"<(?:([a-z_]+)(?:\([^)]*\))?:)?([a-z_]+)>")
+_SKIPPED_METHODS = {"HEAD", "OPTIONS"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_STRING_OR_NULL = {"type": ["string", "null"]}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_SCALAR = {"type": ["string", "number", "integer", "boolean"]}
+_TASK_STATUS = {"type": "string", "enum": ["queued", "running", "done", "error", "killed"]}
+_MODULE_STATUS = {"type": "string", "description": "installing, installed or error"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "what went wrong, naming the problem"},
+            "key": {"type": "string", "description": "the offending key or step"},
+        },
+    },
+    "ModuleSummary": {
+        "type": "object",
+        "required": ["id", "name", "description", "version", "status", "output_type"],
+        "properties": {
+            "id": {"type": "integer"},
+            "name": _STRING_OR_NULL,
+            "description": {"type": "string"},
+            "version": _STRING_OR_NULL,
+            "status": _MODULE_STATUS,
+            "output_type": _STRING_OR_NULL,
+        },
+    },
+    "Module": {
+        "type": "object",
+        "description": "the module's metadata.json keys, then Orchestra's own",
+        "required": ["id", "status", "source", "created"],
+        "properties": {
+            "id": {"type": "integer"},
+            "name": _STRING_OR_NULL,
+            "description": {"type": "string"},
+            "version": _STRING_OR_NULL,
+            "status": _MODULE_STATUS,
+            "output_type": _STRING_OR_NULL,
+            "source": {"type": "string"},
+            "source_kind": {"type": "string"},
+            "ref": _STRING_OR_NULL,
+            "subdir": _STRING_OR_NULL,
+            "commit": _STRING_OR_NULL,
+            "python_version": _STRING_OR_NULL,
+            "created": {"type": "string", "format": "date-time"},
+            "updated": {"type": "string", "format": "date-time"},
+            "error": _STRING_OR_NULL,
+            "install_log": {"type": "string"},
+        },
+    },
+    "Registration": {
+        "type": "object",
+        "required": ["source"],
+        "additionalProperties": False,
+        "properties": {
+            "source": {"type": "string", "description": "a folder path or git URL"},
+            "ref": {"type": ["string", "null"], "description": "branch, tag or commit"},
+            "subdir": {"type": ["string", "null"], "description": "folder holding metadata.json"},
+        },
+    },
+    "Upload": {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "a zip archive"},
+            "subdir": {"type": "string"},
+        },
+    },
+    "RegistrationAccepted": {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {
+            "id": {"type": "integer"},
+            "status": _MODULE_STATUS,
+            "name": _STRING_OR_NULL,
+        },
+    },
+    "RunArguments": {
+        "type": "object",
+        "description": "argument and hyperparameter values by name",
+        "additionalProperties": _SCALAR,
+    },
+    "RunAccepted": {
+        "type": "object",
+        "required": ["status", "task"],
+        "properties": {"status": _TASK_STATUS, "task": {"type": "integer"}},
+    },
+    "OutputFile": {
+        "type": "object",
+        "required": ["name", "size"],
+        "properties": {"name": {"type": "string"}, "size": {"type": "integer"}},
+    },
+    "Task": {
+        "type": "object",
+        "required": ["id", "module", "args", "status", "created"],
+        "properties": {
+            "id": {"type": "integer"},
+            "module": {"type": "integer"},
+            "args": {"type": "object", "additionalProperties": {"type": "string"}},
+            "status": _TASK_STATUS,
+            "created": {"type": "string", "format": "date-time"},
+            "started": _TIME,
+            "finished": _TIME,
+            "exit_code": {"type": ["integer", "null"]},
+            "error": _STRING_OR_NULL,
+            "output": {"type": ["array", "null"], "items": _ref("OutputFile")},
+        },
+    },
+    "TaskPage": {
+        "type": "object",
+        "required": ["tasks", "total", "limit", "offset", "next_cursor"],
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("Task")},
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "next_cursor": _STRING_OR_NULL,
+        },
+    },
+    "Log": {
+        "type": "object",
+        "required": ["stdout", "stderr"],
+        "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "version"],
+        "properties": {
+            "status": {"type": "string"},
+            "version": {"type": "string"},
+            "modules": {"type": "integer"},
+            "tasks": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_FILE = {
+    "description": "the file",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+_RUN_BODY = {
+    "required": False,
+    "content": {
+        "application/json": {"schema": _ref("RunArguments")},
+        "application/x-www-form-urlencoded": {"schema": _ref("RunArguments")},
+    },
+}
+_RUN_QUERY = {
+    "name": "arguments",
+    "in": "query",
+    "required": False,
+    "style": "form",
+    "explode": True,
+    "schema": _ref("RunArguments"),
+    "description": "argument values as name=value pairs",
+}
+
+OPERATIONS: dict[str, dict[str, Any]] = {
+    "modules.list_modules": {
+        "summary": "List the modules",
+        "responses": {
+            "200": _json({"type": "array", "items": _ref("ModuleSummary")}, "the modules")
+        },
+    },
+    "modules.register_module": {
+        "summary": "Register a module from a source or a zip; it installs in the background",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref("Registration")},
+                "multipart/form-data": {"schema": _ref("Upload")},
+            },
+        },
+        "responses": {
+            "202": _json(_ref("RegistrationAccepted"), "accepted; poll the Location"),
+            "409": _error("a module of that name exists"),
+            "413": _error("the upload is too large"),
+        },
+    },
+    "modules.get_module": {
+        "summary": "Show a module",
+        "responses": {"200": _json(_ref("Module"), "the module"), "404": _error("no such module")},
+    },
+    "modules.delete_module": {
+        "summary": "Remove a module with its environment and tasks",
+        "parameters": [
+            _query("force", {"type": "string", "enum": ["0", "1"]}, "kill its running tasks")
+        ],
+        "responses": {
+            "204": {"description": "removed"},
+            "404": _error("no such module"),
+            "409": _error("the module has running tasks"),
+        },
+    },
+    "modules.run_module": {
+        "summary": "Start a task (GET is accepted for old clients)",
+        "parameters": [_RUN_QUERY],
+        "requestBody": _RUN_BODY,
+        "responses": {
+            "202": _json(_ref("RunAccepted"), "queued or started; poll the Location"),
+            "404": _error("no such module"),
+            "409": _error("the module is not installed"),
+        },
+    },
+    "tasks.list_tasks": {
+        "summary": "List tasks, newest first",
+        "parameters": [
+            _query("status", _TASK_STATUS, "only tasks in this status"),
+            _query("module", {"type": "integer", "minimum": 1}, "only tasks of this module"),
+            _query("limit", {"type": "integer", "minimum": 1, "default": 50}, "page size (capped)"),
+            _query("offset", {"type": "integer", "minimum": 0}, "tasks to skip"),
+            _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+        ],
+        "responses": {"200": _json(_ref("TaskPage"), "one page of tasks")},
+    },
+    "tasks.get_task": {
+        "summary": "Show a task",
+        "parameters": [
+            _query(
+                "wait",
+                {"type": "number", "minimum": 0, "maximum": 60},
+                "seconds to wait for the end",
+            )
+        ],
+        "responses": {"200": _json(_ref("Task"), "the task"), "404": _error("no such task")},
+    },
+    "tasks.delete_task": {
+        "summary": "Forget a finished task and its files",
+        "responses": {
+            "204": {"description": "forgotten"},
+            "404": _error("no such task"),
+            "409": _error("the task has not finished"),
+        },
+    },
+    "tasks.kill_task": {
+        "summary": "Kill a task (GET is accepted for old clients)",
+        "responses": {
+            "200": _json(_ref("Task"), "the task, killed"),
+            "404": _error("no such task"),
+            "409": _error("the task has already finished"),
+        },
+    },
+    "tasks.task_log": {
+        "summary": "Standard output and standard error so far",
+        "responses": {"200": _json(_ref("Log"), "the logs"), "404": _error("no such task")},
+    },
+    "tasks.task_output": {
+        "summary": "The output: the file itself, or a zip of all files when there are several",
+        "responses": {"200": _FILE, "404": _error("no such task"), "409": _error("not done")},
+    },
+    "tasks.task_output_file": {
+        "summary": "One output file",
+        "responses": {
+            "200": _FILE,
+            "404": _error("no such task or file"),
+            "409": _error("not done"),
+        },
+    },
+    "system.health": {
+        "summary": "Liveness, version and counts",
+        "responses": {"200": _json(_ref("Health"), "the server is up")},
+    },
+    "system.openapi": {
+        "summary": "This document",
+        "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+    },
+}
+
+
+def openapi_path(rule: Rule) -> str:
+    """A werkzeug rule as an OpenAPI path: ``/task/<task_id:task_id>`` → ``/task/{task_id}``."""
+    return _ARG.sub(lambda match: "{" + match.group(2) + "}", rule.rule)
+
+
+def build_document(app: Flask, *, token: bool, protect_reads: bool) -> dict[str, Any]:
+    """The OpenAPI document for every rule of ``app`` (except static files)."""
+    paths: dict[str, dict[str, Any]] = {}
+    seen_ids: dict[str, int] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        item = paths.setdefault(openapi_path(rule), {})
+        for method in sorted((rule.methods or set()) - _SKIPPED_METHODS):
+            operation = _operation(app, rule, method, token=token, protect_reads=protect_reads)
+            count = seen_ids.get(operation["operationId"], 0)
+            seen_ids[operation["operationId"]] = count + 1
+            if count:
+                operation["operationId"] += f"_{count + 1}"
+            item[method.lower()] = operation
+    return _document(paths, token=token)
+
+
+def _document(paths: dict[str, Any], *, token: bool) -> dict[str, Any]:
+    components: dict[str, Any] = {"schemas": SCHEMAS}
+    if token:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Orchestra",
+            "version": __version__,
+            "description": "Install machine-learning modules and run them as tasks.",
+        },
+        "paths": paths,
+        "components": components,
+    }
+
+
+def _operation(
+    app: Flask, rule: Rule, method: str, *, token: bool, protect_reads: bool
+) -> dict[str, Any]:
+    words = OPERATIONS.get(rule.endpoint)
+    if words is None:
+        raise LookupError(f"no OpenAPI description for endpoint {rule.endpoint!r}")
+    operation: dict[str, Any] = {
+        "operationId": f"{rule.endpoint.split('.')[-1]}_{method.lower()}",
+        "summary": words["summary"],
+        "parameters": _path_parameters(rule) + list(words.get("parameters", [])),
+        "responses": {**words["responses"], "400": _error("bad input"), "500": _error("a bug")},
+    }
+    if method in {"POST", "PUT", "PATCH"} and "requestBody" in words:
+        operation["requestBody"] = words["requestBody"]
+    changes = method not in {"GET", "HEAD"} or changes_state_view(app.view_functions[rule.endpoint])
+    if token and (changes or protect_reads):
+        operation["security"] = [{"bearer": []}]
+        operation["responses"]["401"] = _error("missing or wrong bearer token")
+    if method == "GET" and changes:
+        operation["deprecated"] = True
+    if not operation["parameters"]:
+        del operation["parameters"]
+    return operation
+
+
+def _path_parameters(rule: Rule) -> list[dict[str, Any]]:
+    params = []
+    for converter, name in _ARG.findall(rule.rule):
+        if converter in {"module_id", "task_id"}:
+            schema: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        else:
+            schema = {"type": "string"}
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return params

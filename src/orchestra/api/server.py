@@ -1,0 +1,117 @@
+"""Serve the API with waitress (a production WSGI server) and the task runner alongside."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from waitress import wasyncore
+from waitress.server import create_server
+
+from orchestra.api import create_app
+from orchestra.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+    from orchestra.service import Service
+
+_LOGGER = logging.getLogger(__name__)
+_POLL = 0.5  # seconds the loop sleeps between checks of the stop flag
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (``localhost``, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere: treat it as public
+
+
+def check_listen_address(settings: Settings) -> None:
+    """Refuse a non-loopback address without an API token, unless told it is insecure."""
+    if is_loopback(settings.host) or settings.api_token or settings.insecure:
+        return
+    raise InvalidInput(
+        f"refusing to listen on {settings.host} without an API token: anyone who can reach it "
+        "could install and run code; set ORCHESTRA_API_TOKEN, or pass --insecure",
+        key="host",
+    )
+
+
+class ApiServer:
+    """A waitress server for one service; ``serve_forever`` until ``stop``."""
+
+    def __init__(self, settings: Settings, service: Service) -> None:
+        check_listen_address(settings)
+        self.service = service
+        self._map: dict[Any, Any] = {}
+        self._stopping = threading.Event()
+        self._server = create_server(
+            create_app(settings, service),
+            map=self._map,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            ident="orchestra",
+            # waitress has its own body limit with a plain-text answer: keep it above ours
+            # so that Flask's JSON 413 is the one clients see
+            max_request_body_size=settings.max_upload + 1024 * 1024,
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when asked for port 0)."""
+        return int(getattr(self._server, "effective_port", 0) or self._first_port())
+
+    def _first_port(self) -> int:
+        return int(next(iter(self._server.effective_listen))[1])  # type: ignore[attr-defined]
+
+    def serve_forever(self) -> None:
+        """Answer requests until ``stop()`` is called, then close every connection."""
+        _LOGGER.info("serving on http://%s:%s", self._server.effective_host, self.port)
+        try:
+            while self._map and not self._stopping.is_set():
+                wasyncore.loop(timeout=_POLL, map=self._map, count=1)
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask the loop to end; safe from any thread and from a signal handler."""
+        self._stopping.set()
+
+    def _close(self) -> None:
+        self._server.task_dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(self._map)
+        _LOGGER.info("server stopped")
+
+
+def serve(settings: Settings, service: Service | None = None) -> int:
+    """Run the API and the task runner until SIGTERM or SIGINT; returns the exit code."""
+    check_listen_address(settings)
+    if service is None:
+        from orchestra.service import Service
+
+        service = Service(settings)
+    try:
+        server = ApiServer(settings, service)
+        service.start()
+        _install_signal_handlers(server)
+        server.serve_forever()
+    finally:
+        service.close()
+    return 0
+
+
+def _install_signal_handlers(server: ApiServer) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        _LOGGER.info("received %s, stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

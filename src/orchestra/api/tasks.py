@@ -1,0 +1,136 @@
+"""Tasks: list, show (optionally waiting), output, log, kill, forget."""
+
+from __future__ import annotations
+
+import io
+import logging
+import mimetypes
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from flask import Blueprint, Response, jsonify, send_file
+
+from orchestra.api import inputs
+from orchestra.api.auth import changes_state
+from orchestra.api.routing import both_forms
+from orchestra.api.routing import current_service as service
+from orchestra.errors import InvalidInput, NotFound
+from orchestra.tasks.status import TaskStatus
+
+_LOGGER = logging.getLogger(__name__)
+bp = Blueprint("tasks", __name__)
+_CHUNK = 256 * 1024  # bytes read from an output file at a time while zipping
+
+
+def list_tasks() -> Response:
+    """Tasks newest first, filtered by status and module, one page at a time."""
+    status = inputs.query_text("status")
+    if status is not None and status not in set(TaskStatus):
+        allowed = ", ".join(s.value for s in TaskStatus)
+        raise InvalidInput(f"status: {status[:100]!r} is not one of {allowed}", key="status")
+    module = inputs.query_int("module", 0, minimum=1) or None
+    page = service().list_tasks(
+        status=status,
+        module=module,
+        limit=min(inputs.query_int("limit", 50, minimum=1), inputs.MAX_PAGE),
+        offset=inputs.query_int("offset", 0),
+        cursor=inputs.query_text("cursor"),
+    )
+    return jsonify(page.to_dict())
+
+
+def get_task(task_id: int) -> Response:
+    """One task; ``?wait=SECONDS`` answers as soon as it is final (or the time is up)."""
+    return jsonify(service().get_task(task_id, wait=inputs.query_wait()).to_dict())
+
+
+def delete_task(task_id: int) -> Response:
+    """Forget a finished task and its files."""
+    service().delete_task(task_id)
+    return Response(status=204)
+
+
+@changes_state
+def kill_task(task_id: int) -> Response:
+    """Stop a task (its whole process tree) or drop it from the queue."""
+    return jsonify(service().kill(task_id).to_dict())
+
+
+def task_log(task_id: int) -> Response:
+    """Standard output and standard error so far."""
+    return jsonify(service().task_log(task_id))
+
+
+def task_output(task_id: int) -> Response:
+    """The output file itself when there is one, a zip of all of them when there are several."""
+    files = service().task_outputs(task_id)
+    if not files:
+        raise NotFound(f"task {task_id} wrote no output files")
+    if len(files) == 1:
+        name, path = files[0]
+        return _send(path, name)
+    response = Response(_zip_stream(files), mimetype="application/zip")
+    response.headers["Content-Disposition"] = f'attachment; filename="task-{task_id}-output.zip"'
+    return response
+
+
+def task_output_file(task_id: int, name: str) -> Response:
+    """One output file by its name inside the output folder."""
+    return _send(service().task_output_file(task_id, name), name)
+
+
+def _send(path: Path, name: str) -> Response:
+    download_name = PurePosixPath(name).name or path.name
+    mimetype = mimetypes.guess_type(download_name)[0] or "application/octet-stream"
+    return send_file(
+        path, mimetype=mimetype, as_attachment=True, download_name=download_name, max_age=0
+    )
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable stream whose bytes are taken out as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        """Everything written since the last call."""
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out
+
+
+def _zip_stream(files: list[tuple[str, Path]]) -> Iterator[bytes]:
+    # zipfile writes to an unseekable stream with data descriptors, so the archive is
+    # sent while it is built: memory stays at one chunk, nothing is written to disk,
+    # and the first bytes leave before the last file is read
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, path in files:
+            info = zipfile.ZipInfo.from_file(path, arcname=name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with path.open("rb") as source, archive.open(info, "w") as target:
+                while chunk := source.read(_CHUNK):
+                    target.write(chunk)
+                    if data := sink.take():
+                        yield data
+    if data := sink.take():
+        yield data
+
+
+bp.add_url_rule("/tasks", view_func=list_tasks, methods=["GET"])
+both_forms(bp, "/task/<task_id:task_id>", get_task, ["GET"])
+both_forms(bp, "/task/<task_id:task_id>", delete_task, ["DELETE"])
+both_forms(bp, "/task/<task_id:task_id>/kill", kill_task, ["GET", "POST"])
+both_forms(bp, "/task/<task_id:task_id>/log", task_log, ["GET"])
+both_forms(bp, "/task/<task_id:task_id>/output", task_output, ["GET"])
+both_forms(bp, "/task/<task_id:task_id>/output/<path:name>", task_output_file, ["GET"])

@@ -1,0 +1,314 @@
+"""One small handler per command: call the service, render what it returns."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, TextIO
+
+from orchestra.cli import render
+from orchestra.errors import InvalidInput, NotFound, OrchestraError, WrongState
+from orchestra.manifest import load_manifest
+from orchestra.tasks.status import TaskStatus
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+    from orchestra.records import ModuleInfo, TaskInfo
+    from orchestra.service import Service
+
+_LOGGER = logging.getLogger(__name__)
+FOLLOW_INTERVAL = 0.5  # seconds between looks at a followed task's log
+
+
+@dataclass
+class Context:
+    """What every handler needs: the settings, the output streams, and the service."""
+
+    settings: Settings
+    json: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    _service: Service | None = None
+
+    @property
+    def service(self) -> Service:
+        """The service, built on first use (``--help`` and usage errors never open the database)."""
+        if self._service is None:
+            from orchestra.service import Service
+
+            self._service = Service(self.settings)
+        return self._service
+
+    def close(self) -> None:
+        """Release the service when one was built."""
+        if self._service is not None:
+            self._service.close()
+
+    def note(self, message: str) -> None:
+        """A progress or side note for people, on standard error."""
+        self.err.write(f"orchestra: {message}\n")
+        self.err.flush()
+
+    def emit(self, data: Any, text: str) -> None:
+        """The command's result: JSON with ``--json``, else text."""
+        render.emit(self.out, data, text, json_output=self.json)
+
+
+Handler = Callable[[Context, argparse.Namespace], int]
+
+
+# -- modules -------------------------------------------------------------------------------
+
+
+def register(ctx: Context, args: argparse.Namespace) -> int:
+    """Install each source; with --skip-existing, skip folders whose name is installed."""
+    taken = _installed_names(ctx) if args.skip_existing else set()
+    registered: list[ModuleInfo] = []
+    skipped: list[dict[str, str]] = []
+    for source in args.sources:
+        name = _local_module_name(source, args.subdir) if args.skip_existing else None
+        if name is not None and name in taken:
+            ctx.note(f"skipping {source}: module {name!r} is already installed")
+            skipped.append({"source": source, "name": name})
+            continue
+        info = ctx.service.register(source, ref=args.ref, subdir=args.subdir, progress=ctx.note)
+        registered.append(info)
+        taken.add(info.name or "")
+        if not ctx.json:
+            ctx.out.write(f"registered module {info.id}: {info.name} ({info.status})\n")
+    if ctx.json:
+        ctx.emit({"registered": [m.to_dict() for m in registered], "skipped": skipped}, "")
+    return 0
+
+
+def _installed_names(ctx: Context) -> set[str]:
+    return {m.name for m in ctx.service.list_modules() if m.name and m.status != "error"}
+
+
+def _local_module_name(source: str, subdir: str | None) -> str | None:
+    folder = Path(source) / (subdir or "")
+    if not folder.is_dir():
+        return None  # a git URL, or a missing folder that registration will report
+    try:
+        return load_manifest(folder).name
+    except OrchestraError:
+        return None  # registration names every problem with it
+
+
+def list_modules(ctx: Context, args: argparse.Namespace) -> int:
+    """The modules."""
+    modules = ctx.service.list_modules()
+    ctx.emit([m.to_dict() for m in modules], render.modules_table(modules))
+    return 0
+
+
+def remove(ctx: Context, args: argparse.Namespace) -> int:
+    """Remove modules; every id is checked before anything is removed."""
+    for module_id in args.ids:
+        ctx.service.get_module(module_id)
+    for module_id in dict.fromkeys(args.ids):
+        ctx.service.remove(module_id, force=args.force)
+        if not ctx.json:
+            ctx.out.write(f"removed module {module_id}\n")
+    if ctx.json:
+        ctx.emit({"removed": list(dict.fromkeys(args.ids))}, "")
+    return 0
+
+
+def clear(ctx: Context, args: argparse.Namespace) -> int:
+    """Remove every module and task, after a confirmation."""
+    count = len(ctx.service.list_modules())
+    if not args.yes and not _confirm(ctx, f"remove all {count} module(s) and every task?"):
+        ctx.note("cancelled; nothing removed")
+        return 1
+    ctx.service.clear()
+    ctx.emit({"removed_modules": count}, f"removed {count} module(s) and every task")
+    return 0
+
+
+def _confirm(ctx: Context, question: str) -> bool:
+    if not sys.stdin or not sys.stdin.isatty():
+        raise InvalidInput(
+            "clear removes every module and task; nobody can confirm here (no terminal): "
+            "pass --yes",
+            key="yes",
+        )
+    ctx.err.write(f"{question} [y/N] ")
+    ctx.err.flush()
+    return sys.stdin.readline().strip().lower() in {"y", "yes"}
+
+
+def show(ctx: Context, args: argparse.Namespace) -> int:
+    """One module."""
+    module = ctx.service.get_module(args.id)
+    ctx.emit(module.to_dict(), render.module_details(module))
+    return 0
+
+
+def update(ctx: Context, args: argparse.Namespace) -> int:
+    """Re-install a module from its source."""
+    module = ctx.service.update(args.id, ref=args.ref, progress=ctx.note)
+    ctx.emit(module.to_dict(), f"updated module {module.id}: {module.name} ({module.status})")
+    return 0
+
+
+def serve(ctx: Context, args: argparse.Namespace) -> int:
+    """The REST API and the task runner, until SIGTERM or Ctrl-C."""
+    from orchestra.api.server import serve as run_server
+
+    return run_server(ctx.settings)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    """Start a task; with --wait, follow it to its end."""
+    task = ctx.service.run(args.id, parse_assignments(args.arguments))
+    if not args.wait:
+        ctx.emit(task.to_dict(), f"task {task.id}: {task.status}")
+        return 0
+    ctx.note(f"task {task.id}: {task.status}")
+    final = follow(ctx, task.id)
+    ctx.emit(final.to_dict(), render.task_details(final))
+    return 0 if final.status == TaskStatus.DONE else 1
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``name=value`` words as a dict; a word without ``=`` or a repeated name is an error."""
+    values: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"argument {item!r}: expected NAME=VALUE", key=item)
+        if name in values:
+            raise InvalidInput(f"argument {name!r} given more than once", key=name)
+        values[name] = value
+    return values
+
+
+def follow(ctx: Context, task_id: int) -> TaskInfo:
+    """Show a task's log as it grows (on standard error) until the task ends."""
+    shown = {"stdout": 0, "stderr": 0}
+    while True:
+        task = ctx.service.get_task(task_id, wait=FOLLOW_INTERVAL)
+        log = ctx.service.task_log(task_id)
+        for stream in ("stdout", "stderr"):
+            text = log.get(stream, "")
+            if len(text) > shown[stream]:
+                ctx.err.write(text[shown[stream] :])
+                ctx.err.flush()
+                shown[stream] = len(text)
+        if TaskStatus(task.status).is_final:
+            return task
+
+
+def tasks(ctx: Context, args: argparse.Namespace) -> int:
+    """Tasks newest first."""
+    page = ctx.service.list_tasks(
+        status=args.status,
+        module=args.module,
+        limit=args.limit,
+        offset=args.offset,
+        cursor=args.cursor,
+    )
+    ctx.emit(page.to_dict(), render.tasks_table(page))
+    return 0
+
+
+def task(ctx: Context, args: argparse.Namespace) -> int:
+    """One task."""
+    info = ctx.service.get_task(args.id)
+    ctx.emit(info.to_dict(), render.task_details(info))
+    return 0
+
+
+def kill(ctx: Context, args: argparse.Namespace) -> int:
+    """Kill a task."""
+    info = ctx.service.kill(args.id)
+    ctx.emit(info.to_dict(), f"task {info.id}: {info.status}")
+    return 0
+
+
+def log(ctx: Context, args: argparse.Namespace) -> int:
+    """A task's standard output and standard error so far."""
+    logs = ctx.service.task_log(args.id)
+    if ctx.json:
+        ctx.emit(logs, "")
+    else:
+        ctx.out.write(logs.get("stdout", ""))
+        ctx.err.write(logs.get("stderr", ""))
+    return 0
+
+
+def output(ctx: Context, args: argparse.Namespace) -> int:
+    """Save a task's output: the file itself, or a zip when there are several."""
+    files = ctx.service.task_outputs(args.id)
+    if not files:
+        raise NotFound(f"task {args.id} wrote no output files")
+    if len(files) == 1:
+        default = PurePosixPath(files[0][0]).name
+    else:
+        default = f"task-{args.id}-output.zip"
+    target = Path(args.output) if args.output else Path.cwd() / default
+    if not args.output and target.exists():
+        raise WrongState(f"{target} already exists; choose another name with -o FILE", key="output")
+    if len(files) == 1:
+        _write_via_temp(target, lambda handle: _copy(files[0][1], handle))
+    else:
+        _write_via_temp(target, lambda handle: _zip(files, handle))
+    size = target.stat().st_size
+    ctx.emit(
+        {"path": str(target), "size": size, "files": [name for name, _ in files]},
+        f"wrote {target} ({size} bytes)",
+    )
+    return 0
+
+
+def _copy(source: Path, handle: Any) -> None:
+    with source.open("rb") as src:
+        shutil.copyfileobj(src, handle)
+
+
+def _zip(files: list[tuple[str, Path]], handle: Any) -> None:
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, path in files:
+            archive.write(path, arcname=name)
+
+
+def _write_via_temp(target: Path, write: Callable[[Any], None]) -> None:
+    # a failure half-way leaves no partial file under the final name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+COMMANDS: dict[str, Handler] = {
+    "register": register,
+    "list": list_modules,
+    "remove": remove,
+    "clear": clear,
+    "show": show,
+    "update": update,
+    "serve": serve,
+    "run": run,
+    "tasks": tasks,
+    "task": task,
+    "kill": kill,
+    "log": log,
+    "output": output,
+}

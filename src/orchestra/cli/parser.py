@@ -1,0 +1,153 @@
+"""The command line's grammar: sub-commands, and the flag spellings existing operators use.
+
+``--register X`` and ``register X`` are one command: the flag form is rewritten to the
+sub-command form before parsing, so both reach the same handler with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from orchestra import __version__
+from orchestra.tasks.status import TaskStatus
+
+_LOGGER = logging.getLogger(__name__)
+PROG = "orchestra"
+MAX_ID = 2**63 - 1
+FLAG_COMMANDS = {
+    "--register": "register",
+    "--list": "list",
+    "--remove": "remove",
+    "--clear": "clear",
+}
+_GLOBAL_WITH_VALUE = frozenset({"--home"})
+
+
+def normalize(argv: Sequence[str]) -> list[str]:
+    """Rewrite the flag form (``--register X``) of a command to its sub-command form."""
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        token = out[i]
+        name, has_value, value = token.partition("=")
+        if name in FLAG_COMMANDS:
+            out[i : i + 1] = [FLAG_COMMANDS[name], value] if has_value else [FLAG_COMMANDS[name]]
+            break
+        if token in _GLOBAL_WITH_VALUE:
+            i += 2
+            continue
+        if not token.startswith("-") or token == "--":
+            break  # a sub-command (or a positional) comes first: nothing to rewrite
+        i += 1
+    return out
+
+
+def object_id(text: str) -> int:
+    """An id as argparse reads it: a positive integer a database can hold."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and 0 < int(text) <= MAX_ID):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid id (a positive integer)")
+    return int(text)
+
+
+def _globals(*, suppress: bool) -> argparse.ArgumentParser:
+    # the same options before and after the command; the copy on each sub-command
+    # suppresses its defaults so that it never overwrites a value given before it
+    text_default = argparse.SUPPRESS if suppress else None
+    flag_default = argparse.SUPPRESS if suppress else False
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--home", metavar="DIR", default=text_default, help="the data folder")
+    parent.add_argument(
+        "--json", action="store_true", default=flag_default, help="machine-readable output"
+    )
+    parent.add_argument(
+        "-v", "--verbose", action="store_true", default=flag_default, help="log what happens"
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole grammar."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Install machine-learning modules in their own environments; run them.",
+        parents=[_globals(suppress=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _globals(suppress=True)
+    for add in (_module_commands, _task_commands):
+        add(commands, common)
+    return parser
+
+
+def _module_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("register", parents=[common], help="install modules (also: --register)")
+    p.add_argument("sources", nargs="+", metavar="PATH_OR_URL", help="a folder or git URL")
+    p.add_argument("--ref", help="git branch, tag or commit")
+    p.add_argument("--subdir", help="the folder holding metadata.json")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip a folder whose module name is already installed",
+    )
+    commands.add_parser("list", parents=[common], help="list modules (also: --list)")
+    p = commands.add_parser("remove", parents=[common], help="remove modules (also: --remove)")
+    p.add_argument("ids", nargs="+", type=object_id, metavar="ID")
+    p.add_argument("--force", action="store_true", help="kill their running tasks first")
+    p = commands.add_parser(
+        "clear", parents=[common], help="remove every module and task (also: --clear)"
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask to confirm")
+    p = commands.add_parser("show", parents=[common], help="show one module")
+    p.add_argument("id", type=object_id, metavar="ID")
+    p = commands.add_parser("update", parents=[common], help="re-install a module from its source")
+    p.add_argument("id", type=object_id, metavar="ID")
+    p.add_argument("--ref", help="git branch, tag or commit to move to")
+    p = commands.add_parser("serve", parents=[common], help="serve the REST API and run tasks")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback address without an API token",
+    )
+
+
+def _task_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("run", parents=[common], help="start a task")
+    p.add_argument("id", type=object_id, metavar="ID", help="the module")
+    p.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
+    p.add_argument("--wait", action="store_true", help="follow the task to its end")
+    p = commands.add_parser("tasks", parents=[common], help="list tasks, newest first")
+    p.add_argument("--status", choices=[s.value for s in TaskStatus])
+    p.add_argument("--module", type=object_id, metavar="ID")
+    p.add_argument("--limit", type=_positive, default=50)
+    p.add_argument("--offset", type=_non_negative, default=0)
+    p.add_argument("--cursor", help="continue after a previous page")
+    for name, text in (("task", "show one task"), ("kill", "kill a task"), ("log", "a task's log")):
+        p = commands.add_parser(name, parents=[common], help=text)
+        p.add_argument("id", type=object_id, metavar="ID")
+    p = commands.add_parser("output", parents=[common], help="save a task's output")
+    p.add_argument("id", type=object_id, metavar="ID")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write it")
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return int(text)
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line (either spelling); argparse exits 2 on a usage error."""
+    return build_parser().parse_args(normalize(argv))

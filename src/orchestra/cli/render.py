@@ -1,0 +1,135 @@
+"""Turning records into text for people, or JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from orchestra.records import ModuleInfo, ModuleSummary, TaskInfo, TaskPage
+
+_LOGGER = logging.getLogger(__name__)
+_DESCRIPTION_WIDTH = 50
+
+
+def as_json(data: Any) -> str:
+    """Indented JSON, keys in the order the records give them."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain aligned table; ``-`` stands for a missing value."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = [headers, *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    text = " ".join(str(value).split())
+    return text if len(text) <= _DESCRIPTION_WIDTH else text[: _DESCRIPTION_WIDTH - 1] + "…"
+
+
+def modules_table(modules: Sequence[ModuleSummary]) -> str:
+    """The module list."""
+    if not modules:
+        return "no modules"
+    rows = [(m.id, m.name, m.version, m.status, m.output_type, m.description) for m in modules]
+    return table(("ID", "NAME", "VERSION", "STATUS", "OUTPUT", "DESCRIPTION"), rows)
+
+
+def module_details(module: ModuleInfo) -> str:
+    """One module, one field a line."""
+    metadata = module.metadata or {}
+    lines = [
+        ("id", module.id),
+        ("name", module.name),
+        ("version", module.version),
+        ("status", module.status),
+        ("output", module.output_type),
+        ("arguments", _inputs(metadata.get("args"))),
+        ("hyperparameters", _inputs(metadata.get("hyperparameters"))),
+        ("source", module.source),
+        ("ref", module.ref),
+        ("subdir", module.subdir),
+        ("commit", module.commit),
+        ("python", module.python_version),
+        ("created", _time(module.to_dict()["created"])),
+        ("updated", _time(module.to_dict()["updated"])),
+        ("error", module.error),
+    ]
+    text = fields(lines)
+    if module.description:
+        text += "\n\n" + module.description.strip()
+    return text
+
+
+def _inputs(items: Any) -> str | None:
+    if not isinstance(items, list) or not items:
+        return None
+    return ", ".join(
+        f"{item[0]} ({item[1]})" if isinstance(item, list) else str(item) for item in items
+    )
+
+
+def fields(pairs: Sequence[tuple[str, object]]) -> str:
+    """``key: value`` lines, aligned, skipping empty values."""
+    shown = [(k, v) for k, v in pairs if v is not None and v != ""]
+    width = max((len(k) for k, _ in shown), default=0)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in shown)
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else str(value).replace("T", " ")
+
+
+def tasks_table(page: TaskPage) -> str:
+    """One page of the task list, and how to get the next one."""
+    if not page.tasks:
+        return "no tasks"
+    rows = [
+        (t.id, t.module, t.status, _time(t.to_dict()["created"]), _args(t.args)) for t in page.tasks
+    ]
+    text = table(("ID", "MODULE", "STATUS", "CREATED", "ARGUMENTS"), rows)
+    shown = page.offset + len(page.tasks)
+    if shown < page.total:
+        more = f"--cursor {page.next_cursor}" if page.next_cursor else f"--offset {shown}"
+        text += f"\n({len(page.tasks)} of {page.total}; next page: {more})"
+    return text
+
+
+def _args(args: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in args.items())
+
+
+def task_details(task: TaskInfo) -> str:
+    """One task, one field a line, then its output files."""
+    plain = task.to_dict()
+    text = fields(
+        [
+            ("id", task.id),
+            ("module", task.module),
+            ("status", task.status),
+            ("arguments", _args(task.args)),
+            ("created", _time(plain["created"])),
+            ("started", _time(plain["started"])),
+            ("finished", _time(plain["finished"])),
+            ("exit code", task.exit_code),
+            ("error", task.error),
+        ]
+    )
+    if task.output:
+        text += "\noutput:\n" + "\n".join(f"  {f.name} ({f.size} bytes)" for f in task.output)
+    return text
+
+
+def emit(stream: TextIO, data: Any, text: str, *, json_output: bool) -> None:
+    """Write ``data`` as JSON or ``text`` for people."""
+    stream.write((as_json(data) if json_output else text) + "\n")

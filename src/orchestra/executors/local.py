@@ -1,0 +1,268 @@
+"""The local executor: one detached supervisor process per task, on this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from orchestra.executors import proctree
+from orchestra.executors.base import Handle
+
+_LOGGER = logging.getLogger(__name__)
+_HERE = Path(__file__).resolve().parent
+SUPERVISOR = _HERE / "supervisor.py"
+LAUNCHER = _HERE / "launcher.py"
+_START_TIMEOUT = 30.0  # seconds a detached supervisor may take to report its pid
+
+
+class LocalExecutor:
+    """Starts supervisors (forked by a launcher while a server runs), watches and kills them."""
+
+    name = "local"
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self._log_dir = log_dir
+        self._lock = threading.Lock()
+        self._users = 0
+        self._launcher: _Launcher | None = None
+        self._watcher: _ExitWatcher | None = None
+
+    def open(self) -> None:
+        """Start the launcher and the exit watcher (shared by every user of this executor)."""
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._launcher = _Launcher(self._log_dir)
+                self._watcher = _ExitWatcher()
+
+    def close(self) -> None:
+        """Stop the launcher and the watcher once the last user is gone; tasks go on."""
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._launcher is None or self._watcher is None:
+                return
+            launcher, watcher = self._launcher, self._watcher
+            self._launcher = self._watcher = None
+        launcher.close()
+        watcher.stop()
+
+    def start(self, *, task_id: int, task_dir: Path, spec: dict[str, Any]) -> Handle:
+        """Write ``spec.json`` and start a supervisor for it in its own session."""
+        task_dir.mkdir(parents=True, exist_ok=True)
+        (task_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        launcher = self._launcher
+        reply: dict[str, Any] | None = None
+        if launcher is not None:
+            try:
+                reply = launcher.launch(task_dir)
+            except OSError as exc:
+                _LOGGER.warning("launcher failed (%s); starting task %s directly", exc, task_id)
+        if reply is None:
+            reply = _start_detached(task_dir)
+        return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
+
+    def is_alive(self, handle: Handle) -> bool:
+        """True while the supervisor behind ``handle`` runs."""
+        return proctree.is_alive(int(handle.get("pid", 0)), handle.get("start"))
+
+    def kill(self, handle: Handle, *, grace: float) -> None:
+        """SIGTERM the supervisor (it kills the tree); without one, kill the module's tree."""
+        pid, start = int(handle.get("pid", 0)), handle.get("start")
+        if proctree.is_alive(pid, start):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                return
+            except ProcessLookupError:
+                pass
+        module = _module_identity(Path(handle.get("task_dir", "")))
+        if module is not None:
+            proctree.kill_tree_direct(module[0], module[1], grace)
+
+    def watch(self, handle: Handle, on_exit: Callable[[], None]) -> bool:
+        """Call ``on_exit`` from the watcher thread when the supervisor ends."""
+        watcher = self._watcher
+        if watcher is None:
+            return False
+        watcher.add(int(handle.get("pid", 0)), handle.get("start"), on_exit)
+        return True
+
+
+def _module_identity(task_dir: Path) -> tuple[int, int | None] | None:
+    try:
+        data = json.loads((task_dir / "supervisor.json").read_text(encoding="utf-8"))
+        return int(data["module_pid"]), data.get("module_start")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _start_detached(task_dir: Path) -> dict[str, Any]:
+    """Start a supervisor that is nobody's child here (it forks away and reports its pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(SUPERVISOR), str(task_dir), "--detach"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=_START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise OSError("the supervisor did not start in time") from None
+    try:
+        return dict(json.loads(out))
+    except ValueError:
+        raise OSError(f"the supervisor did not start (exit status {proc.returncode})") from None
+
+
+class _Launcher:
+    """The pre-started process that forks supervisors, one request at a time."""
+
+    def __init__(self, log_dir: Path | None) -> None:
+        self._lock = threading.Lock()
+        self._log_dir = log_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        log: IO[bytes] | int = subprocess.DEVNULL
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self._log_dir / "launcher.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(LAUNCHER)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                # its own session: a Ctrl-C meant for the server must not reach it mid-fork
+                start_new_session=True,
+            )
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        return self._proc
+
+    def launch(self, task_dir: Path) -> dict[str, Any]:
+        """Fork a supervisor for ``task_dir``; its pid and start time."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                proc = self._spawn()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps({"task_dir": str(task_dir)}).encode() + b"\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+            except OSError as exc:
+                raise OSError(f"the launcher is gone: {exc}") from exc
+        if not line:
+            raise OSError("the launcher exited")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise OSError(reply["error"])
+        return dict(reply)
+
+    def close(self) -> None:
+        """Let the launcher exit (end of its input); the supervisors it forked go on."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class _ExitWatcher:
+    """One thread that waits on process file descriptors and calls back when one ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int | None, Callable[[], None]]] = []
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="orchestra-exits", daemon=True)
+        self._thread.start()
+
+    def add(self, pid: int, start: int | None, on_exit: Callable[[], None]) -> None:
+        """Watch ``pid``; ``on_exit`` runs in the watcher thread (at once if already gone)."""
+        fd: int | None
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None
+        if self._stopping:
+            if fd is not None:
+                os.close(fd)
+            return
+        if fd is not None and not proctree.is_alive(pid, start):
+            os.close(fd)  # gone, or the pid now names another process
+            fd = None
+        with self._lock:
+            self._pending.append((fd, on_exit))
+        os.write(self._wake_write, b"x")
+
+    def stop(self) -> None:
+        """End the thread; watched processes are left alone."""
+        self._stopping = True
+        os.write(self._wake_write, b"x")
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        callbacks: dict[int, Callable[[], None]] = {}
+        while not self._stopping:
+            ready: list[Callable[[], None]] = []
+            for fd, _ in poller.poll():
+                if fd == self._wake_read:
+                    os.read(self._wake_read, 4096)
+                    ready += self._take_pending(poller, callbacks)
+                elif fd in callbacks:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    ready.append(callbacks.pop(fd))
+            for callback in ready:
+                _call(callback)
+        for fd in callbacks:
+            os.close(fd)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _take_pending(
+        self, poller: select.poll, callbacks: dict[int, Callable[[], None]]
+    ) -> list[Callable[[], None]]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        now = []
+        for fd, callback in pending:
+            if fd is None:
+                now.append(callback)
+            else:
+                poller.register(fd, select.POLLIN)
+                callbacks[fd] = callback
+        return now
+
+
+def _call(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        # one task's bookkeeping failing must not stop the watching of the others
+        _LOGGER.exception("task exit callback failed")

@@ -1,0 +1,299 @@
+"""The only code that writes a task's status: one write transaction per move.
+
+Every move is a conditional UPDATE (``WHERE status = <expected>``), so when two observers
+(the exit watcher, the sweep, another process) settle the same task only one wins. The
+functions here return what happened; the caller runs side effects after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from orchestra.storage.db import Database
+from orchestra.storage.files import TaskFolder
+from orchestra.storage.tables import TaskRow
+from orchestra.tasks.status import FINAL, TaskStatus
+
+_LOGGER = logging.getLogger(__name__)
+TAIL_LINES = 20
+TAIL_BYTES = 4096
+
+
+def now() -> datetime:
+    """The current time as naive UTC, as stored."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task ended: what ``finish`` writes."""
+
+    status: TaskStatus
+    exit_code: int | None = None
+    error: str | None = None
+    output: list[dict[str, Any]] | None = None
+
+
+# -- moves ------------------------------------------------------------------------------------
+
+
+def create(
+    db: Database,
+    *,
+    module_id: int,
+    args: Mapping[str, str],
+    timeout: float,
+    install_dir: str | None,
+    build_spec: Callable[[int], dict[str, Any]],
+    max_running: int | None = None,
+) -> TaskRow:
+    """Insert a task; ``build_spec(task_id)`` gives what the executor will run.
+
+    With ``max_running``, the task is claimed (running) in the same transaction when a slot
+    is free and no older task waits; otherwise it is queued.
+    """
+    with db.write() as session:
+        row = TaskRow(
+            module_id=module_id,
+            status=TaskStatus.QUEUED.value,
+            args=dict(args),
+            created=now(),
+            timeout=timeout,
+            install_dir=install_dir,
+            executor="local",
+            kill_requested=False,
+        )
+        session.add(row)
+        session.flush()  # assigns the id the spec needs (output folder, environment)
+        row.spec = build_spec(row.id)
+        if max_running is not None and _may_start_now(session, row.id, max_running):
+            row.status = TaskStatus.RUNNING.value
+            row.started = row.created
+    return row
+
+
+def _may_start_now(session: Any, task_id: int, max_running: int) -> bool:
+    running = session.scalar(
+        select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.RUNNING)
+    )
+    if (running or 0) >= max_running:
+        return False
+    older = session.scalar(
+        select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED, TaskRow.id < task_id).limit(1)
+    )
+    return older is None
+
+
+def any_queued(db: Database) -> bool:
+    """True when some task waits in the queue (a cheap read before a claim)."""
+    with db.engine.connect() as connection:
+        query = select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED).limit(1)
+        return connection.execute(query).first() is not None
+
+
+def claim_next(db: Database, max_running: int) -> TaskRow | None:
+    """Move the oldest queued task to running when fewer than ``max_running`` run."""
+    # one write transaction (BEGIN IMMEDIATE on SQLite): the count and the claim cannot
+    # interleave with another process's, so the limit holds across processes
+    with db.write() as session:
+        running = session.scalar(
+            select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.RUNNING)
+        )
+        if (running or 0) >= max_running:
+            return None
+        task_id = session.scalar(
+            select(TaskRow.id)
+            .where(TaskRow.status == TaskStatus.QUEUED)
+            .order_by(TaskRow.id)
+            .limit(1)
+        )
+        if task_id is None or not _move(session, task_id, TaskStatus.QUEUED, started=now()):
+            return None
+        return session.get(TaskRow, task_id, populate_existing=True)
+
+
+def mark_started(db: Database, task_id: int, handle: dict[str, Any]) -> bool | None:
+    """Record the executor's handle; whether a kill was asked meanwhile (None: not running)."""
+    with db.write() as session:
+        moved = session.execute(
+            update(TaskRow)
+            .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.RUNNING)
+            .values(handle=handle)
+        )
+        if not getattr(moved, "rowcount", 0):
+            return None
+        return bool(session.scalar(select(TaskRow.kill_requested).where(TaskRow.id == task_id)))
+
+
+def request_kill(db: Database, task_id: int) -> TaskStatus | None:
+    """Drop a queued task (killed) or flag a running one; the status found before the move."""
+    with db.write() as session:
+        status = session.scalar(select(TaskRow.status).where(TaskRow.id == task_id))
+        if status is None:
+            return None
+        if status == TaskStatus.QUEUED:
+            _move(
+                session, task_id, TaskStatus.QUEUED, status=TaskStatus.KILLED, finished=now(),
+                error="killed before it started",
+            )  # fmt: skip
+        elif status == TaskStatus.RUNNING:
+            session.execute(
+                update(TaskRow).where(TaskRow.id == task_id).values(kill_requested=True)
+            )
+        return TaskStatus(status)
+
+
+def finish(db: Database, task_id: int, outcome: Outcome) -> bool:
+    """Move a running task to its final state; False when someone else settled it first."""
+    with db.write() as session:
+        return _move(
+            session, task_id, TaskStatus.RUNNING, status=outcome.status, finished=now(),
+            exit_code=outcome.exit_code, error=outcome.error, output=outcome.output,
+        )  # fmt: skip
+
+
+def fail_queued(db: Database, task_id: int, error: str) -> bool:
+    """Move a queued task that cannot run to error."""
+    with db.write() as session:
+        return _move(
+            session, task_id, TaskStatus.QUEUED, status=TaskStatus.ERROR, finished=now(),
+            error=error,
+        )  # fmt: skip
+
+
+def delete_final(db: Database, task_ids: list[int]) -> list[int]:
+    """Delete the rows among ``task_ids`` that are final; the ids deleted."""
+    if not task_ids:
+        return []
+    with db.write() as session:
+        final = [s.value for s in FINAL]
+        ids = list(
+            session.scalars(
+                select(TaskRow.id).where(TaskRow.id.in_(task_ids), TaskRow.status.in_(final))
+            )
+        )
+        session.execute(delete(TaskRow).where(TaskRow.id.in_(ids)))
+    return ids
+
+
+def _move(session: Any, task_id: int, expected: TaskStatus, **values: Any) -> bool:
+    values.setdefault("status", TaskStatus.RUNNING)
+    values["status"] = TaskStatus(values["status"]).value
+    result = session.execute(
+        update(TaskRow).where(TaskRow.id == task_id, TaskRow.status == expected).values(**values)
+    )
+    return bool(result.rowcount == 1)
+
+
+# -- outcomes ---------------------------------------------------------------------------------
+
+
+def read_result(folder: TaskFolder) -> dict[str, Any] | None:
+    """The supervisor's result.json, or None while there is none."""
+    try:
+        data = json.loads(folder.result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def outcome_from_result(
+    folder: TaskFolder, result: Mapping[str, Any], spec: Mapping[str, Any]
+) -> Outcome:
+    """What the supervisor's result means for the task."""
+    reason = result.get("reason")
+    code, signum = result.get("exit_code"), result.get("signal")
+    if reason == "killed":
+        return Outcome(TaskStatus.KILLED, code, "killed on request")
+    if reason == "timeout":
+        return Outcome(TaskStatus.ERROR, code, f"timed out after {spec.get('timeout', 0):g} s")
+    if reason == "start_failed":
+        return Outcome(TaskStatus.ERROR, None, f"could not start: {result.get('error')}")
+    if signum:
+        why = f"killed by signal {signum} ({_signal_name(signum)})"
+        return Outcome(TaskStatus.ERROR, None, _with_tail(why, folder))
+    if code != 0:
+        return Outcome(TaskStatus.ERROR, code, _with_tail(f"exited with status {code}", folder))
+    return _done(folder, spec.get("outputs"))
+
+
+def orphan_outcome(handle: Mapping[str, Any] | None, kill_requested: bool) -> Outcome:
+    """A running task whose supervisor is gone without a result."""
+    if kill_requested:
+        return Outcome(TaskStatus.KILLED, None, "killed on request (its supervisor was gone)")
+    if not handle:
+        return Outcome(TaskStatus.ERROR, None, "the task never started: its supervisor is gone")
+    pid = handle.get("pid")
+    return Outcome(
+        TaskStatus.ERROR, None, f"supervisor died (pid {pid}) without recording how the task ended"
+    )
+
+
+def _done(folder: TaskFolder, declared: list[str] | None) -> Outcome:
+    files = scan_outputs(folder.output)
+    if declared:
+        by_name = {f["name"]: f for f in files}
+        missing = [name for name in declared if name not in by_name]
+        if missing:
+            message = "declared output file(s) missing: " + ", ".join(missing)
+            return Outcome(TaskStatus.ERROR, 0, message, files)
+        files = [by_name[name] for name in declared]
+    return Outcome(TaskStatus.DONE, 0, None, files)
+
+
+def scan_outputs(root: Path) -> list[dict[str, Any]]:
+    """Regular files inside ``root`` (real paths checked), with names relative to it."""
+    try:
+        base = root.resolve(strict=True)
+    except OSError:
+        return []
+    found = []
+    for folder, _dirs, names in os.walk(base):
+        for name in names:
+            path = Path(folder, name)
+            real = path.resolve()
+            if base not in real.parents or not real.is_file():
+                continue  # a link leading outside, or to something that is not a file
+            relative = path.relative_to(base).as_posix()
+            found.append({"name": relative, "size": real.stat().st_size})
+    return sorted(found, key=lambda f: f["name"])
+
+
+def tail_text(path: Path, max_bytes: int) -> str:
+    """The end of a text file, at most ``max_bytes`` of it, never loading the whole file."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")
+
+
+def stderr_tail(folder: TaskFolder) -> str:
+    """The last lines of the task's standard error, where the reason for a failure usually is."""
+    lines = tail_text(folder.stderr, TAIL_BYTES).strip().splitlines()
+    return "\n".join(lines[-TAIL_LINES:])
+
+
+def _with_tail(message: str, folder: TaskFolder) -> str:
+    tail = stderr_tail(folder)
+    return f"{message}; standard error ends with:\n{tail}" if tail else message
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown"

@@ -1,0 +1,5 @@
+"""Outlast the timeout."""
+
+import time
+
+time.sleep(600)

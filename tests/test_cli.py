@@ -1,0 +1,263 @@
+"""The command line: both spellings, rendering, --json, errors and exit codes, real installs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from orchestra.cli.parser import normalize, parse
+from orchestra.config import Settings
+from orchestra.service import Service
+from tests.conftest import EXAMPLES, ROOT
+from tests.helpers import run_cli, write_module
+
+CATALOG = str(EXAMPLES / "catalog")
+SLEEPER = 'print("started", flush=True)\ntime.sleep(60)'
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--register", "p", "--ref", "v1"], ["register", "p", "--ref", "v1"]),
+        (["--register", "p", "--subdir", "d"], ["register", "p", "--subdir", "d"]),
+        (["--register=p"], ["register", "p"]),
+        (["--list"], ["list"]),
+        (["--list", "--json"], ["list", "--json"]),
+        (["--json", "--list"], ["--json", "list"]),
+        (["--home", "/h", "--list"], ["--home", "/h", "list"]),
+        (["--remove", "1", "2", "--force"], ["remove", "1", "2", "--force"]),
+        (["--clear", "--yes"], ["clear", "--yes"]),
+    ],
+)  # fmt: skip
+def test_the_flag_spelling_parses_to_the_same_command(flags: list[str], words: list[str]) -> None:
+    assert normalize(flags) == words
+    assert parse(flags) == parse(words)
+
+
+def test_options_before_and_after_the_command_mean_the_same() -> None:
+    assert parse(["--json", "--home", "/h", "list"]) == parse(["list", "--json", "--home", "/h"])
+    assert parse(["--json", "list"]).json is True
+    assert parse(["list"]).json is False
+
+
+def test_a_flag_after_a_command_word_is_not_rewritten() -> None:
+    assert normalize(["show", "--list"]) == ["show", "--list"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["remove"], ["remove", "abc"], ["show", "-1"], ["show", "9" * 30], ["run"],
+     ["tasks", "--status", "finished"], ["tasks", "--limit", "0"], ["--register"]],
+)  # fmt: skip
+def test_usage_errors_exit_2_with_the_usage(settings: Settings, argv: list[str]) -> None:
+    code, out, err = run_cli(argv, settings)
+    assert code == 2
+    assert "usage: orchestra" in err
+    assert "Traceback" not in err
+
+
+def test_help_and_version_exit_0(settings: Settings) -> None:
+    code, out, _ = run_cli(["--help"], settings)
+    assert code == 0 and "register" in out and "serve" in out
+    code, out, _ = run_cli(["--version"], settings)
+    assert code == 0 and out.startswith("orchestra ")
+
+
+def test_register_list_show_and_remove_in_the_flag_spelling(settings: Settings) -> None:
+    code, out, err = run_cli(["--register", CATALOG], settings)
+    assert code == 0, err
+    assert out == "registered module 1: Example catalog (installed)\n"
+    assert "orchestra: fetching" in err  # progress of the long steps
+    code, out, _ = run_cli(["--list"], settings)
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["ID", "NAME", "VERSION", "STATUS", "OUTPUT", "DESCRIPTION"]
+    assert row.startswith("1   Example catalog  1.0.0    installed  catalog")
+    code, out, _ = run_cli(["--remove", "1"], settings)
+    assert (code, out) == (0, "removed module 1\n")
+    assert run_cli(["--list"], settings)[1] == "no modules\n"
+
+
+def test_register_list_show_and_remove_in_the_command_spelling(settings: Settings) -> None:
+    code, out, err = run_cli(["register", CATALOG, "--json"], settings)
+    assert code == 0, err
+    registered = json.loads(out)
+    assert registered["skipped"] == []
+    module = registered["registered"][0]
+    assert module["name"] == "Example catalog" and module["status"] == "installed"
+    listing = json.loads(run_cli(["list", "--json"], settings)[1])
+    assert listing == [{k: module[k] for k in listing[0]}]
+    code, out, _ = run_cli(["show", str(module["id"])], settings)
+    assert code == 0
+    assert "name:" in out and "Example catalog" in out
+    assert "arguments:" in out and "parameter (str)" in out
+    assert json.loads(run_cli(["show", "1", "--json"], settings)[1])["install"]["files"] == [
+        "Model"
+    ]
+    assert run_cli(["remove", "1", "--json"], settings)[1] == '{\n  "removed": [\n    1\n  ]\n}\n'
+
+
+def test_register_skip_existing_skips_installed_names_with_a_note(
+    settings: Settings, tmp_path: Path
+) -> None:
+    other = write_module(tmp_path / "other", name="other", code="pass")
+    assert run_cli(["register", CATALOG], settings)[0] == 0
+    code, out, err = run_cli(
+        ["register", "--skip-existing", CATALOG, str(other), "--json"], settings
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["skipped"] == [{"source": CATALOG, "name": "Example catalog"}]
+    assert [m["name"] for m in result["registered"]] == ["other"]
+    assert f"skipping {CATALOG}: module 'Example catalog' is already installed" in err
+    assert len(json.loads(run_cli(["list", "--json"], settings)[1])) == 2
+
+
+def test_a_user_error_is_one_line_with_its_exit_code_and_no_traceback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    code, out, err = run_cli(["show", "99"], settings)
+    assert (code, out, err) == (3, "", "orchestra: error: no module 99\n")
+    code, _, err = run_cli(["register", str(tmp_path / "nowhere")], settings)
+    assert code == 5
+    assert err.splitlines()[-1].startswith("orchestra: error: source folder not found")
+    assert "Traceback" not in err
+    assert run_cli(["list", "--json"], settings)[1] == "[]\n"
+
+
+def test_remove_checks_every_id_before_removing_any(settings: Settings) -> None:
+    run_cli(["register", CATALOG], settings)
+    code, _, err = run_cli(["remove", "1", "42"], settings)
+    assert code == 3 and "no module 42" in err
+    assert len(json.loads(run_cli(["list", "--json"], settings)[1])) == 1
+
+
+def test_clear_without_a_terminal_refuses_unless_yes(settings: Settings) -> None:
+    run_cli(["register", CATALOG], settings)
+    code, _, err = run_cli(["--clear"], settings)
+    assert code == 2
+    assert "pass --yes" in err
+    assert len(json.loads(run_cli(["list", "--json"], settings)[1])) == 1
+    code, out, _ = run_cli(["clear", "--yes"], settings)
+    assert (code, out) == (0, "removed 1 module(s) and every task\n")
+    assert run_cli(["list", "--json"], settings)[1] == "[]\n"
+
+
+def test_run_wait_follows_the_log_and_prints_the_final_task(settings: Settings) -> None:
+    run_cli(["register", CATALOG], settings)
+    code, out, err = run_cli(["run", "1", "parameter=Bx", "spacing_hours=12", "--wait"], settings)
+    assert code == 0, err
+    assert "status:    done" in out
+    assert "parameter=Bx" in out
+    assert "catalog.csv" in out
+    assert "orchestra: task 1: " in err
+
+
+def test_run_wait_exits_non_zero_when_the_task_fails(settings: Settings, tmp_path: Path) -> None:
+    folder = write_module(
+        tmp_path / "bad", name="bad", code="print('oops', file=sys.stderr)\nsys.exit(3)"
+    )
+    run_cli(["register", str(folder)], settings)
+    code, out, err = run_cli(["run", "1", "--wait", "--json"], settings)
+    assert code == 1
+    task = json.loads(out)
+    assert task["status"] == "error" and task["exit_code"] == 3
+    assert "oops" in err  # the log was shown as it grew
+
+
+def test_run_arguments_must_be_name_value_pairs(settings: Settings) -> None:
+    run_cli(["register", CATALOG], settings)
+    code, _, err = run_cli(["run", "1", "parameter"], settings)
+    assert code == 2 and "expected NAME=VALUE" in err
+    code, _, err = run_cli(["run", "1", "a=1", "a=2"], settings)
+    assert code == 2 and "more than once" in err
+    code, _, err = run_cli(["run", "1", "colour=red"], settings)
+    assert code == 2 and "colour" in err
+
+
+def test_tasks_task_log_and_output(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_cli(["register", CATALOG], settings)
+    assert run_cli(["run", "1", "--wait"], settings)[0] == 0
+    code, out, _ = run_cli(["tasks"], settings)
+    assert code == 0 and out.splitlines()[1].split()[:3] == ["1", "1", "done"]
+    page = json.loads(
+        run_cli(["tasks", "--json", "--status", "done", "--module", "1"], settings)[1]
+    )
+    assert page["total"] == 1 and page["tasks"][0]["id"] == 1
+    assert json.loads(run_cli(["task", "1", "--json"], settings)[1])["status"] == "done"
+    assert run_cli(["log", "1", "--json"], settings)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["output", "1"], settings)
+    assert code == 0 and out.startswith(f"wrote {tmp_path / 'catalog.csv'} (")
+    assert (tmp_path / "catalog.csv").read_text().startswith("start")
+    code, _, err = run_cli(["output", "1"], settings)
+    assert code == 4 and "already exists" in err
+    code, _, _ = run_cli(["output", "1", "-o", str(tmp_path / "x" / "copy.csv")], settings)
+    assert code == 0
+    assert (tmp_path / "x" / "copy.csv").read_bytes() == (tmp_path / "catalog.csv").read_bytes()
+
+
+def test_output_of_several_files_is_a_zip(settings: Settings, tmp_path: Path) -> None:
+    code = "(out / 'a.txt').write_text('a')\n(out / 'b.txt').write_text('b')"
+    run_cli(["register", str(write_module(tmp_path / "two", name="two", code=code))], settings)
+    assert run_cli(["run", "1", "--wait"], settings)[0] == 0
+    target = tmp_path / "out.zip"
+    assert run_cli(["output", "1", "-o", str(target)], settings)[0] == 0
+    with zipfile.ZipFile(target) as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == {"a.txt": b"a", "b.txt": b"b"}
+
+
+def test_kill_stops_a_running_task(settings: Settings, tmp_path: Path) -> None:
+    run_cli(["register", str(write_module(tmp_path / "s", name="sleeper", code=SLEEPER))], settings)
+    code, out, _ = run_cli(["run", "1", "--json"], settings)
+    assert code == 0 and json.loads(out)["status"] in {"queued", "running"}
+    code, out, err = run_cli(["kill", "1"], settings)
+    assert (code, out) == (0, "task 1: killed\n"), err
+    code, _, err = run_cli(["kill", "1"], settings)
+    assert code == 4 and "already ended" in err
+
+
+def test_ctrl_c_while_following_exits_130_with_one_line(settings: Settings, tmp_path: Path) -> None:
+    run_cli(["register", str(write_module(tmp_path / "s", name="sleeper", code=SLEEPER))], settings)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code, _, err = run_cli(["run", "1", "--wait"], settings)
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert err.splitlines()[-1] == "orchestra: interrupted"
+    service = Service(settings)
+    try:
+        assert service.kill(1).status == "killed"  # the task itself went on
+    finally:
+        service.close()
+
+
+def test_python_dash_m_orchestra_runs_the_flag_spelling(tmp_path: Path, uv_cache: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env.update(ORCHESTRA_UV_CACHE=str(uv_cache), PYTHONPATH=str(ROOT / "src"))
+    home = str(tmp_path / "home")
+    command = [sys.executable, "-m", "orchestra", "--home", home]
+
+    def orchestra(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *argv], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    done = orchestra("--register", CATALOG)
+    assert done.returncode == 0, done.stderr
+    listed = orchestra("--list", "--json")
+    assert [m["name"] for m in json.loads(listed.stdout)] == ["Example catalog"]
+    missing = orchestra("show", "7")
+    assert (missing.returncode, missing.stderr) == (3, "orchestra: error: no module 7\n")

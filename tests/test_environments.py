@@ -1,0 +1,164 @@
+"""Environments built with the real uv: interpreters, requirements, scrubbing, bytecode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestra import environments
+from orchestra.config import Settings
+from orchestra.errors import InstallError, InvalidInput
+
+
+def _python_reports(python: str | Path) -> str:
+    code = "import platform; print(platform.python_version())"
+    return subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _build(
+    settings: Settings, env: Path, requirements: list[str], python: str | None = None
+) -> str:
+    lines: list[str] = []
+    version = environments.build_environment(
+        env, requirements=requirements, python=python, settings=settings, log=lines.append
+    )
+    assert lines, "the installer's output goes to the log"
+    return version
+
+
+def test_comments_blank_lines_and_inline_comments_are_dropped() -> None:
+    lines = [
+        "# numeric",
+        "",
+        "numpy>=1.24  # arrays",
+        "  six ",
+        "pkg[extra]==1.0 ; python_version>'3'",
+    ]
+    assert environments.check_requirements(lines) == [
+        "numpy>=1.24",
+        "six",
+        "pkg[extra]==1.0 ; python_version>'3'",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "-r /etc/other.txt",
+        "-e .",
+        "--index-url https://evil.example/simple",
+        "-c constraints.txt",
+        "--extra-index-url=http://x",
+        "pkg @ https://${SECRET_TOKEN}@host/pkg.whl",
+        "./local_folder",
+        "/abs/path/pkg.whl",
+        "pkg @ file:///etc/something",
+    ],
+)
+def test_option_lines_paths_and_variables_in_requirements_are_refused(line: str) -> None:
+    with pytest.raises(InvalidInput, match="install.requirements") as caught:
+        environments.check_requirements(["six", line])
+    assert line[:20] in caught.value.message
+
+
+def test_a_setting_allows_option_lines_for_trusted_deployments() -> None:
+    lines = ["--index-url https://pypi.org/simple", "six"]
+    assert environments.check_requirements(lines, allow_options=True) == lines
+
+
+def test_no_version_means_the_interpreter_running_orchestra() -> None:
+    python = environments.find_python(None)
+    assert Path(python).resolve() == Path(python)
+    assert _python_reports(python) == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_a_requested_version_finds_an_interpreter_reporting_that_version() -> None:
+    if not any(v.startswith("3.10.") for v in environments.available_pythons()):
+        pytest.skip("no Python 3.10 on this machine")
+    assert _python_reports(environments.find_python("3.10")).startswith("3.10.")
+
+
+def test_a_missing_version_is_an_error_listing_the_available_ones() -> None:
+    with pytest.raises(InstallError) as caught:
+        environments.find_python("3.4")
+    assert caught.value.step == "python"
+    assert "3.4" in caught.value.message
+    current = ".".join(map(str, sys.version_info[:3]))
+    assert current in caught.value.message
+
+
+def test_an_environment_gets_its_requirements_and_reports_its_python(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = tmp_path / "gen" / "env"
+    version = _build(settings, env, ["six==1.17.0"])
+    assert version == ".".join(map(str, sys.version_info[:3]))
+    out = subprocess.run(
+        [str(env / "bin" / "python"), "-c", "import six; print(six.__version__)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "1.17.0"
+
+
+def test_a_second_environment_with_the_same_requirements_builds_from_the_cache(
+    settings: Settings, tmp_path: Path
+) -> None:
+    _build(settings, tmp_path / "a" / "env", ["numpy"])
+    began = time.perf_counter()
+    _build(settings, tmp_path / "b" / "env", ["numpy"])
+    elapsed = time.perf_counter() - began
+    print(f"second environment with numpy built in {elapsed:.2f} s")
+    python = tmp_path / "b" / "env" / "bin" / "python"
+    subprocess.run([str(python), "-c", "import numpy"], check=True)
+
+
+def test_an_unknown_requirement_fails_the_install_step_with_the_installers_message(
+    settings: Settings, tmp_path: Path
+) -> None:
+    missing = "orchestra-no-such-package-7f3a9c"
+    with pytest.raises(InstallError) as caught:
+        _build(settings, tmp_path / "env", [missing])
+    assert caught.value.step == "install"
+    assert missing in caught.value.message
+    assert missing in caught.value.log
+
+
+def test_the_installer_ignores_the_servers_uv_variables(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an index that would fail every download if uv read it from the environment
+    monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    _build(settings, tmp_path / "env", ["six==1.17.0"])
+
+
+def test_a_version_that_is_installed_gives_an_environment_with_that_interpreter(
+    settings: Settings, tmp_path: Path
+) -> None:
+    if not any(v.startswith("3.10.") for v in environments.available_pythons()):
+        pytest.skip("no Python 3.10 on this machine")
+    version = _build(settings, tmp_path / "env", [], python=environments.find_python("3.10"))
+    assert version.startswith("3.10.")
+    assert _python_reports(tmp_path / "env" / "bin" / "python") == version
+
+
+def test_background_compilation_writes_bytecode_and_removal_stops_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    generation = tmp_path / "gen"
+    _build(settings, generation / "env", ["six==1.17.0"])
+    targets = environments.site_packages(generation / "env")
+    pid = environments.start_bytecode_compile(generation, targets)
+    assert pid and (generation / environments.COMPILE_PID_FILE).read_text() == str(pid)
+    assert environments.wait_for_bytecode(generation, timeout=60)
+    assert not environments.bytecode_pending(generation)
+    assert list(targets[0].glob("__pycache__/six.*.pyc"))
+    environments.start_bytecode_compile(generation, targets)
+    environments.remove_generation(generation)
+    assert not generation.exists()

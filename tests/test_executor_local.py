@@ -1,0 +1,137 @@
+"""The local executor: launching supervisors, hearing of their end, killing, adopting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestra.executors.local import LocalExecutor
+from tests.test_supervisor import TREE, _alive, _wait_for_file
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Iterator[LocalExecutor]:
+    """An executor with its launcher and exit watcher running, as in a server."""
+    ex = LocalExecutor(log_dir=tmp_path)
+    ex.open()
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def _spec(code: str, *args: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "argv": [sys.executable, "-c", code, *args],
+        "cwd": "/",
+        "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        "timeout": 60,
+        "grace": 1.0,
+        **extra,
+    }
+
+
+def _result(task_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((task_dir / "result.json").read_text()))
+
+
+def test_the_watcher_hears_at_once_that_a_task_ended(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    task_dir = tmp_path / "t1"
+    handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec("import sys; sys.exit(0)"))
+    ended = threading.Event()
+    assert executor.watch(handle, ended.set)
+    assert ended.wait(20)
+    assert _result(task_dir)["exit_code"] == 0
+    assert not executor.is_alive(handle)
+
+
+def test_without_a_server_a_task_starts_as_a_detached_supervisor(tmp_path: Path) -> None:
+    executor = LocalExecutor()  # never opened: the command line's way
+    task_dir = tmp_path / "t1"
+    handle = executor.start(
+        task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(0.5)")
+    )
+    assert executor.is_alive(handle)
+    assert not executor.watch(handle, lambda: None)
+    _wait_for_file(task_dir / "result.json")
+    assert _result(task_dir)["exit_code"] == 0
+    deadline = time.monotonic() + 10
+    while executor.is_alive(handle):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_kill_stops_the_module_its_child_and_a_detached_grandchild(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    task_dir, pid_file = tmp_path / "t1", tmp_path / "pids.json"
+    handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec(TREE, str(pid_file)))
+    ended = threading.Event()
+    executor.watch(handle, ended.set)
+    _wait_for_file(pid_file)
+    pids = json.loads(pid_file.read_text())
+    assert len(_alive(pids)) == 3
+    executor.kill(handle, grace=1.0)
+    assert ended.wait(1.0 + 2.0)
+    assert _result(task_dir)["reason"] == "killed"
+    assert _alive(pids) == []
+
+
+def test_a_new_executor_adopts_a_live_supervisor_and_sees_its_real_exit_code(
+    tmp_path: Path,
+) -> None:
+    first = LocalExecutor(log_dir=tmp_path)
+    first.open()
+    task_dir = tmp_path / "t1"
+    code = "import sys, time; time.sleep(1.0); sys.exit(7)"
+    handle = json.loads(json.dumps(first.start(task_id=1, task_dir=task_dir, spec=_spec(code))))
+    first.close()  # the old server is gone; its supervisor is not
+    second = LocalExecutor(log_dir=tmp_path)
+    second.open()
+    try:
+        assert second.is_alive(handle)
+        ended = threading.Event()
+        assert second.watch(handle, ended.set)
+        assert ended.wait(20)
+    finally:
+        second.close()
+    assert _result(task_dir)["exit_code"] == 7
+
+
+def test_kill_without_a_supervisor_stops_the_module_tree_directly(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    task_dir = tmp_path / "t1"
+    handle = executor.start(
+        task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(600)")
+    )
+    _wait_for_file(task_dir / "supervisor.json")
+    module_pid = json.loads((task_dir / "supervisor.json").read_text())["module_pid"]
+    os.kill(handle["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while executor.is_alive(handle):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert _alive([module_pid]) == [module_pid]
+    executor.kill(handle, grace=0.5)
+    assert _alive([module_pid]) == []
+    assert not (task_dir / "result.json").exists()
+
+
+def test_a_pid_reused_by_another_process_does_not_look_alive(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    handle = executor.start(task_id=1, task_dir=tmp_path / "t1", spec=_spec("pass"))
+    impostor = {**handle, "pid": os.getpid()}  # a live pid with another start time
+    assert not executor.is_alive(impostor)

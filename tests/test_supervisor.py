@@ -1,0 +1,146 @@
+"""The per-task supervisor run as the server runs it: a real process on a real task folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestra.executors import proctree
+from orchestra.executors.local import SUPERVISOR
+
+# a module that starts a child, whose own child calls setsid(); it writes the three pids
+TREE = """
+import json, os, subprocess, sys, time
+grandchild = "import os, time; os.setsid(); time.sleep(600)"
+child = (
+    "import subprocess, sys, time;"
+    f"g = subprocess.Popen([sys.executable, '-c', {grandchild!r}]);"
+    "print(g.pid, flush=True); time.sleep(600)"
+)
+proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+pids = [os.getpid(), proc.pid, int(proc.stdout.readline())]
+with open(sys.argv[1] + ".tmp", "w") as handle:
+    json.dump(pids, handle)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+signal_name = sys.argv[2] if len(sys.argv) > 2 else ""
+if signal_name == "ignore-term":
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+time.sleep(600)
+"""
+
+
+def _spec(task_dir: Path, code: str, *args: str, **extra: Any) -> None:
+    task_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-c", code, *args],
+        "cwd": str(task_dir),
+        "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        "timeout": 60,
+        "grace": 1.0,
+        **extra,
+    }
+    (task_dir / "spec.json").write_text(json.dumps(spec))
+
+
+def _start(task_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", str(SUPERVISOR), str(task_dir)], start_new_session=True
+    )
+
+
+def _result(task_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((task_dir / "result.json").read_text()))
+
+
+def _wait_for_file(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if proctree.start_time(pid) is not None]
+
+
+def test_a_module_that_succeeds_is_recorded_as_exited_with_status_zero(tmp_path: Path) -> None:
+    _spec(tmp_path, "print('hello')")
+    assert _start(tmp_path).wait(timeout=30) == 0
+    result = _result(tmp_path)
+    assert (result["reason"], result["exit_code"], result["signal"]) == ("exited", 0, None)
+    assert (tmp_path / "stdout.log").read_text() == "hello\n"
+    recorded = json.loads((tmp_path / "supervisor.json").read_text())
+    assert recorded["module_pid"] != recorded["pid"]
+
+
+def test_a_failing_module_leaves_its_status_and_its_standard_error(tmp_path: Path) -> None:
+    _spec(tmp_path, "import sys; sys.stderr.write('broken input\\n'); sys.exit(4)")
+    _start(tmp_path).wait(timeout=30)
+    assert _result(tmp_path)["exit_code"] == 4
+    assert (tmp_path / "stderr.log").read_text() == "broken input\n"
+
+
+def test_a_module_that_cannot_start_is_recorded_with_the_reason(tmp_path: Path) -> None:
+    _spec(tmp_path, "pass")
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    spec["argv"] = [str(tmp_path / "no-such-python")]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    _start(tmp_path).wait(timeout=30)
+    result = _result(tmp_path)
+    assert result["reason"] == "start_failed"
+    assert "no-such-python" in result["error"]
+
+
+def test_a_module_killed_by_a_signal_reports_the_signal(tmp_path: Path) -> None:
+    _spec(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    _start(tmp_path).wait(timeout=30)
+    result = _result(tmp_path)
+    assert (result["exit_code"], result["signal"]) == (None, signal.SIGSEGV)
+
+
+def test_sigterm_to_the_supervisor_kills_the_whole_tree_within_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "pids.json"
+    _spec(tmp_path, TREE, str(pid_file), "ignore-term")
+    supervisor = _start(tmp_path)
+    _wait_for_file(pid_file)
+    pids = json.loads(pid_file.read_text())
+    assert len(_alive(pids)) == 3
+    began = time.monotonic()
+    supervisor.send_signal(signal.SIGTERM)
+    supervisor.wait(timeout=30)
+    assert time.monotonic() - began < 1.0 + 2.0  # grace + margin
+    assert _result(tmp_path)["reason"] == "killed"
+    assert _alive(pids) == []
+
+
+def test_the_timeout_kills_the_tree_and_is_recorded_as_timeout(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids.json"
+    _spec(tmp_path, TREE, str(pid_file), timeout=1.0, grace=0.5)
+    _start(tmp_path).wait(timeout=30)
+    result = _result(tmp_path)
+    assert result["reason"] == "timeout"
+    assert result["signal"] == signal.SIGTERM
+    assert _alive(json.loads(pid_file.read_text())) == []
+
+
+def test_processes_left_behind_by_a_module_that_ended_are_stopped(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); "
+        "time.sleep(600)']);"
+        "open(sys.argv[1], 'w').write(str(p.pid))"
+    )
+    pid_file = tmp_path / "leftover.pid"
+    _spec(tmp_path, code, str(pid_file))
+    _start(tmp_path).wait(timeout=30)
+    assert _result(tmp_path)["exit_code"] == 0
+    assert _alive([int(pid_file.read_text())]) == []
