@@ -12,6 +12,7 @@ import pytest
 from orchestra import environments
 from orchestra.config import Settings
 from orchestra.errors import InstallError, InvalidInput
+from orchestra.storage.files import InstallFolder
 
 
 def _python_reports(python: str | Path) -> str:
@@ -151,14 +152,40 @@ def test_a_version_that_is_installed_gives_an_environment_with_that_interpreter(
 def test_background_compilation_writes_bytecode_and_removal_stops_it(
     settings: Settings, tmp_path: Path
 ) -> None:
-    generation = tmp_path / "gen"
-    _build(settings, generation / "env", ["six==1.17.0"])
-    targets = environments.site_packages(generation / "env")
-    pid = environments.start_bytecode_compile(generation, targets)
-    assert pid and (generation / environments.COMPILE_PID_FILE).read_text() == str(pid)
-    assert environments.wait_for_bytecode(generation, timeout=60)
-    assert not environments.bytecode_pending(generation)
-    assert list(targets[0].glob("__pycache__/six.*.pyc"))
-    environments.start_bytecode_compile(generation, targets)
-    environments.remove_generation(generation)
-    assert not generation.exists()
+    folder = InstallFolder(tmp_path, "gen")
+    folder.code.mkdir(parents=True)
+    (folder.code / "tool.py").write_text("VALUE = 1\n")
+    _build(settings, folder.env, ["six==1.17.0"])
+    pid = environments.start_bytecode_compile(folder, settings)
+    assert pid and (folder.root / environments.COMPILE_PID_FILE).read_text() == str(pid)
+    assert environments.wait_for_bytecode(folder.root, timeout=60)
+    assert not environments.bytecode_pending(folder.root)
+    site = environments.site_packages(folder.env)[0]
+    assert list(site.glob("__pycache__/six.*.pyc"))
+    assert list(folder.code.glob("__pycache__/tool.*.pyc"))
+    environments.start_bytecode_compile(folder, settings)
+    environments.remove_generation(folder.root)
+    assert not folder.root.exists()
+
+
+def test_bytecode_compiled_once_reaches_every_later_environment_through_the_cache(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first = InstallFolder(tmp_path, "first")
+    first.code.mkdir(parents=True)
+    _build(settings, first.env, ["idna==3.10"])
+    environments.start_bytecode_compile(first, settings)
+    assert environments.wait_for_bytecode(first.root, timeout=120)
+    compiled = list(environments.site_packages(first.env)[0].glob("idna/__pycache__/*.pyc"))
+    assert compiled and all(p.stat().st_nlink >= 2 for p in compiled)  # linked from the cache
+
+    second = InstallFolder(tmp_path, "second")
+    _build(settings, second.env, ["idna==3.10"])
+    # no compilation ran for the second one: its bytecode came with the installer's links
+    linked = list(environments.site_packages(second.env)[0].glob("idna/__pycache__/*.pyc"))
+    assert {p.name for p in linked} == {p.name for p in compiled}
+    # Python accepts them: an import that may write bytecode leaves the linked files alone
+    # (a stale .pyc would be rewritten as a new, unlinked file)
+    env = {"PATH": "/usr/bin:/bin"}
+    subprocess.run([str(second.python), "-c", "import idna.core"], env=env, check=True)
+    assert all(p.stat().st_nlink >= 3 for p in linked)

@@ -9,11 +9,12 @@ disk.
 Bytecode: uv does not compile ``.pyc`` files, and compiling during the install would slow
 every registration by seconds (pandas: ~2 s on a quiet machine, 10 s and more on a busy
 one). Instead, once a generation is registered, ``start_bytecode_compile`` compiles it in a
-detached background process at a lower priority; its pid is kept in the generation folder so
-that removing the generation can stop it first. Without ``.pyc`` files (and with
-``PYTHONDONTWRITEBYTECODE`` set) every run of a module would pay the compilation again, so
-the task runner waits for a pending compilation (``wait_for_bytecode``) before it starts the
-first task of a fresh generation.
+detached background process at a lower priority (its pid is kept in the generation folder so
+that removing the generation can stop it first). The compilation goes into the shared cache
+(``bytecode.py``): each package version is compiled once, and every later environment gets
+the ``.pyc`` files through uv's links along with the sources, so a fresh module's first run
+is as fast as its hundredth. Tasks run without ``PYTHONDONTWRITEBYTECODE``, so whatever is
+still missing is compiled by the first run that imports it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from typing import TYPE_CHECKING
 
 import uv
 
+from orchestra import bytecode
 from orchestra.errors import InstallError, InvalidInput
 from orchestra.process import clean_env, run_checked
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
     from orchestra.manifest import Manifest
+    from orchestra.storage.files import InstallFolder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -277,23 +280,27 @@ def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log
 # -- bytecode ------------------------------------------------------------------------------
 
 
-def start_bytecode_compile(generation: Path, targets: Sequence[Path]) -> int | None:
-    """Compile ``targets`` in a detached background process; its pid goes in the generation."""
-    python = generation / "env" / "bin" / "python"
-    argv = [str(python), "-m", "compileall", "-q", "-j", "0", *map(str, targets)]
+def start_bytecode_compile(folder: InstallFolder, settings: Settings) -> int | None:
+    """Compile a generation's bytecode in a detached background process (see bytecode.py)."""
+    sites = site_packages(folder.env)
+    if not sites:
+        return None
+    script = Path(bytecode.__file__)
+    archives = settings.uv_cache_dir / "archive-v0"
+    argv = [str(folder.python), "-I", str(script), str(sites[0]), str(archives), str(folder.code)]
     nice = shutil.which("nice")
     if nice:
         # below running tasks in priority: it must not slow down modules already serving
         argv = [nice, "-n", "10", *argv]
     try:
         proc = subprocess.Popen(
-            argv, cwd=generation, env=clean_env(), stdin=subprocess.DEVNULL,
+            argv, cwd=folder.root, env=clean_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     except OSError as exc:
-        _LOGGER.warning("cannot start bytecode compilation in %s: %s", generation, exc)
+        _LOGGER.warning("cannot start bytecode compilation in %s: %s", folder.root, exc)
         return None
-    (generation / COMPILE_PID_FILE).write_text(str(proc.pid))
+    (folder.root / COMPILE_PID_FILE).write_text(str(proc.pid))
     # reap it in this process when it ends, so no zombie stays behind in a long-lived server
     threading.Thread(target=proc.wait, name=f"compile-{proc.pid}", daemon=True).start()
     return proc.pid

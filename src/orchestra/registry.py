@@ -279,8 +279,7 @@ class Registry:
         with _BUILDING_LOCK:
             _BUILDING.discard(built.folder.root.name)
         if self.settings.compile_bytecode:
-            targets = [*environments.site_packages(built.folder.env), built.folder.code]
-            environments.start_bytecode_compile(built.folder.root, targets)
+            environments.start_bytecode_compile(built.folder, self.settings)
 
     # -- updating ------------------------------------------------------------------------
 
