@@ -33,7 +33,10 @@ METHOD = (
     "polled until installed); then timed from POST /module/<id>/run to the answer of "
     "GET /task/<id>?wait=… saying done. 'Right after registration': the run starts as soon "
     "as the module shows installed, while the background bytecode compile may still run. "
-    "'After compile': another fresh copy, run once that compile has finished. Classic: "
+    "'After compile': another fresh copy, run once that compile has finished. These two "
+    "share the suite's installer cache, where earlier registrations may have left compiled "
+    "bytecode; 'new installer cache': a server whose cache starts empty (so nothing is "
+    "compiled yet), run right after registration. Classic: "
     "`X/bin/python -m ImportPandas OUT` in a pip-built venv where nothing has run yet (pip "
     "compiles bytecode at install). Both sides run with the machine's environment, which "
     "sets PYTHONDONTWRITEBYTECODE=1 as users here have it: no run writes .pyc files, so a "
@@ -47,15 +50,16 @@ def run_bench(ctx: Context) -> list[Row]:
     ctx.warm_uv_cache()
     scratch = ctx.folder("first-run")
     home = scratch / "home"
-    ctx.log(f"first run: {reps} rep(s) of Orchestra immediate / classic / Orchestra compiled")
+    ctx.log(f"first run: {reps} rep(s) of immediate / classic / compiled / new cache")
     with Server(orchestra_env(home, ctx.uv_cache), scratch / "server.log") as server:
         serial = iter(range(10_000))
-        immediate, classic, compiled = alternate(
+        immediate, classic, compiled, fresh = alternate(
             reps,
             [
                 lambda: _orchestra_first_run(ctx, server, scratch, next(serial), compiled=False),
                 lambda: _classic_first_run(ctx, scratch),
                 lambda: _orchestra_first_run(ctx, server, scratch, next(serial), compiled=True),
+                lambda: _fresh_cache_first_run(ctx),
             ],
             ctx.log,
         )
@@ -67,6 +71,7 @@ def run_bench(ctx: Context) -> list[Row]:
     return [
         _row(f"first run importing {ctx.heavy}, right after registration", immediate, classic),
         _row(f"first run importing {ctx.heavy}, after the background compile", compiled, classic),
+        _row(f"first run importing {ctx.heavy}, right after, new installer cache", fresh, classic),
     ]
 
 
@@ -95,6 +100,14 @@ def _orchestra_first_run(
     seconds = time.perf_counter() - start
     wait_background_compile(server.home)  # let the next measurement start from a quiet machine
     return seconds
+
+
+def _fresh_cache_first_run(ctx: Context) -> float:
+    """Right after registration on a server whose installer cache starts empty."""
+    scratch = ctx.folder("first-run-new-cache")
+    env = orchestra_env(scratch / "home", scratch / "uv-cache")
+    with Server(env, scratch / "server.log") as server:
+        return _orchestra_first_run(ctx, server, scratch, 0, compiled=False)
 
 
 def _classic_first_run(ctx: Context, scratch: Path) -> float:

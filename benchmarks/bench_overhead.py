@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from context import Context
@@ -50,16 +52,52 @@ def run_bench(ctx: Context) -> list[Row]:
         module = ctx.prepare("noop", scratch / "module")
         module_id = server.register(module)
         direct = bare_command(server.home, module, scratch / "direct-out")
-        waiting = lambda: timed(lambda: server.wait(server.submit(module_id)))  # noqa: E731
+        phases: list[dict[str, float]] = []
+        waiting = lambda: _waiting_client(server, module_id, phases)  # noqa: E731
         polling = lambda: timed(lambda: server.poll(server.submit(module_id)))  # noqa: E731
         sides = [waiting, direct, polling]
         alternate(WARMUP, sides)
         ctx.log(f"overhead: {reps} rep(s) of waiting client / bare command / polling client")
+        phases.clear()
         waited, bare, polled = alternate(reps, sides, ctx.log if ctx.quick else None)
+    ctx.report.note(NAME, "where a waiting client's time goes (medians): " + _phases(phases))
     return [
         _row("task overhead (no-op): waiting client", waited, bare, with_target=True),
         _row("task overhead (no-op): client polling every 50 ms", polled, bare, with_target=False),
     ]
+
+
+def _waiting_client(server: Server, module_id: int, phases: list[dict[str, float]]) -> float:
+    """One task by the waiting client; notes the server's own times of its phases."""
+    sent = time.time()
+    start = time.perf_counter()
+    task = server.wait(server.submit(module_id))
+    seconds = time.perf_counter() - start
+    received = sent + seconds
+    created, started, finished = (_epoch(task[k]) for k in ("created", "started", "finished"))
+    phases.append(
+        {
+            "request → created": created - sent,
+            "created → started": started - created,
+            "started → finished": finished - started,
+            "finished → client has `done`": received - finished,
+        }
+    )
+    return seconds
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.removesuffix("Z")).replace(tzinfo=UTC).timestamp()
+
+
+def _phases(phases: list[dict[str, float]]) -> str:
+    if not phases:
+        return "no data"
+    names = list(phases[0])
+    medians = {name: statistics.median(p[name] for p in phases) for name in names}
+    return "; ".join(f"{name} {fmt_delta(value)}" for name, value in medians.items()) + (
+        " (server stamps have millisecond resolution)"
+    )
 
 
 def bare_command(home: Path, module: Path, out_root: Path) -> Callable[[], float]:

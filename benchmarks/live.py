@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 from harness import BenchError, run, user_env
 
 _LOGGER = logging.getLogger(__name__)
+COMPILE_PID_FILE = "compile.pid"  # where the registry notes its background compile
 
 
 def orchestra_env(home: Path, uv_cache: Path, **settings: str) -> dict[str, str]:
@@ -196,22 +196,24 @@ def generations(home: Path) -> list[Path]:
 
 
 def wait_background_compile(home: Path, timeout: float = 600.0) -> float:
-    """Wait until no bytecode compile runs on anything under ``home``; seconds waited."""
+    """Wait until no generation under ``home`` is compiling its bytecode; seconds waited.
+
+    The registry leaves the compiling process's pid in ``installs/<gen>/compile.pid``.
+    """
     start = time.monotonic()
-    marker = str(home).encode()
     while time.monotonic() - start < timeout:
-        if not any(marker in cmd and b"compileall" in cmd for cmd in _cmdlines()):
+        if not any(_compiling(gen) for gen in (home / "installs").glob("*")):
             return time.monotonic() - start
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise BenchError(f"bytecode compile under {home} still running after {timeout:g} s")
 
 
-def _cmdlines() -> list[bytes]:
-    lines = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                lines.append(Path(entry.path, "cmdline").read_bytes())
-            except OSError:
-                continue  # the process ended meanwhile
-    return lines
+def _compiling(generation: Path) -> bool:
+    try:
+        pid = int((generation / COMPILE_PID_FILE).read_text())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False  # no compile started, or it has ended
+    # a recycled pid would not name this generation
+    return state != "Z" and str(generation).encode() in cmdline

@@ -261,3 +261,32 @@ def test_python_dash_m_orchestra_runs_the_flag_spelling(tmp_path: Path, uv_cache
     assert [m["name"] for m in json.loads(listed.stdout)] == ["Example catalog"]
     missing = orchestra("show", "7")
     assert (missing.returncode, missing.stderr) == (3, "orchestra: error: no module 7\n")
+
+
+def test_update_reinstalls_a_module_from_its_source(settings: Settings, tmp_path: Path) -> None:
+    folder = write_module(tmp_path / "m", name="grows", code="pass")
+    run_cli(["register", str(folder)], settings)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**metadata, "version": "0.2"}))
+    code, out, err = run_cli(["update", "1"], settings)
+    assert code == 0, err
+    assert out == "updated module 1: grows (installed)\n"
+    assert json.loads(run_cli(["show", "1", "--json"], settings)[1])["version"] == "0.2"
+
+
+@pytest.mark.parametrize(("answer", "kept"), [("y\n", 0), ("n\n", 1), ("\n", 1)])
+def test_clear_on_a_terminal_asks_first(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, answer: str, kept: int
+) -> None:
+    import pty
+
+    run_cli(["register", CATALOG], settings)
+    controller, terminal = pty.openpty()
+    with os.fdopen(terminal, "r") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        os.write(controller, answer.encode())
+        code, _, err = run_cli(["clear"], settings)
+    os.close(controller)
+    assert "remove all 1 module(s) and every task? [y/N]" in err
+    assert code == (0 if answer == "y\n" else 1)
+    assert len(json.loads(run_cli(["list", "--json"], settings)[1])) == kept

@@ -141,7 +141,7 @@ def test_many_threads_submitting_and_reading_at_once_never_see_a_locked_database
                 service.list_tasks(limit=20)
                 service.get_task(task.id)
                 service.health()
-            except BaseException as exc:  # noqa: BLE001 - every failure is reported below
+            except BaseException as exc:
                 failures.append(exc)
 
     workers = [threading.Thread(target=submit, args=(n,)) for n in range(8)]

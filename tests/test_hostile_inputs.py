@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -574,3 +576,103 @@ def test_the_shared_world_still_works_after_every_hostile_input(world: World) ->
     task = _body(world.client.get(f"/task/{_body(answer)['task']}?wait=60"))
     assert task["status"] == "done"
     assert shutil.which("git")  # the source cases above really reached git
+
+
+# -- access ------------------------------------------------------------------------------
+
+TOKEN = "Tok3n-for-Hostile-tests"
+CHANGING = [("POST", "/modules"), ("DELETE", "/module/1"), ("POST", "/module/1/run"),
+            ("GET", "/modules/1/run"), ("POST", "/task/1/kill"), ("GET", "/tasks/1/kill"),
+            ("DELETE", "/task/1")]  # fmt: skip
+BAD_HEADERS = {
+    "missing": {},
+    "wrong-token": {"Authorization": "Bearer nope"},
+    "token-in-other-case": {"Authorization": f"Bearer {TOKEN.swapcase()}"},
+    "token-in-upper-case": {"Authorization": f"Bearer {TOKEN.upper()}"},
+    "no-scheme": {"Authorization": TOKEN},
+    "basic-scheme": {"Authorization": f"Basic {TOKEN}"},
+    "token-with-suffix": {"Authorization": f"Bearer {TOKEN}x"},
+    "token-prefix-only": {"Authorization": f"Bearer {TOKEN[:-1]}"},
+}
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, uv_cache: Path) -> Iterator[Any]:
+    """A real `serve` process with an API token."""
+    from tests.test_restart import ServerProcess
+
+    server = ServerProcess(tmp_path_factory.mktemp("guarded") / "home", uv_cache, api_token=TOKEN)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("header", list(BAD_HEADERS), ids=list(BAD_HEADERS))
+def test_a_real_server_refuses_every_changing_route_without_the_right_token(
+    guarded: Any, header: str
+) -> None:
+    for method, path in CHANGING:
+        answer = http(method, guarded.url + path, body=b"{}", headers={
+            "Content-Type": "application/json", **BAD_HEADERS[header]})  # fmt: skip
+        assert answer.status == 401, (method, path, answer.body)
+        assert "Bearer" in answer.json()["error"]
+    assert guarded.call("GET", "/modules").json() == []  # nothing was registered
+    CATALOGUE.append(f"token: {header}")
+
+
+def test_with_a_token_reads_stay_open_and_the_right_token_passes(guarded: Any) -> None:
+    for path in ("/modules", "/tasks", "/health", "/openapi.json"):
+        assert http("GET", guarded.url + path).status == 200
+    good = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    for method, path in CHANGING:
+        answer = http(method, guarded.url + path, body=b"{}", headers=good)
+        assert answer.status in {400, 404}, (method, path, answer.body)  # the route answered
+
+
+def test_protected_reads_need_the_token_on_a_real_server(tmp_path: Path, uv_cache: Path) -> None:
+    from tests.test_restart import ServerProcess
+
+    server = ServerProcess(tmp_path / "home", uv_cache, api_token=TOKEN, protect_reads="1")
+    try:
+        server.start()
+        assert http("GET", server.url + "/health").status == 401
+        assert http("GET", server.url + "/modules").status == 401
+        assert http("GET", server.url + "/tasks/1").status == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert http("GET", server.url + "/modules", headers=good).status == 200
+    finally:
+        server.close()
+
+
+def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import ROOT
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    environ.update(ORCHESTRA_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT / "src"), **env)
+    argv = [sys.executable, "-m", "orchestra", "serve", "--host", "0.0.0.0", "--port", "0"]
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=30)
+
+
+def test_serve_refuses_to_listen_on_all_addresses_without_a_token(tmp_path: Path) -> None:
+    done = _serve(tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("orchestra: error: refusing to listen on 0.0.0.0 without an API")
+    assert "ORCHESTRA_API_TOKEN" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "home" / "orchestra.db").exists()
+    CATALOGUE.append("serve on 0.0.0.0 without a token")
+
+
+def test_serve_listens_on_all_addresses_when_told_it_is_insecure(
+    tmp_path: Path, uv_cache: Path
+) -> None:
+    from tests.test_restart import ServerProcess
+
+    server = ServerProcess(tmp_path / "home", uv_cache, host="0.0.0.0", insecure="1")
+    try:
+        server.start()  # answers on 127.0.0.1, which 0.0.0.0 includes
+        assert server.stop() == 0
+    finally:
+        server.close()

@@ -59,7 +59,8 @@ class ServerProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"serve exited early:\n{self.log()}")
         try:
-            return http("GET", self.url + "/health", timeout=2).status == 200
+            # 401 counts: with ORCHESTRA_PROTECT_READS even /health needs the token
+            return http("GET", self.url + "/health", timeout=2).status in {200, 401}
         except OSError:
             return False
 
@@ -118,7 +119,8 @@ class ServerProcess:
             wait_for(
                 lambda: self.task(task_id),
                 lambda t: t["status"] in {"done", "error", "killed"},
-                timeout=timeout, what=f"task {task_id}",
+                timeout=timeout,
+                what=f"task {task_id}",
             )  # fmt: skip
         )
 
@@ -266,8 +268,10 @@ def _slow_package(folder: Path, flag: Path, seconds: float) -> Path:
             with zipfile.ZipFile(pathlib.Path(wheel_directory) / name, "w") as wheel:
                 wheel.writestr("slowpkg/__init__.py", "")
                 info = "slowpkg-0.1.dist-info/"
-                wheel.writestr(info + "METADATA", "Metadata-Version: 2.1\\nName: slowpkg\\nVersion: 0.1\\n")
-                wheel.writestr(info + "WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n")
+                meta = "Metadata-Version: 2.1\\nName: slowpkg\\nVersion: 0.1\\n"
+                wheel.writestr(info + "METADATA", meta)
+                tags = "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+                wheel.writestr(info + "WHEEL", tags)
                 wheel.writestr(info + "RECORD", "")
             return name
 

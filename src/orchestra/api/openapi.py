@@ -183,8 +183,9 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _FILE = {
-    "description": "the file",
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    # the type is guessed from the file's name (a .json output is application/json)
+    "description": "the file, or a zip of all output files when there are several",
+    "content": {"*/*": {"schema": {}}},  # any bytes: a JSON output is served as JSON
 }
 _RUN_BODY = {
     "required": False,
