@@ -43,6 +43,8 @@ def service(settings: Settings) -> Iterator[Service]:
         yield svc
     finally:
         svc.close()
+
+
 from tests.gitserver import git_daemon  # noqa: E402, F401
 
 if TYPE_CHECKING:
