@@ -254,6 +254,14 @@ def _create_venv(env_dir: Path, interpreter: str, settings: Settings, cwd: Path,
 
 
 def _env_version(env_dir: Path, cwd: Path) -> str:
+    # uv records the interpreter's version in pyvenv.cfg; asking the interpreter costs a start
+    try:
+        for line in (env_dir / "pyvenv.cfg").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "version_info" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
     python = env_dir / "bin" / "python"
     done = run_checked(
         [str(python), "-I", "-c", _VERSION_CODE], step="environment", cwd=cwd,
