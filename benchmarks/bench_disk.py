@@ -37,8 +37,8 @@ def run_bench(ctx: Context) -> list[Row]:
     pyc = _pyc_bytes(home)
     ctx.report.note(
         NAME,
-        f"Orchestra's data folder holds {fmt_value(pyc, 'B')} of compiled bytecode (.pyc, "
-        f"{fmt_value(pyc / count, 'B')} per module, not shared between environments); "
+        f"the .pyc files in Orchestra's data folder take {fmt_value(pyc, 'B')} "
+        f"({fmt_value(pyc / count, 'B')} per module; each inode counted once); "
         f"data folder + cache together: {fmt_value(both, 'B')}.",
     )
     ratio = ours / classic

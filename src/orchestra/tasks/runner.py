@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 
 from orchestra.errors import InvalidInput, NotFound, WrongState
 from orchestra.executors import get_executor
@@ -299,22 +300,32 @@ class TaskRunner:
         cursor: str | None = None,
     ) -> TaskPage:
         """Tasks newest first, filtered; pages by offset or (faster when deep) by cursor."""
-        query, total_query = _filtered(status, module)
+        conditions = _filters(status, module)
         if not 1 <= limit <= 1000:
             raise InvalidInput(f"limit: {limit} is not between 1 and 1000", key="limit")
         if offset < 0:
             raise InvalidInput(f"offset: {offset} must not be negative", key="offset")
+        page = select(TaskRow.id).where(*conditions).order_by(TaskRow.id.desc()).limit(limit + 1)
         if cursor:
-            query = query.where(TaskRow.id < _decode_cursor(cursor))
+            page = page.where(TaskRow.id < _decode_cursor(cursor))
         else:
-            query = query.offset(offset)
+            page = page.offset(offset)
         with self.db.read() as session:
-            total = session.scalar(total_query) or 0
-            rows = list(session.scalars(query.order_by(TaskRow.id.desc()).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = _encode_cursor(rows[-1].id) if more else None
-        tasks = tuple(self._info(r) for r in rows)
+            total = (
+                session.scalar(select(func.count()).select_from(TaskRow).where(*conditions)) or 0
+            )
+            # ids first, from an index alone: skipping deep into the list then never reads the
+            # rows it skips (each carries its run specification), only the page's own
+            ids = list(session.scalars(page))
+            wanted = ids[:limit]
+            rows = session.scalars(
+                select(TaskRow)
+                .options(defer(TaskRow.spec), defer(TaskRow.handle))
+                .where(TaskRow.id.in_(wanted))
+                .order_by(TaskRow.id.desc())
+            )
+            tasks = tuple(self._info(r) for r in rows)
+        next_cursor = _encode_cursor(wanted[-1]) if len(ids) > limit else None
         return TaskPage(tasks, total, limit, 0 if cursor else offset, next_cursor)
 
     def counts(self) -> dict[str, int]:
@@ -428,20 +439,18 @@ def _log_tail(path: Path) -> str:
     return f"[earlier output omitted]\n{text}" if cut else text
 
 
-def _filtered(status: str | None, module: int | None) -> tuple[Any, Any]:
-    query = select(TaskRow)
-    total = select(func.count()).select_from(TaskRow)
+def _filters(status: str | None, module: int | None) -> list[Any]:
+    conditions: list[Any] = []
     if status is not None:
         if status not in {s.value for s in TaskStatus}:
             allowed = ", ".join(s.value for s in TaskStatus)
             raise InvalidInput(f"status: {status!r} is not one of {allowed}", key="status")
-        query, total = query.where(TaskRow.status == status), total.where(TaskRow.status == status)
+        conditions.append(TaskRow.status == status)
     if module is not None:
         if isinstance(module, bool) or not isinstance(module, int) or not 0 < module <= MAX_ID:
             raise InvalidInput(f"module: {module!r} is not a module id", key="module")
-        query = query.where(TaskRow.module_id == module)
-        total = total.where(TaskRow.module_id == module)
-    return query, total
+        conditions.append(TaskRow.module_id == module)
+    return conditions
 
 
 def _encode_cursor(task_id: int) -> str:
