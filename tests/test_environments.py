@@ -189,3 +189,30 @@ def test_bytecode_compiled_once_reaches_every_later_environment_through_the_cach
     env = {"PATH": "/usr/bin:/bin"}
     subprocess.run([str(second.python), "-c", "import idna.core"], env=env, check=True)
     assert all(p.stat().st_nlink >= 3 for p in linked)
+
+
+def _install_log(settings: Settings, env: Path, requirements: list[str]) -> str:
+    lines: list[str] = []
+    environments.build_environment(
+        env, requirements=requirements, python=None, settings=settings, log=lines.append
+    )
+    return "\n".join(lines)
+
+
+def test_requirements_the_cache_holds_are_resolved_without_the_index(
+    settings: Settings, tmp_path: Path
+) -> None:
+    fresh = settings.with_overrides(uv_cache=str(tmp_path / "cache"))
+    first = _install_log(fresh, tmp_path / "one", ["six==1.17.0"])
+    assert "resolving online" in first  # an empty cache cannot answer: the index is asked
+    second = _install_log(fresh, tmp_path / "two", ["six==1.17.0"])
+    assert "--offline" in second and "resolving online" not in second
+    assert list((tmp_path / "two").glob("lib/python*/site-packages/six.py"))
+
+
+def test_resolving_from_the_cache_first_can_be_turned_off(
+    settings: Settings, tmp_path: Path
+) -> None:
+    online = settings.with_overrides(prefer_cached=False)
+    log = _install_log(online, tmp_path / "env", ["six==1.17.0"])
+    assert "--offline" not in log

@@ -49,6 +49,7 @@ class Settings:
     install_timeout: float = 1800.0  # seconds an environment build may take
     allow_requirement_options: bool = False  # accept -r/-e/--index-url lines in requirements
     compile_bytecode: bool = True  # compile the environment's .pyc in the background
+    prefer_cached: bool = True  # resolve requirements from the installer cache when it can
     poll_interval: float = 1.0  # seconds between the runner's sweeps of the database
     uv_cache: str = ""  # the installer's cache folder; empty means home/cache/uv
 

@@ -277,8 +277,21 @@ def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log
     argv = _uv(
         "pip", "install", "--python", str(python), "--no-python-downloads", "-r", "requirements.txt"
     )
-    log("$ " + " ".join(argv))
     log("requirements: " + ", ".join(lines))
+    if settings.prefer_cached:
+        # resolving from the cache alone skips the index round trips (half of a warm
+        # install) and reuses the versions other modules already link; whatever the cache
+        # cannot satisfy is resolved again online below
+        try:
+            _run_uv([*argv, "--offline"], settings, cwd, log)
+            return
+        except InstallError:
+            log("the cache does not hold everything: resolving online")
+    _run_uv(argv, settings, cwd, log)
+
+
+def _run_uv(argv: list[str], settings: Settings, cwd: Path, log: Log) -> None:
+    log("$ " + " ".join(argv))
     run_checked(
         argv, step="install", cwd=cwd, env=uv_env(settings),
         timeout=settings.install_timeout, on_line=log,
