@@ -23,7 +23,7 @@ from orchestra.storage.db import Database
 from orchestra.storage.files import InstallFolder
 from orchestra.storage.tables import ModuleRow
 from tests.conftest import EXAMPLES
-from tests.gitserver import GitDaemon, make_repo
+from tests.gitserver import GitDaemon, git, make_repo
 
 
 @pytest.fixture
@@ -454,3 +454,54 @@ def test_an_interrupted_registration_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         registry.register(SourceSpec(str(folder)), progress=progress)
     assert_nothing_left(registry, settings)
+
+
+@pytest.fixture
+def versioned_repo(git_daemon: GitDaemon, tmp_path: Path) -> dict[str, Any]:
+    """A served repository holding the module at its root and in models/m, in three commits."""
+
+    def module_files(version: str) -> dict[str, str]:
+        meta = (make_module(tmp_path / f"meta-{version}") / "metadata.json").read_text()
+        code = f"print('{version}')\n"
+        return {"metadata.json": meta, "main.py": code, "models/m/metadata.json": meta,
+                "models/m/main.py": code}  # fmt: skip
+
+    repo = git_daemon.new_repo(module_files("v1"))
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "v1")
+    make_repo(repo, module_files("v2"), branch="feature")
+    feature = git(repo, "rev-parse", "HEAD")
+    head = make_repo(repo, module_files("v3"), branch="main")
+    return {"repo": repo, "urls": {"git": git_daemon.url(repo.name), "file": repo.as_uri()},
+            "v1": first, "feature": feature, "main": head}  # fmt: skip
+
+
+@pytest.mark.parametrize("transport", ["git", "file"])
+@pytest.mark.parametrize(
+    ("ref", "expected", "printed"),
+    [
+        (None, "main", "v3"),
+        ("feature", "feature", "v2"),
+        ("v1", "v1", "v1"),
+        ("<sha>", "v1", "v1"),
+        ("<short>", "v1", "v1"),
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("subdir", [None, "models/m"])
+def test_a_git_source_registers_at_a_branch_tag_or_commit_recording_that_commit(
+    registry: Registry,
+    versioned_repo: dict[str, Any],
+    transport: str,
+    ref: str | None,
+    expected: str,
+    printed: str,
+    subdir: str | None,
+) -> None:
+    sha = versioned_repo["v1"]
+    ref = {"<sha>": sha, "<short>": sha[:10]}.get(ref or "", ref)
+    url = versioned_repo["urls"][transport]
+    info = registry.register(SourceSpec(url, ref, subdir))
+    assert info.source_kind == "git" and info.source == url
+    assert info.commit == versioned_repo[expected]
+    assert (info.ref, info.subdir) == (ref, subdir)
+    assert run_in(registry.runnable(info.id)[2], "-m", "main") == printed
