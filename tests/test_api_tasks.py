@@ -275,3 +275,35 @@ def test_a_real_server_kills_a_slow_task_from_the_old_get_form(
     killed = http("GET", f"{url}/task/{task_id}/kill")
     assert killed.status == 200 and killed.json()["status"] == "killed"
     assert http("GET", f"{url}/task/{task_id}").json()["status"] == "killed"
+
+
+@pytest.mark.parametrize(
+    ("example", "args", "file", "first_row"),
+    [
+        ("catalog", {**CATALOG_ARGS, "parameter": "Bx"}, "catalog.csv",
+         ["start", "stop", "parameter", "score"]),
+        ("timeseries", {"start": "2020-01-01T00:00:00", "stop": "2020-01-01T01:00:00"},
+         "timeseries.csv", ["time", "value"]),
+    ],
+)  # fmt: skip
+def test_each_example_registers_runs_and_downloads_through_a_real_server(
+    live_server: LiveServer, example: str, args: dict[str, str], file: str, first_row: list[str]
+) -> None:
+    url = live_server.url
+    accepted = http("POST", f"{url}/modules", json_body={"source": str(EXAMPLES / example)})
+    assert accepted.status == 202
+    module_id = accepted.json()["id"]
+    module = wait_for_status(
+        lambda: http("GET", f"{url}/module/{module_id}").json(), {"installed", "error"}, timeout=300
+    )
+    assert module["status"] == "installed", module.get("error")
+    run = http("POST", f"{url}/module/{module_id}/run", json_body=args)
+    assert run.status == 202
+    task = http("GET", f"{url}/task/{run.json()['task']}?wait=60").json()
+    assert task["status"] == "done", task["error"]
+    answer = http("GET", f"{url}/task/{task['id']}/output")
+    assert answer.status == 200
+    assert _file_name(answer.headers["Content-Disposition"]) == file
+    rows = list(csv.reader(io.StringIO(answer.body.decode())))
+    assert rows[0] == first_row and len(rows) > 1
+    assert task["output"] == [{"name": file, "size": len(answer.body)}]
