@@ -1,10 +1,8 @@
 """The module registry: register, update, remove, list, show; atomic, with recovery.
 
 A module's row is the only pointer to its installed generation (``installs/<uuid>/``: code,
-environment, log). A generation is built at its final path and becomes visible in the one
-write transaction that points the row at it; every failure removes what was built. While a
-generation is being built, a ``building.pid`` marker in it keeps ``prune()`` (of this or any
-other process) away from it.
+environment, log), which ``installer`` builds. A generation becomes visible in the one write
+transaction that points the row at it; every failure removes what was built.
 """
 
 from __future__ import annotations
@@ -12,26 +10,23 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import platform
-import shutil
-import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from orchestra import environments
+from orchestra import environments, installer
 from orchestra.errors import InstallError, NotFound, OrchestraError, WrongState
-from orchestra.manifest import Manifest, load_manifest, parse_manifest
+from orchestra.installer import Built
+from orchestra.manifest import Manifest, parse_manifest
 from orchestra.records import ModuleInfo, ModuleSummary
-from orchestra.sources import FetchedSource, SourceSpec, fetch, fetch_archive, precheck
+from orchestra.sources import SourceSpec, precheck
 from orchestra.storage.files import InstallFolder
 from orchestra.storage.tables import ModuleRow, TaskRow
 
@@ -43,36 +38,12 @@ _LOGGER = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 INSTALLING, INSTALLED, ERROR = "installing", "installed", "error"
-BUILDING_MARKER = "building.pid"
 _MAX_ID = 2**63 - 1
 _ACTIVE_TASKS = ("queued", "running")
-# generations this process is building; other processes' builds are known by their marker
-_BUILDING: set[str] = set()
-_BUILDING_LOCK = threading.Lock()
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One installation: where from, and whom to tell how it goes."""
-
-    spec: SourceSpec
-    archive: Path | None
-    progress: Progress
-
-
-@dataclass(frozen=True)
-class _Built:
-    """A complete generation, not yet pointed at by any row."""
-
-    folder: InstallFolder
-    manifest: Manifest
-    fetched: FetchedSource
-    python_version: str
-    log: str
 
 
 class Registry:
@@ -89,21 +60,59 @@ class Registry:
 
     def register(self, spec: SourceSpec, *, progress: Progress | None = None) -> ModuleInfo:
         """Install a module from a folder or git source; nothing is left behind on failure."""
-        job = _Job(spec, None, progress or _log_progress)
-        module_id = self._insert_installing(spec, archive=None)
+        report = progress or _log_progress
+        return self.record(installer.build(spec, self.settings, progress=report), progress=report)
+
+    def record(
+        self, built: Built, *, module_id: int | None = None, progress: Progress | None = None
+    ) -> ModuleInfo:
+        """Make a built generation visible: a new record, or the given ``installing`` one.
+
+        The name is claimed here, in the same transaction: a concurrent registration of the
+        same name (which the partial unique index refuses) loses and leaves nothing behind.
+        """
         try:
-            return self._install(module_id, job)
+            module_id = self._write_installed(built, module_id)
         except BaseException:
-            self._delete_row(module_id)
+            installer.abandon(built.folder)
             raise
+        installer.completed(built, self.settings)
+        (progress or _log_progress)(f"installed {built.manifest.name} as module {module_id}")
+        return self.get(module_id)
+
+    def _write_installed(self, built: Built, module_id: int | None) -> int:
+        try:
+            with self.db.write() as session:
+                row = self._row_to_fill(session, built, module_id)
+                _apply(row, built)
+                row.name, row.status, row.installer_pid = built.manifest.name, INSTALLED, None
+                session.flush()
+                return row.id
+        except IntegrityError:
+            self._check_name_free(built.manifest.name, module_id)
+            name = built.manifest.name
+            raise WrongState(f"a module named {name!r} is being registered") from None
+
+    def _row_to_fill(self, session: Session, built: Built, module_id: int | None) -> ModuleRow:
+        if module_id is None:
+            fresh = _new_row(built.spec, None)
+            session.add(fresh)
+            return fresh
+        row = session.get(ModuleRow, module_id)
+        if row is None:
+            raise WrongState(f"module {module_id} was removed while it was installing")
+        return row
 
     def begin_register(self, spec: SourceSpec, *, archive: Path | None = None) -> ModuleInfo:
         """Accept a registration and install it in a background thread."""
         precheck(spec, self.settings, archive=archive)
-        module_id = self._insert_installing(spec, archive=archive)
-        job = _Job(spec, archive, _log_progress)
+        with self.db.write() as session:
+            row = _new_row(spec, archive)
+            session.add(row)
+            session.flush()
+            module_id = row.id
         thread = threading.Thread(
-            target=self._install_in_background, args=(module_id, job),
+            target=self._install_in_background, args=(module_id, spec, archive),
             name=f"install-module-{module_id}", daemon=True,
         )  # fmt: skip
         with self._lock:
@@ -118,77 +127,22 @@ class Registry:
         for thread in threads:
             thread.join(timeout)
 
-    def _install_in_background(self, module_id: int, job: _Job) -> None:
+    def _install_in_background(
+        self, module_id: int, spec: SourceSpec, archive: Path | None
+    ) -> None:
         try:
-            self._install(module_id, job)
+            built = installer.build(spec, self.settings, archive=archive, progress=_log_progress)
+            self.record(built, module_id=module_id)
         except BaseException as exc:  # noqa: B036 - recorded on the row, the client reads it
             _LOGGER.info("installing module %s failed: %s", module_id, exc)
             self._mark_error(module_id, exc)
         finally:
-            if job.archive is not None:
-                job.archive.unlink(missing_ok=True)
+            if archive is not None:
+                archive.unlink(missing_ok=True)
             with self._lock:
                 self._background.discard(threading.current_thread())
 
-    def _install(self, module_id: int, job: _Job) -> ModuleInfo:
-        """The one installation path: fetch, validate, claim the name, build, make visible."""
-        with self._scratch("install") as workdir:
-            fetched = self._fetch(job, workdir)
-            manifest = load_manifest(fetched.root)
-            requirements = environments.read_requirements(fetched.root, manifest, self.settings)
-            self._claim_name(module_id, manifest, fetched)
-            built = self._build(fetched, manifest, requirements, job.progress)
-            try:
-                self._finish_register(module_id, built)
-            except BaseException:
-                _abandon(built.folder)
-                raise
-        self._after_swap(built)
-        info = self.get(module_id)
-        job.progress(f"installed {manifest.name} as module {module_id}")
-        return info
-
-    def _fetch(self, job: _Job, workdir: Path) -> FetchedSource:
-        if job.archive is not None:
-            job.progress("unpacking the uploaded archive")
-            return fetch_archive(job.archive, workdir, self.settings, subdir=job.spec.subdir)
-        job.progress(f"fetching {job.spec.location}")
-        return fetch(job.spec, workdir, self.settings, progress=job.progress)
-
-    def _insert_installing(self, spec: SourceSpec, *, archive: Path | None) -> int:
-        if archive is not None:
-            source, kind = f"upload:{spec.location or archive.name}", "archive"
-        else:
-            source, kind = _recorded_location(spec.location), "folder"
-        row = ModuleRow(
-            name=None, status=INSTALLING, description="", source=source, source_kind=kind,
-            ref=spec.ref, subdir=spec.subdir, installer_pid=os.getpid(), install_log="",
-            created=_now(), updated=_now(),
-        )  # fmt: skip
-        with self.db.write() as session:
-            session.add(row)
-            session.flush()
-            return row.id
-
-    def _claim_name(self, module_id: int, manifest: Manifest, fetched: FetchedSource) -> None:
-        """Take the module's name; a concurrent registration of the same name loses here."""
-        self._check_name_free(manifest.name, module_id)
-        try:
-            with self.db.write() as session:
-                row = session.get(ModuleRow, module_id)
-                if row is None:
-                    raise WrongState(f"module {module_id} was removed while it was installing")
-                row.name = manifest.name
-                row.description = manifest.description
-                row.version = manifest.version
-                row.output_type = manifest.output_type
-                row.source_kind = fetched.kind
-                row.updated = _now()
-        except IntegrityError:
-            self._check_name_free(manifest.name, module_id)
-            raise WrongState(f"a module named {manifest.name!r} is being registered") from None
-
-    def _check_name_free(self, name: str, module_id: int) -> None:
+    def _check_name_free(self, name: str, module_id: int | None) -> None:
         with self.db.read() as session:
             other = session.scalar(
                 select(ModuleRow).where(
@@ -202,15 +156,6 @@ class Registry:
                 key="name",
             )
 
-    def _finish_register(self, module_id: int, built: _Built) -> None:
-        with self.db.write() as session:
-            row = session.get(ModuleRow, module_id)
-            if row is None:
-                raise WrongState(f"module {module_id} was removed while it was installing")
-            _apply(row, built)
-            row.status = INSTALLED
-            row.installer_pid = None
-
     def _mark_error(self, module_id: int, exc: BaseException) -> None:
         message = exc.message if isinstance(exc, OrchestraError) else f"{type(exc).__name__}: {exc}"
         log = exc.log if isinstance(exc, InstallError) else ""
@@ -219,67 +164,6 @@ class Registry:
             if row is not None:
                 row.status, row.error, row.install_log = ERROR, message, log or message
                 row.installer_pid, row.updated = None, _now()
-
-    def _delete_row(self, module_id: int) -> None:
-        with self.db.write() as session:
-            session.execute(delete(ModuleRow).where(ModuleRow.id == module_id))
-
-    # -- building a generation -----------------------------------------------------------
-
-    def _build(
-        self,
-        fetched: FetchedSource,
-        manifest: Manifest,
-        requirements: list[str],
-        progress: Progress,
-    ) -> _Built:
-        """Copy the files and build the environment in a new generation folder."""
-        from orchestra.sources.folder import copy_files
-
-        lines: list[str] = []
-
-        def log(line: str) -> None:
-            lines.append(line)
-
-        python = environments.find_python(manifest.python_version)
-        folder = self._new_generation()
-        try:
-            copy_files(fetched.root, manifest.files, folder.code)
-            wanted = manifest.python_version or platform.python_version()
-            progress(f"creating environment with Python {wanted}")
-            if requirements:
-                progress(f"installing {len(requirements)} requirement(s)")
-            version = environments.build_environment(
-                folder.env, requirements=requirements, python=python,
-                settings=self.settings, log=log,
-            )  # fmt: skip
-            text = "\n".join(lines) + "\n"
-            folder.log.write_text(text, encoding="utf-8")
-        except BaseException as exc:
-            if isinstance(exc, InstallError):
-                exc.log = "\n".join(lines) + "\n"
-            _abandon(folder)
-            raise
-        return _Built(folder, manifest, fetched, version, text)
-
-    def _new_generation(self) -> InstallFolder:
-        self.settings.installs_dir.mkdir(parents=True, exist_ok=True)
-        folder = InstallFolder(self.settings.installs_dir, uuid.uuid4().hex)
-        with _BUILDING_LOCK:
-            _BUILDING.add(folder.root.name)
-        folder.root.mkdir()
-        (folder.root / BUILDING_MARKER).write_text(str(os.getpid()))
-        folder.code.mkdir()
-        return folder
-
-    def _after_swap(self, built: _Built) -> None:
-        """Once a row points at the generation: drop the marker, compile bytecode."""
-        # the marker goes only after the commit, so prune() sees one or the other
-        (built.folder.root / BUILDING_MARKER).unlink(missing_ok=True)
-        with _BUILDING_LOCK:
-            _BUILDING.discard(built.folder.root.name)
-        if self.settings.compile_bytecode:
-            environments.start_bytecode_compile(built.folder, self.settings)
 
     # -- updating ------------------------------------------------------------------------
 
@@ -296,23 +180,18 @@ class Registry:
                     "upload the new version as a new archive instead"
                 )
             spec = SourceSpec(row.source, ref or row.ref, row.subdir)
-            job = _Job(spec, None, report)
             old_dir = row.install_dir
-            with self._scratch("update") as workdir:
-                fetched = self._fetch(job, workdir)
-                manifest = load_manifest(fetched.root)
-                reqs = environments.read_requirements(fetched.root, manifest, self.settings)
-                built = self._build(fetched, manifest, reqs, report)
-                try:
-                    self._swap(module_id, old_dir, built, spec.ref)
-                except BaseException:
-                    _abandon(built.folder)
-                    raise
-            self._after_swap(built)
+            built = installer.build(spec, self.settings, progress=report)
+            try:
+                self._swap(module_id, old_dir, built, spec.ref)
+            except BaseException:
+                installer.abandon(built.folder)
+                raise
+            installer.completed(built, self.settings)
         if old_dir:
             self._drop_generation(old_dir)
         self.prune()
-        report(f"updated {manifest.name} (module {module_id})")
+        report(f"updated {built.manifest.name} (module {module_id})")
         return self.get(module_id)
 
     def _installed_row(self, module_id: int) -> ModuleRow:
@@ -321,7 +200,7 @@ class Registry:
             raise WrongState(f"module {module_id} is {row.status}, not installed")
         return row
 
-    def _swap(self, module_id: int, old_dir: str | None, built: _Built, ref: str | None) -> None:
+    def _swap(self, module_id: int, old_dir: str | None, built: Built, ref: str | None) -> None:
         try:
             with self.db.write() as session:
                 row = session.get(ModuleRow, module_id)
@@ -389,7 +268,7 @@ class Registry:
             return []
         # look for build markers before reading the references: a build drops its marker
         # only after its commit, so a folder is either marked here or referenced below
-        candidates = [p for p in installs.iterdir() if not _in_construction(p)]
+        candidates = [p for p in installs.iterdir() if not installer.in_construction(p)]
         with self.db.read() as session:
             used = set(session.scalars(select(ModuleRow.install_dir)))
             used |= set(
@@ -454,27 +333,7 @@ class Registry:
                 row.install_log = (row.install_log or "") + reason + "\n"
                 row.updated = _now()
         self.prune()
-        self._clean_scratch()
-
-    def _clean_scratch(self) -> None:
-        scratch = self.settings.home / "tmp"
-        if not scratch.is_dir():
-            return
-        for child in scratch.iterdir():
-            if not environments.alive_since(_owner_pid(child.name), child.stat().st_mtime):
-                _LOGGER.info("removing stale scratch folder %s", child)
-                shutil.rmtree(child, ignore_errors=True)
-
-    @contextmanager
-    def _scratch(self, purpose: str) -> Iterator[Path]:
-        base = self.settings.home / "tmp"
-        base.mkdir(parents=True, exist_ok=True)
-        # the pid in the name lets recover() tell whose folder it is
-        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-{os.getpid()}-", dir=base))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        installer.clean_scratch(self.settings)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -499,7 +358,20 @@ def _recorded_location(location: str) -> str:
     return location
 
 
-def _apply(row: ModuleRow, built: _Built) -> None:
+def _new_row(spec: SourceSpec, archive: Path | None) -> ModuleRow:
+    """A row for a registration that has not got its name yet."""
+    if archive is not None:
+        source, kind = f"upload:{spec.location or archive.name}", "archive"
+    else:
+        source, kind = _recorded_location(spec.location), "folder"
+    return ModuleRow(
+        name=None, status=INSTALLING, description="", source=source, source_kind=kind,
+        ref=spec.ref, subdir=spec.subdir, installer_pid=os.getpid(), install_log="",
+        created=_now(), updated=_now(),
+    )  # fmt: skip
+
+
+def _apply(row: ModuleRow, built: Built) -> None:
     manifest = built.manifest
     row.install_dir = built.folder.root.name
     row.meta = manifest.raw
@@ -522,30 +394,6 @@ def _info(row: ModuleRow) -> ModuleInfo:
         python_version=row.python_version, created=row.created, updated=row.updated,
         error=row.error, install_log=row.install_log or "",
     )  # fmt: skip
-
-
-def _abandon(folder: InstallFolder) -> None:
-    """Remove a generation that no row will point at."""
-    environments.remove_generation(folder.root)
-    with _BUILDING_LOCK:
-        _BUILDING.discard(folder.root.name)
-
-
-def _in_construction(folder: Path) -> bool:
-    with _BUILDING_LOCK:
-        if folder.name in _BUILDING:
-            return True
-    marker = folder / BUILDING_MARKER
-    try:
-        pid = int(marker.read_text().strip())
-        return environments.alive_since(pid, marker.stat().st_mtime)
-    except (OSError, ValueError):
-        return False
-
-
-def _owner_pid(name: str) -> int:
-    parts = name.split("-")
-    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
 
 
 def _epoch(moment: datetime) -> float:

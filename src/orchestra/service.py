@@ -3,21 +3,61 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestra import __version__
+from orchestra import __version__, installer
 from orchestra.config import Settings
 from orchestra.errors import WrongState
 from orchestra.records import ModuleInfo, ModuleSummary, TaskInfo, TaskPage
-from orchestra.registry import Registry
 from orchestra.sources import SourceSpec
-from orchestra.storage.db import Database
-from orchestra.tasks.runner import TaskRunner
+
+if TYPE_CHECKING:
+    from orchestra.registry import Registry
+    from orchestra.storage.db import Database
+    from orchestra.tasks.runner import TaskRunner
 
 _LOGGER = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+
+
+class _Backend:
+    """The database, the registry and the task runner, opened in a background thread.
+
+    Importing SQLAlchemy and opening the database take about half a second on a slow
+    machine; a registration from the command line installs the module meanwhile, since
+    only its last step needs the database.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._parts: tuple[Database, Registry, TaskRunner] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._open, name="orchestra-open", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            from orchestra.registry import Registry
+            from orchestra.storage.db import Database
+            from orchestra.tasks.runner import TaskRunner
+
+            db = Database(self._settings.db_url)
+            db.create_schema()
+            registry = Registry(self._settings, db)
+            self._parts = (db, registry, TaskRunner(self._settings, db, registry))
+        except BaseException as exc:  # noqa: B036 - raised again in the thread that asks
+            self._error = exc
+
+    def get(self) -> tuple[Database, Registry, TaskRunner]:
+        """The opened parts; raises what opening them raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._parts is not None
+        return self._parts
 
 
 class Service:
@@ -26,10 +66,22 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.db_url)
-        self.db.create_schema()
-        self.registry = Registry(settings, self.db)
-        self.tasks = TaskRunner(settings, self.db, self.registry)
+        self._backend = _Backend(settings)
+
+    @property
+    def db(self) -> Database:
+        """The database."""
+        return self._backend.get()[0]
+
+    @property
+    def registry(self) -> Registry:
+        """The module registry."""
+        return self._backend.get()[1]
+
+    @property
+    def tasks(self) -> TaskRunner:
+        """The task runner."""
+        return self._backend.get()[2]
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -40,8 +92,12 @@ class Service:
 
     def close(self) -> None:
         """Stop background work; running tasks go on and are adopted at the next start."""
-        self.tasks.stop()
-        self.db.dispose()
+        try:
+            db, _registry, tasks = self._backend.get()
+        except Exception:  # never opened: its error was reported where it was used
+            return
+        tasks.stop()
+        db.dispose()
 
     # -- modules --------------------------------------------------------------------------
 
@@ -54,7 +110,10 @@ class Service:
         progress: Progress | None = None,
     ) -> ModuleInfo:
         """Install a module from a folder or git URL; atomic, returns when installed."""
-        return self.registry.register(SourceSpec(source, ref, subdir), progress=progress)
+        report = progress or _LOGGER.info
+        # built before the registry is asked for, so that it installs while the backend opens
+        built = installer.build(SourceSpec(source, ref, subdir), self.settings, progress=report)
+        return self.registry.record(built, progress=report)
 
     def register_in_background(
         self,

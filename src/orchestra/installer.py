@@ -1,0 +1,175 @@
+"""Building a module's generation: fetch the source, validate it, copy its files, build its env.
+
+Nothing here touches the database: the registry records what this builds. That split also
+lets a registration start installing while the database layer is still being loaded (see
+``Service``). A generation is built at its final path, ``installs/<uuid>/``; while it is
+being built, a ``building.pid`` marker in it keeps ``prune()`` (of any process) away from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestra import environments
+from orchestra.errors import InstallError
+from orchestra.manifest import Manifest, load_manifest
+from orchestra.sources import FetchedSource, SourceSpec, fetch, fetch_archive
+from orchestra.storage.files import InstallFolder
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+
+_LOGGER = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+BUILDING_MARKER = "building.pid"
+# generations this process is building; other processes' builds are known by their marker
+_BUILDING: set[str] = set()
+_BUILDING_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Built:
+    """A complete generation, not yet pointed at by any module record."""
+
+    spec: SourceSpec
+    folder: InstallFolder
+    manifest: Manifest
+    fetched: FetchedSource
+    python_version: str
+    log: str
+
+
+def build(
+    spec: SourceSpec, settings: Settings, *, archive: Path | None = None, progress: Progress
+) -> Built:
+    """Fetch ``spec`` (or unpack ``archive``), validate it and build a new generation."""
+    with scratch(settings, "install") as workdir:
+        fetched = _fetch(spec, archive, workdir, settings, progress)
+        manifest = load_manifest(fetched.root)
+        requirements = environments.read_requirements(fetched.root, manifest, settings)
+        return _build_generation(spec, fetched, manifest, requirements, settings, progress)
+
+
+def _fetch(
+    spec: SourceSpec, archive: Path | None, workdir: Path, settings: Settings, progress: Progress
+) -> FetchedSource:
+    if archive is not None:
+        progress("unpacking the uploaded archive")
+        return fetch_archive(archive, workdir, settings, subdir=spec.subdir)
+    progress(f"fetching {spec.location}")
+    return fetch(spec, workdir, settings, progress=progress)
+
+
+def _build_generation(
+    spec: SourceSpec,
+    fetched: FetchedSource,
+    manifest: Manifest,
+    requirements: list[str],
+    settings: Settings,
+    progress: Progress,
+) -> Built:
+    """Copy the files and build the environment in a new generation folder."""
+    from orchestra.sources.folder import copy_files
+
+    lines: list[str] = []
+    python = environments.find_python(manifest.python_version)
+    folder = _new_generation(settings)
+    try:
+        copy_files(fetched.root, manifest.files, folder.code)
+        wanted = manifest.python_version or platform.python_version()
+        progress(f"creating environment with Python {wanted}")
+        if requirements:
+            progress(f"installing {len(requirements)} requirement(s)")
+        version = environments.build_environment(
+            folder.env, requirements=requirements, python=python, settings=settings,
+            log=lines.append,
+        )  # fmt: skip
+        text = "\n".join(lines) + "\n"
+        folder.log.write_text(text, encoding="utf-8")
+    except BaseException as exc:
+        if isinstance(exc, InstallError):
+            exc.log = "\n".join(lines) + "\n"
+        abandon(folder)
+        raise
+    return Built(spec, folder, manifest, fetched, version, text)
+
+
+def _new_generation(settings: Settings) -> InstallFolder:
+    settings.installs_dir.mkdir(parents=True, exist_ok=True)
+    folder = InstallFolder(settings.installs_dir, uuid.uuid4().hex)
+    with _BUILDING_LOCK:
+        _BUILDING.add(folder.root.name)
+    folder.root.mkdir()
+    (folder.root / BUILDING_MARKER).write_text(str(os.getpid()))
+    folder.code.mkdir()
+    return folder
+
+
+def completed(built: Built, settings: Settings) -> None:
+    """Once a record points at the generation: drop the marker, compile bytecode."""
+    # the marker goes only after the commit, so prune() sees one or the other
+    (built.folder.root / BUILDING_MARKER).unlink(missing_ok=True)
+    with _BUILDING_LOCK:
+        _BUILDING.discard(built.folder.root.name)
+    if settings.compile_bytecode:
+        environments.start_bytecode_compile(built.folder, settings)
+
+
+def abandon(folder: InstallFolder) -> None:
+    """Remove a generation that no record will point at."""
+    environments.remove_generation(folder.root)
+    with _BUILDING_LOCK:
+        _BUILDING.discard(folder.root.name)
+
+
+def in_construction(folder: Path) -> bool:
+    """Whether ``folder`` is a generation that this or another live process is building."""
+    with _BUILDING_LOCK:
+        if folder.name in _BUILDING:
+            return True
+    marker = folder / BUILDING_MARKER
+    try:
+        pid = int(marker.read_text().strip())
+        return environments.alive_since(pid, marker.stat().st_mtime)
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def scratch(settings: Settings, purpose: str) -> Iterator[Path]:
+    """A scratch folder under ``home/tmp``, removed afterwards."""
+    base = settings.home / "tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    # the pid in the name lets the registry's recovery tell whose folder it is
+    path = Path(tempfile.mkdtemp(prefix=f"{purpose}-{os.getpid()}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_scratch(settings: Settings) -> None:
+    """Remove scratch folders whose process is gone."""
+    base = settings.home / "tmp"
+    if not base.is_dir():
+        return
+    for child in base.iterdir():
+        if not environments.alive_since(_owner_pid(child.name), child.stat().st_mtime):
+            _LOGGER.info("removing stale scratch folder %s", child)
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _owner_pid(name: str) -> int:
+    parts = name.split("-")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
