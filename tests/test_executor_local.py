@@ -135,3 +135,62 @@ def test_a_pid_reused_by_another_process_does_not_look_alive(
     handle = executor.start(task_id=1, task_dir=tmp_path / "t1", spec=_spec("pass"))
     impostor = {**handle, "pid": os.getpid()}  # a live pid with another start time
     assert not executor.is_alive(impostor)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as handle:
+            found.extend(int(p) for p in handle.read().split())
+    return found
+
+
+def test_a_launched_supervisor_keeps_its_spec_and_leaves_no_log_when_all_went_well(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    task_dir = tmp_path / "t1"
+    spec = _spec("print('hi')")
+    handle = executor.start(task_id=1, task_dir=task_dir, spec=spec)
+    ended = threading.Event()
+    executor.watch(handle, ended.set)
+    assert ended.wait(20)
+    assert _result(task_dir)["exit_code"] == 0
+    assert json.loads((task_dir / "spec.json").read_text()) == spec
+    assert (task_dir / "stdout.log").read_text() == "hi\n"
+    assert not (task_dir / "supervisor.log").exists()
+    assert [p.name for p in task_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_handle_is_found_from_the_task_folder_by_another_executor(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    task_dir = tmp_path / "t1"
+    assert LocalExecutor().find(task_dir) is None  # nothing started there
+    handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(30)"))
+    _wait_for_file(task_dir / "supervisor.json")
+    other = LocalExecutor()  # another process's executor: nothing in memory
+    found = other.find(task_dir)
+    assert found is not None
+    assert (found["pid"], found["start"]) == (handle["pid"], handle["start"])
+    assert other.is_alive(found)
+    other.kill(found, grace=0.5)
+    _wait_for_file(task_dir / "result.json")
+    assert _result(task_dir)["reason"] == "killed"
+
+
+def test_the_waiting_supervisor_exits_with_the_launcher(tmp_path: Path) -> None:
+    executor = LocalExecutor(log_dir=tmp_path)
+    executor.open()
+    launcher = executor._launcher
+    assert launcher is not None and launcher._proc is not None
+    launcher_pid = launcher._proc.pid
+    deadline = time.monotonic() + 10
+    while not _children(launcher_pid):  # the supervisor forked ahead of the first task
+        assert time.monotonic() < deadline, "no supervisor waits for a task"
+        time.sleep(0.02)
+    waiting = _children(launcher_pid)
+    executor.close()
+    deadline = time.monotonic() + 10
+    while _alive(waiting):
+        assert time.monotonic() < deadline, "a waiting supervisor outlived its launcher"
+        time.sleep(0.02)

@@ -91,7 +91,8 @@ def test_killing_a_queued_task_drops_it_and_a_running_one_is_flagged(db: Databas
     assert lifecycle.request_kill(db, second) == TaskStatus.QUEUED
     assert lifecycle.claim_next(db, 5) is None  # the dropped one never starts
     assert lifecycle.request_kill(db, first) == TaskStatus.RUNNING
-    assert lifecycle.mark_started(db, first, {"pid": 1}) is True
+    flagged = lifecycle.read(db, first)
+    assert flagged is not None and flagged.kill_requested and flagged.status == "running"
 
 
 def test_outputs_are_regular_files_inside_the_folder_only(tmp_path: Path) -> None:

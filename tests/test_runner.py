@@ -11,17 +11,21 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from orchestra.config import Settings
 from orchestra.errors import InvalidInput, NotFound, WrongState
 from orchestra.records import TaskInfo
 from orchestra.service import Service
 from orchestra.storage.tables import TaskRow
+from orchestra.tasks import lifecycle
+from orchestra.tasks.runner import LAUNCH_WINDOW
+from orchestra.tasks.status import TaskStatus
 from tests.conftest import DATA
 from tests.test_supervisor import _alive, _wait_for_file
 
@@ -353,3 +357,91 @@ def test_two_hundred_concurrent_run_requests_all_get_answers_and_run_once(
         assert server.task_log(final.id)["stdout"] == "echo done\n"  # ran exactly once
     counts = sorted(int(_output(server, f.id, "args.json")["args"]["--count"]) for f in finals)
     assert counts == list(range(200))
+
+
+def _row(service: Service, task_id: int) -> TaskRow:
+    row = lifecycle.read(service.db, task_id)
+    assert row is not None
+    return row
+
+
+def test_a_running_task_keeps_its_supervisor_in_its_folder_and_is_adopted_from_there(
+    settings: Settings,
+) -> None:
+    first = Service(settings)
+    first.start()
+    module = _register(first, "fails")
+    sleeper = _register(first, "sleeps")
+    task = first.run(sleeper, {"seconds": 1.0})
+    _wait_for_file(settings.tasks_dir / str(task.id) / "supervisor.json")
+    assert _row(first, task.id).handle is None  # no write between claim and end
+    failing = first.run(module, {})
+    first.close()
+    second = Service(settings)
+    second.start()
+    try:
+        assert second.get_task(task.id, wait=30).status == "done"
+        ended = second.get_task(failing.id, wait=30)
+        assert (ended.status, ended.exit_code) == ("error", 3)  # its real exit status
+    finally:
+        second.close()
+
+
+def test_a_kill_from_another_process_finds_the_supervisor_through_the_folder(
+    server: Service,
+) -> None:
+    module = _register(server, "sleeps")
+    task = server.run(module, {"seconds": 600})
+    other = Service(server.settings)  # as the command line would, while the server runs
+    try:
+        assert other.kill(task.id).status == "killed"
+    finally:
+        other.close()
+    assert server.get_task(task.id, wait=10).status == "killed"
+
+
+def test_a_kill_flagged_before_the_supervisor_could_be_found_is_carried_out_by_the_sweep(
+    service: Service,
+) -> None:
+    module = _register(service, "sleeps")
+    task = service.run(module, {"seconds": 600})  # no server: a detached supervisor
+    _wait_for_file(service.settings.tasks_dir / str(task.id) / "supervisor.json")
+    assert lifecycle.request_kill(service.db, task.id) == TaskStatus.RUNNING  # flag only
+    service.tasks.reconcile()  # what the sweep does every poll interval
+    info = service.get_task(task.id, wait=15)
+    assert info.status == "killed"
+
+
+def test_a_claimed_task_whose_supervisor_never_appeared_fails_after_the_launch_window(
+    service: Service,
+) -> None:
+    module = _register(service, "echo")
+    # a claim whose launching process died before starting anything
+    claimed = [
+        lifecycle.create(
+            service.db, module_id=module, args={}, timeout=10, install_dir=None,
+            build_spec=lambda i: {"task_id": i}, max_running=2,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [row.status for row in claimed] == ["running", "running"]
+    stale, fresh = claimed
+    long_ago = lifecycle.now() - LAUNCH_WINDOW - timedelta(seconds=1)
+    with service.db.write() as session:
+        session.execute(update(TaskRow).where(TaskRow.id == stale.id).values(started=long_ago))
+    assert not service.tasks.settle(fresh.id)  # may still be starting: left alone
+    assert service.tasks.settle(stale.id)
+    info = service.get_task(stale.id)
+    assert info.status == "error"
+    assert info.error == "the task never started: its supervisor is gone"
+    assert service.get_task(fresh.id).status == "running"
+
+
+def test_waiting_on_tasks_that_have_ended_leaves_nothing_behind(server: Service) -> None:
+    module = _register(server, "echo")
+    tasks = [server.run(module, {}) for _ in range(3)]
+    for task in tasks:
+        assert server.get_task(task.id, wait=30).status == "done"
+    for task in tasks:  # already final: answered at once, no waiting state kept
+        assert server.get_task(task.id, wait=30).status == "done"
+    assert server.tasks._events == {}

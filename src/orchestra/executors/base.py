@@ -18,6 +18,10 @@ class Executor(Protocol):
         """Start the task described by ``spec``; return its handle."""
         ...
 
+    def find(self, task_dir: Path) -> Handle | None:
+        """The handle of the job started for ``task_dir``, from what the job itself recorded."""
+        ...
+
     def is_alive(self, handle: Handle) -> bool:
         """True while the job behind ``handle`` has not ended."""
         ...

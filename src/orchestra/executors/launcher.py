@@ -1,14 +1,19 @@
 """A pre-started process that forks one supervisor per task (standard library only).
 
 Starting a fresh interpreter for every supervisor costs 30+ ms here (imports included);
-forking this already-loaded process costs about one. The server writes one JSON line per
-task (``{"task_dir": ...}``) to its standard input and reads back ``{"pid", "start"}``.
-It exits when its standard input closes (the server stopped or died); the supervisors it
-forked run in their own sessions and carry on.
+forking this already-loaded process costs about one, and even that is kept off a task's
+path: one supervisor is always forked ahead, set up (session, signal handlers, subreaper)
+and waiting on a pipe. The server writes one JSON line per task
+(``{"task_dir": ..., "spec": {...}}``) to the launcher's standard input; the launcher hands
+it to the waiting supervisor, answers ``{"pid", "start"}`` and forks the next one.
+It exits when its standard input closes (the server stopped or died); a waiting supervisor
+then sees the end of its pipe and exits, while those running tasks, in their own sessions,
+carry on.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -23,16 +28,55 @@ else:  # run by path with -I -S: the package is not importable, its sibling file
     import supervisor  # type: ignore[no-redef]
 
 
-def _fork_supervisor(task_dir: str) -> int:
-    pid = os.fork()
-    if pid == 0:
+class _Spare:
+    """A supervisor forked ahead of need, set up and waiting on a pipe for its task."""
+
+    def __init__(self) -> None:
+        read, write = os.pipe()
+        # frozen objects are left alone by the collector, so the child's pages stay shared
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write)
+            _spare_main(read)
+        gc.unfreeze()
+        os.close(read)
+        self.pid = pid
+        self.start = proctree.start_time(pid)
+        self._write = write
+
+    def hand(self, request: bytes) -> None:
+        """Give the spare its task; from now on it is that task's supervisor."""
         try:
-            os.setsid()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            supervisor.run(task_dir)
+            view = memoryview(request)
+            while view:
+                view = view[os.write(self._write, view) :]
         finally:
-            os._exit(1)
-    return pid
+            os.close(self._write)
+
+
+def _spare_main(read: int) -> None:
+    """The forked side: get ready, wait for a task, supervise it; never returns."""
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        supervisor.prepare()
+        chunks = []
+        while chunk := os.read(read, 65536):
+            chunks.append(chunk)
+        if not chunks:  # the launcher is gone without a task for us
+            os._exit(0)
+        request = json.loads(b"".join(chunks))
+        supervisor.run(request["task_dir"], request["spec"], prepared=True)
+    finally:
+        os._exit(1)
+
+
+def _check(line: bytes) -> bytes:
+    request = json.loads(line)
+    if not isinstance(request.get("task_dir"), str) or not isinstance(request.get("spec"), dict):
+        raise ValueError("a launch request needs task_dir and spec")
+    return line
 
 
 def serve() -> None:
@@ -40,16 +84,23 @@ def serve() -> None:
     supervisor.preload()
     # the supervisors are our children: let the kernel reap them as they end
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    spare: _Spare | None = _Spare()
     for line in sys.stdin.buffer:
         reply: dict[str, Any]
         try:
-            task_dir = json.loads(line)["task_dir"]
-            pid = _fork_supervisor(task_dir)
-            reply = {"pid": pid, "start": proctree.start_time(pid)}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            request = _check(line)
+            current, spare = spare or _Spare(), None
+            current.hand(request)
+            reply = {"pid": current.pid, "start": current.start}
+        except (OSError, ValueError, TypeError) as exc:
             reply = {"error": repr(exc)}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
+        if spare is None:
+            try:  # the next task's supervisor, forked while no request waits for it
+                spare = _Spare()
+            except OSError:
+                spare = None
 
 
 if __name__ == "__main__":

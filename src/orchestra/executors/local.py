@@ -56,19 +56,29 @@ class LocalExecutor:
         watcher.stop()
 
     def start(self, *, task_id: int, task_dir: Path, spec: dict[str, Any]) -> Handle:
-        """Write ``spec.json`` and start a supervisor for it in its own session."""
+        """Start a supervisor for ``spec`` in its own session (it keeps spec.json)."""
         task_dir.mkdir(parents=True, exist_ok=True)
-        (task_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         launcher = self._launcher
         reply: dict[str, Any] | None = None
         if launcher is not None:
             try:
-                reply = launcher.launch(task_dir)
+                # the spec travels with the request: the supervisor writes spec.json once
+                # the module has started, rather than everyone waiting for it here
+                reply = launcher.launch(task_dir, spec)
             except OSError as exc:
                 _LOGGER.warning("launcher failed (%s); starting task %s directly", exc, task_id)
         if reply is None:
+            (task_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
             reply = _start_detached(task_dir)
         return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
+
+    def find(self, task_dir: Path) -> Handle | None:
+        """The supervisor's handle from its supervisor.json; None before it wrote one."""
+        data = _supervisor_file(task_dir)
+        try:
+            return {"pid": int(data["pid"]), "start": data.get("start"), "task_dir": str(task_dir)}
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def is_alive(self, handle: Handle) -> bool:
         """True while the supervisor behind ``handle`` runs."""
@@ -96,11 +106,19 @@ class LocalExecutor:
         return True
 
 
-def _module_identity(task_dir: Path) -> tuple[int, int | None] | None:
+def _supervisor_file(task_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads((task_dir / "supervisor.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _module_identity(task_dir: Path) -> tuple[int, int | None] | None:
+    data = _supervisor_file(task_dir)
+    try:
         return int(data["module_pid"]), data.get("module_start")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -153,15 +171,16 @@ class _Launcher:
                 log.close()
         return self._proc
 
-    def launch(self, task_dir: Path) -> dict[str, Any]:
-        """Fork a supervisor for ``task_dir``; its pid and start time."""
+    def launch(self, task_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+        """Fork a supervisor for ``task_dir`` running ``spec``; its pid and start time."""
         with self._lock:
             proc = self._proc
             if proc is None or proc.poll() is not None:
                 proc = self._spawn()
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                proc.stdin.write(json.dumps({"task_dir": str(task_dir)}).encode() + b"\n")
+                request = {"task_dir": str(task_dir), "spec": spec}
+                proc.stdin.write(json.dumps(request).encode() + b"\n")
                 proc.stdin.flush()
                 line = proc.stdout.readline()
             except OSError as exc:

@@ -4,17 +4,23 @@ Standard library only, so that it starts fast and outlives the server. Run it as
 ``python -I -S supervisor.py TASK_DIR [--detach]``, or fork it from the launcher
 (``launcher.py``), which calls :func:`run` in a fresh session.
 
-It reads ``TASK_DIR/spec.json`` ({argv, cwd, env, timeout, grace}), becomes a child subreaper
-so that grandchildren which detach (``setsid``, double fork) stay below it, starts the module
-in a new session with its output streamed to ``stdout.log`` / ``stderr.log``, writes
-``supervisor.json`` (its pid and the module's, with start times against pid reuse), and waits.
-SIGTERM means "kill the task"; the timeout does the same. Either way the whole tree gets
-SIGTERM, then SIGKILL after the grace period. Finally ``result.json`` is written atomically:
+It takes the spec ({argv, cwd, env, timeout, grace}) from the launcher, or reads it from
+``TASK_DIR/spec.json``; becomes a child subreaper so that grandchildren which detach
+(``setsid``, double fork) stay below it, starts the module in a new session with its output
+streamed to ``stdout.log`` / ``stderr.log``, writes ``supervisor.json`` (its pid and the
+module's, with start times against pid reuse), and waits. SIGTERM means "kill the task"; the
+timeout does the same. Either way the whole tree gets SIGTERM, then SIGKILL after the grace
+period. Finally ``result.json`` is written atomically:
 {exit_code, signal, reason: exited|timeout|killed|start_failed, error, started, finished}.
+
+Creating a file is the slow part of writing one on some machines (a third of a millisecond),
+so only the module's logs are created before it starts; the rest is created while it runs,
+and ``result.json`` goes into place with one write and a rename once it has ended.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -80,22 +86,55 @@ def _wait_for_signal(timeout: float) -> None:
         os.read(_State.wake_read, 512)
 
 
+class _JsonFile:
+    """A JSON file put in place atomically: a temporary file (created early), then a rename."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = f"{path}.{os.getpid()}.tmp"
+        self.fd: int | None = None
+
+    def create(self) -> None:
+        """Create the temporary file now, ahead of the write."""
+        if self.fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            self.fd = os.open(self.tmp, flags, 0o644)
+
+    def commit(self, data: dict[str, Any]) -> None:
+        """Write ``data`` and rename the file into place."""
+        # rename is atomic; no fsync: this guards against a dying process, not a dying machine
+        self.create()
+        assert self.fd is not None
+        fd, self.fd = self.fd, None
+        try:
+            view = memoryview(json.dumps(data).encode())
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+
+
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    # rename is atomic; no fsync: this guards against a dying process, not a dying machine
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
+    _JsonFile(path).commit(data)
 
 
-def _redirect_stdio(task_dir: str) -> None:
-    null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(os.path.join(task_dir, "supervisor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+def _redirect_stdio() -> None:
+    # nothing is printed on the way; a failure's traceback goes to supervisor.log
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
     os.close(null)
-    os.close(log)
+
+
+def _log_failure(task_dir: str) -> None:
+    import traceback
+
+    try:
+        with open(os.path.join(task_dir, "supervisor.log"), "a", encoding="utf-8") as log:
+            log.write(traceback.format_exc())
+    except OSError:
+        pass
 
 
 def _spawn(spec: dict[str, Any], task_dir: str) -> subprocess.Popen[bytes]:
@@ -190,12 +229,15 @@ def _result(reason: str, status: int | None, started: float) -> dict[str, Any]:
     }
 
 
-def _supervise(task_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
+def _supervise(
+    task_dir: str, spec: dict[str, Any], result: _JsonFile, record_spec: bool
+) -> dict[str, Any]:
     started = time.time()
     try:
         proc = _spawn(spec, task_dir)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         return {**_result("start_failed", None, started), "error": str(exc)}
+    # from here on the module is starting: what is written now costs it no time
     me = os.getpid()
     _write_json(
         os.path.join(task_dir, "supervisor.json"),
@@ -206,6 +248,9 @@ def _supervise(task_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
             "module_start": proctree.start_time(proc.pid),
         },
     )
+    result.create()
+    if record_spec:  # handed over by the launcher: kept beside the logs for the record
+        _write_json(os.path.join(task_dir, "spec.json"), spec)
     reason, status = _watch(proc.pid, spec.get("timeout"))
     grace = float(spec.get("grace", 5.0))
     if reason != "exited" or _has_children():
@@ -215,22 +260,32 @@ def _supervise(task_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
     return _result(reason, status, started)
 
 
-def run(task_dir: str) -> None:
-    """Supervise the task in ``task_dir`` to its end; never returns."""
+def prepare() -> None:
+    """Set this process up as a supervisor before it has a task: stdio, signals, subreaper."""
+    gc.disable()  # a short-lived process: no collections touching the pages shared after fork
+    _redirect_stdio()
+    _install_signals()
+    _set_subreaper()
+
+
+def run(task_dir: str, spec: dict[str, Any] | None = None, *, prepared: bool = False) -> None:
+    """Supervise the task in ``task_dir`` (``spec``, or its spec.json) to its end; never returns."""
     code = 0
+    result = _JsonFile(os.path.join(task_dir, "result.json"))
     try:
-        _redirect_stdio(task_dir)
-        _install_signals()
-        _set_subreaper()
-        with open(os.path.join(task_dir, "spec.json"), encoding="utf-8") as handle:
-            spec = json.load(handle)
-        result = _supervise(task_dir, spec)
-        _write_json(os.path.join(task_dir, "result.json"), result)
+        if not prepared:
+            prepare()
+        given = spec is not None
+        if spec is None:
+            with open(os.path.join(task_dir, "spec.json"), encoding="utf-8") as handle:
+                spec = json.load(handle)
+        result.commit(_supervise(task_dir, spec, result, record_spec=given))
     except BaseException as exc:  # the result file must say what happened, whatever it was
         code = 1
+        _log_failure(task_dir)
         try:
             failed = {**_result("start_failed", None, time.time()), "error": repr(exc)}
-            _write_json(os.path.join(task_dir, "result.json"), failed)
+            result.commit(failed)
         except OSError:
             pass
     # skip interpreter shutdown: the waiting server hears about the exit sooner

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,9 +28,8 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # writes on SQLite take the write lock up front (BEGIN IMMEDIATE) so that a
         # transaction that read first never fails with "database is locked" on upgrade
-        self._write_sessions = sessionmaker(
-            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
-        )
+        self._write_engine = self.engine.execution_options(sqlite_immediate=True)
+        self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
         """Create the tables when missing and record the schema version."""
@@ -50,6 +49,18 @@ class Database:
         """A write transaction, committed on success and rolled back on any error."""
         with self._write_sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A plain connection for short reads: cheaper than a session on hot paths."""
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def begin_write(self) -> Iterator[Connection]:
+        """A write transaction on a plain connection, committed on success."""
+        with self._write_engine.begin() as connection:
+            yield connection
 
     def retry(self, work: Callable[[], T], attempts: int = 8) -> T:
         """Run ``work`` again when the database reports a transient lock."""

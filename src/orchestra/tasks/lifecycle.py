@@ -3,6 +3,10 @@
 Every move is a conditional UPDATE (``WHERE status = <expected>``), so when two observers
 (the exit watcher, the sweep, another process) settle the same task only one wins. The
 functions here return what happened; the caller runs side effects after the commit.
+
+The moves on a task's hot path (create, claim, finish, read) use prepared Core statements
+on a plain connection: an ORM session costs several times more per transaction, and the
+server runs these for every task.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 
 from orchestra.storage.db import Database
 from orchestra.storage.files import TaskFolder
@@ -27,6 +31,44 @@ from orchestra.tasks.status import FINAL, TaskStatus
 _LOGGER = logging.getLogger(__name__)
 TAIL_LINES = 20
 TAIL_BYTES = 4096
+
+# prepared once: each execution reuses the compiled form from the engine's cache
+_TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
+_COLUMNS = _TASKS.c
+_RUNNING = TaskStatus.RUNNING.value
+_QUEUED = TaskStatus.QUEUED.value
+_INSERT = insert(_TASKS)
+_SET_SPEC = (
+    update(_TASKS)
+    .where(_COLUMNS.id == bindparam("task_id"))
+    .values(spec=bindparam("new_spec"), status=bindparam("new_status"),
+            started=bindparam("new_started"))
+)  # fmt: skip
+_COUNT_RUNNING = select(func.count()).select_from(_TASKS).where(_COLUMNS.status == _RUNNING)
+_OLDEST_QUEUED = (
+    select(_COLUMNS.id).where(_COLUMNS.status == _QUEUED).order_by(_COLUMNS.id).limit(1)
+)
+_OLDER_QUEUED = (
+    select(_COLUMNS.id)
+    .where(_COLUMNS.status == _QUEUED, _COLUMNS.id < bindparam("task_id"))
+    .limit(1)
+)
+# one statement where two would do: how many run, and which queued task is next (or older)
+_SLOTS = select(_COUNT_RUNNING.scalar_subquery(), _OLDEST_QUEUED.scalar_subquery())
+_SLOTS_BEFORE = select(_COUNT_RUNNING.scalar_subquery(), _OLDER_QUEUED.scalar_subquery())
+_CLAIM = (
+    update(_TASKS)
+    .where(_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _QUEUED)
+    .values(status=_RUNNING, started=bindparam("now"))
+)
+_FINISH = (
+    update(_TASKS)
+    .where(_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _RUNNING)
+    .values(status=bindparam("new_status"), finished=bindparam("now"),
+            exit_code=bindparam("new_exit_code"), error=bindparam("new_error"),
+            output=bindparam("new_output"))
+)  # fmt: skip
+_ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
 
 
 def now() -> datetime:
@@ -62,77 +104,70 @@ def create(
     With ``max_running``, the task is claimed (running) in the same transaction when a slot
     is free and no older task waits; otherwise it is queued.
     """
-    with db.write() as session:
-        row = TaskRow(
-            module_id=module_id,
-            status=TaskStatus.QUEUED.value,
-            args=dict(args),
-            created=now(),
-            timeout=timeout,
-            install_dir=install_dir,
-            executor="local",
-            kill_requested=False,
-        )
-        session.add(row)
-        session.flush()  # assigns the id the spec needs (output folder, environment)
-        row.spec = build_spec(row.id)
-        if max_running is not None and _may_start_now(session, row.id, max_running):
-            row.status = TaskStatus.RUNNING.value
-            row.started = row.created
-    return row
+    values: dict[str, Any] = {
+        "module_id": module_id, "status": _QUEUED, "args": dict(args), "created": now(),
+        "timeout": timeout, "install_dir": install_dir, "executor": "local",
+        "kill_requested": False, "started": None,
+    }  # fmt: skip
+    with db.begin_write() as connection:
+        # the insert assigns the id that the spec needs (output folder, environment)
+        inserted = connection.execute(_INSERT, values).inserted_primary_key
+        assert inserted is not None
+        task_id = int(inserted[0])
+        values["spec"] = build_spec(task_id)
+        if max_running is not None and _may_start_now(connection, task_id, max_running):
+            values["status"], values["started"] = _RUNNING, values["created"]
+        connection.execute(
+            _SET_SPEC,
+            {"task_id": task_id, "new_spec": values["spec"], "new_status": values["status"],
+             "new_started": values["started"]},
+        )  # fmt: skip
+    return TaskRow(id=task_id, **values)
 
 
-def _may_start_now(session: Any, task_id: int, max_running: int) -> bool:
-    running = session.scalar(
-        select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.RUNNING)
-    )
-    if (running or 0) >= max_running:
-        return False
-    older = session.scalar(
-        select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED, TaskRow.id < task_id).limit(1)
-    )
-    return older is None
+def _may_start_now(connection: Connection, task_id: int, max_running: int) -> bool:
+    running, older = connection.execute(_SLOTS_BEFORE, {"task_id": task_id}).one()
+    return int(running or 0) < max_running and older is None
 
 
-def any_queued(db: Database) -> bool:
-    """True when some task waits in the queue (a cheap read before a claim)."""
-    with db.engine.connect() as connection:
-        query = select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED).limit(1)
-        return connection.execute(query).first() is not None
+def _next_claim(connection: Connection, max_running: int) -> int | None:
+    """The oldest queued task's id when a slot is free, else None."""
+    running, oldest = connection.execute(_SLOTS).one()
+    return None if int(running or 0) >= max_running else oldest
+
+
+def may_claim(db: Database, max_running: int) -> bool:
+    """True when a task waits and a slot looks free: a cheap read before a claim."""
+    with db.connect() as connection:
+        return _next_claim(connection, max_running) is not None
 
 
 def claim_next(db: Database, max_running: int) -> TaskRow | None:
     """Move the oldest queued task to running when fewer than ``max_running`` run."""
     # one write transaction (BEGIN IMMEDIATE on SQLite): the count and the claim cannot
     # interleave with another process's, so the limit holds across processes
-    with db.write() as session:
-        running = session.scalar(
-            select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.RUNNING)
-        )
-        if (running or 0) >= max_running:
-            return None
-        task_id = session.scalar(
-            select(TaskRow.id)
-            .where(TaskRow.status == TaskStatus.QUEUED)
-            .order_by(TaskRow.id)
-            .limit(1)
-        )
-        if task_id is None or not _move(session, task_id, TaskStatus.QUEUED, started=now()):
-            return None
-        return session.get(TaskRow, task_id, populate_existing=True)
+    with db.begin_write() as connection:
+        return _claim(connection, max_running)
 
 
-def mark_started(db: Database, task_id: int, handle: dict[str, Any]) -> bool | None:
-    """Record the executor's handle; whether a kill was asked meanwhile (None: not running)."""
-    with db.write() as session:
-        moved = session.execute(
-            update(TaskRow)
-            .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.RUNNING)
-            .values(handle=handle)
-        )
-        if not getattr(moved, "rowcount", 0):
-            return None
-        return bool(session.scalar(select(TaskRow.kill_requested).where(TaskRow.id == task_id)))
+def _claim(connection: Connection, max_running: int) -> TaskRow | None:
+    task_id = _next_claim(connection, max_running)
+    if task_id is None:
+        return None
+    if connection.execute(_CLAIM, {"task_id": task_id, "now": now()}).rowcount != 1:
+        return None
+    return _read(connection, task_id)
+
+
+def read(db: Database, task_id: int) -> TaskRow | None:
+    """One task row (detached, read in a short transaction), or None."""
+    with db.connect() as connection:
+        return _read(connection, task_id)
+
+
+def _read(connection: Connection, task_id: int) -> TaskRow | None:
+    found = connection.execute(_ROW, {"task_id": task_id}).first()
+    return None if found is None else TaskRow(**found._mapping)
 
 
 def request_kill(db: Database, task_id: int) -> TaskStatus | None:
@@ -155,11 +190,28 @@ def request_kill(db: Database, task_id: int) -> TaskStatus | None:
 
 def finish(db: Database, task_id: int, outcome: Outcome) -> bool:
     """Move a running task to its final state; False when someone else settled it first."""
-    with db.write() as session:
-        return _move(
-            session, task_id, TaskStatus.RUNNING, status=outcome.status, finished=now(),
-            exit_code=outcome.exit_code, error=outcome.error, output=outcome.output,
-        )  # fmt: skip
+    with db.begin_write() as connection:
+        return _finish(connection, task_id, outcome)
+
+
+def finish_and_claim(
+    db: Database, task_id: int, outcome: Outcome, max_running: int
+) -> tuple[bool, TaskRow | None]:
+    """``finish``, then claim the oldest queued task in the same transaction when it won."""
+    with db.begin_write() as connection:
+        if not _finish(connection, task_id, outcome):
+            return False, None
+        return True, _claim(connection, max_running)
+
+
+def _finish(connection: Connection, task_id: int, outcome: Outcome) -> bool:
+    moved = connection.execute(
+        _FINISH,
+        {"task_id": task_id, "now": now(), "new_status": TaskStatus(outcome.status).value,
+         "new_exit_code": outcome.exit_code, "new_error": outcome.error,
+         "new_output": outcome.output},
+    )  # fmt: skip
+    return bool(moved.rowcount == 1)
 
 
 def fail_queued(db: Database, task_id: int, error: str) -> bool:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import defer
 
 from orchestra.errors import InvalidInput, NotFound, WrongState
 from orchestra.executors import get_executor
+from orchestra.executors.base import Handle
 from orchestra.manifest import Manifest, bind_arguments, command_args
 from orchestra.process import clean_env
 from orchestra.records import OutputFile, TaskInfo, TaskPage
@@ -42,6 +43,8 @@ _LOGGER = logging.getLogger(__name__)
 MAX_ID = 2**63 - 1
 MAX_WAIT = 60.0  # seconds a single get() may wait
 POLL_SLICE = 0.05  # seconds between looks at a task that another process supervises
+HANDLE_SLICE = 0.01  # seconds between looks for the supervisor of a task being killed
+HANDLE_WAIT = 5.0  # seconds kill() looks for it; the sweep signals it if it shows up later
 LAUNCH_WINDOW = timedelta(seconds=60)  # a claimed task may take this long to get a handle
 LOG_BYTES = 1024 * 1024  # the end of each log that log() returns
 _ACTIVE = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
@@ -65,6 +68,7 @@ class TaskRunner:
         self._events: dict[int, threading.Event] = {}
         self._events_lock = threading.Lock()
         self._watched: set[int] = set()
+        self._handles: dict[int, Handle] = {}  # the supervisors this process watches
         self._serving = False
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -86,10 +90,12 @@ class TaskRunner:
             max_running=self.settings.max_running,
         )
         if row.status == TaskStatus.RUNNING:
-            self._launch(row)  # claimed with the insert: the shortest way to a started task
-            return self._info(self._row(row.id))
-        self.dispatch()
-        return self._info(self._row(row.id))
+            # claimed with the insert: the shortest way to a started task, answered from
+            # what the insert wrote
+            return self._info(row if self._launch(row) else self._row(row.id))
+        if self.dispatch():
+            return self._info(self._row(row.id))  # it may be among those just started
+        return self._info(row)
 
     def _spec(
         self,
@@ -115,40 +121,46 @@ class TaskRunner:
         return {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
                 "timeout": timeout, "grace": grace, "outputs": outputs}  # fmt: skip
 
-    def dispatch(self) -> None:
-        """Start queued tasks, oldest first, while fewer than ``max_running`` run."""
-        while lifecycle.any_queued(self.db):
+    def dispatch(self) -> int:
+        """Start queued tasks, oldest first, while fewer than ``max_running`` run; how many."""
+        started = 0
+        # a read first: the write lock is taken only when a claim is likely to succeed
+        while lifecycle.may_claim(self.db, self.settings.max_running):
             row = lifecycle.claim_next(self.db, self.settings.max_running)
             if row is None:
-                return
+                break
             self._launch(row)
+            started += 1
+        return started
 
-    def _launch(self, row: TaskRow) -> None:
+    def _launch(self, row: TaskRow) -> bool:
+        """Start a claimed task's supervisor; False when it could not start (then settled)."""
+        # No write after the start: the supervisor records its identity in supervisor.json,
+        # where any process finds it (settle, kill), so the row keeps no handle.
         folder = TaskFolder(self.settings.tasks_dir, row.id)
         try:
             if not row.spec:
                 raise OSError("the task has no run specification")
-            folder.output.mkdir(parents=True, exist_ok=True)
+            folder.root.mkdir(parents=True, exist_ok=True)
+            folder.output.mkdir(exist_ok=True)
             handle = self.executor.start(task_id=row.id, task_dir=folder.root, spec=row.spec)
         except OSError as exc:
             self._finish(row.id, Outcome(TaskStatus.ERROR, None, f"could not start: {exc}"), False)
-            return
-        kill_requested = lifecycle.mark_started(self.db, row.id, handle)
-        if kill_requested is None:  # settled by someone else meanwhile: nothing may run
-            self.executor.kill(handle, grace=self.settings.kill_grace)
-            return
+            return False
         self._watch(row.id, handle, row.spec)
-        if kill_requested:
-            self.executor.kill(handle, grace=self.settings.kill_grace)
+        return True
 
-    def _watch(self, task_id: int, handle: dict[str, Any], spec: dict | None = None) -> None:
+    def _watch(self, task_id: int, handle: Handle, spec: dict | None = None) -> None:
         if task_id in self._watched or not self._serving:
             return
         self._watched.add(task_id)
+        self._handles[task_id] = handle
         if not self.executor.watch(handle, lambda: self._on_exit(task_id, spec)):
             self._watched.discard(task_id)
+            self._handles.pop(task_id, None)
 
     def _on_exit(self, task_id: int, spec: dict | None) -> None:
+        ended = self._handles.pop(task_id, None)
         self._watched.discard(task_id)
         folder = TaskFolder(self.settings.tasks_dir, task_id)
         result = lifecycle.read_result(folder) if spec is not None else None
@@ -156,49 +168,69 @@ class TaskRunner:
             # the common case, kept short: no read of the row, one conditional update
             self._finish(task_id, lifecycle.outcome_from_result(folder, result, spec), True)
         else:
-            self.settle(task_id)
+            self._settle(task_id, ended)
+
+    def _handle(self, row: TaskRow, known: Handle | None = None) -> Handle | None:
+        """Where the task's supervisor is: the row (older servers), memory, or its folder."""
+        found = row.handle or known or self._handles.get(row.id)
+        if found is None:
+            found = self.executor.find(TaskFolder(self.settings.tasks_dir, row.id).root)
+        return found
 
     # -- settling ---------------------------------------------------------------------------
 
     def settle(self, task_id: int) -> bool:
         """Settle a running task whose process has ended; True when this call settled it."""
-        with self.db.read() as session:
-            row = session.get(TaskRow, task_id)
+        return self._settle(task_id, None)
+
+    def _settle(self, task_id: int, ended: Handle | None) -> bool:
+        row = lifecycle.read(self.db, task_id)
         if row is None or row.status != TaskStatus.RUNNING:
             return False
         folder = TaskFolder(self.settings.tasks_dir, task_id)
         result = lifecycle.read_result(folder)
+        handle = self._handle(row, ended)
         if result is None:
-            if row.handle is None:
+            if handle is None:
                 if row.started and lifecycle.now() - row.started < LAUNCH_WINDOW:
                     return False  # still being launched by some process
-            elif self.executor.is_alive(row.handle):
-                self._watch(task_id, row.handle)  # adopt it
+            elif self.executor.is_alive(handle):
+                self._watch(task_id, handle)  # adopt it
+                if row.kill_requested:  # asked while no process could find it yet
+                    self.executor.kill(handle, grace=self.settings.kill_grace)
                 return False
             result = lifecycle.read_result(folder)  # written just before the supervisor ended?
         if result is None:
-            if row.handle is not None:  # whatever the dead supervisor left running goes too
-                self.executor.kill(row.handle, grace=self.settings.kill_grace)
-            outcome = lifecycle.orphan_outcome(row.handle, row.kill_requested)
+            if handle is not None:  # whatever the dead supervisor left running goes too
+                self.executor.kill(handle, grace=self.settings.kill_grace)
+            outcome = lifecycle.orphan_outcome(handle, row.kill_requested)
         else:
             outcome = lifecycle.outcome_from_result(folder, result, row.spec or {})
         return self._finish(task_id, outcome, True)
 
     def _finish(self, task_id: int, outcome: Outcome, dispatch: bool) -> bool:
-        won = lifecycle.finish(self.db, task_id, outcome)
+        if not dispatch:
+            won, claimed = lifecycle.finish(self.db, task_id, outcome), None
+        else:  # the freed slot goes to the oldest queued task in the same transaction
+            won, claimed = lifecycle.finish_and_claim(
+                self.db, task_id, outcome, self.settings.max_running
+            )
         if won:  # side effects only after the commit
             self._wake(task_id)
-            if dispatch:
-                self.dispatch()
+            if claimed is not None and not self._launch(claimed):
+                self.dispatch()  # it could not start: the slot is free again
         return won
 
     def reconcile(self) -> None:
         """Settle or adopt every running task, then start what the queue allows."""
-        with self.db.read() as session:
-            ids = list(
-                session.scalars(select(TaskRow.id).where(TaskRow.status == TaskStatus.RUNNING))
-            )
-        for task_id in ids:
+        query = select(TaskRow.id, TaskRow.kill_requested).where(
+            TaskRow.status == TaskStatus.RUNNING
+        )
+        with self.db.connect() as connection:
+            running = list(connection.execute(query))
+        for task_id, kill_requested in running:
+            if task_id in self._watched and not kill_requested:
+                continue  # its exit watcher settles it
             try:
                 self.settle(task_id)
             except Exception:
@@ -255,7 +287,10 @@ class TaskRunner:
             event = self._event(task_id)  # before the read, so a settle cannot slip between
             row = self._row(task_id)
             remaining = deadline - time.monotonic()
-            if TaskStatus(row.status).is_final or remaining <= 0:
+            if TaskStatus(row.status).is_final:
+                self._wake(task_id)  # nothing will set it now: drop it, or it stays forever
+                return row
+            if remaining <= 0:
                 return row
             if self._check_elsewhere(row):
                 continue
@@ -274,8 +309,7 @@ class TaskRunner:
 
     def _row(self, task_id: int) -> TaskRow:
         check_id(task_id)
-        with self.db.read() as session:
-            row = session.get(TaskRow, task_id)
+        row = lifecycle.read(self.db, task_id)
         if row is None:
             raise NotFound(f"no task {task_id}")
         return row
@@ -366,11 +400,23 @@ class TaskRunner:
         if before == TaskStatus.QUEUED:
             self._wake(task_id)
             return self._info(self._row(task_id))
-        row = self._row(task_id)
-        if row.handle is not None:
-            self.executor.kill(row.handle, grace=self.settings.kill_grace)
-        # else: the launching process sees kill_requested right after the start
+        self._signal_supervisor(task_id)
         return self._info(self._wait_final(task_id, self.settings.kill_grace + 5.0))
+
+    def _signal_supervisor(self, task_id: int) -> None:
+        """Ask a running task's supervisor to stop, once it can be found (it may be starting)."""
+        deadline = time.monotonic() + HANDLE_WAIT
+        while True:
+            row = self._row(task_id)
+            if row.status != TaskStatus.RUNNING:
+                return
+            handle = self._handle(row)
+            if handle is not None:
+                self.executor.kill(handle, grace=self.settings.kill_grace)
+                return
+            if time.monotonic() >= deadline:
+                return  # the sweep signals it when it shows up: kill_requested is set
+            time.sleep(HANDLE_SLICE)
 
     def delete(self, task_id: int) -> None:
         """Forget a finished task: its row and its folder."""
