@@ -90,7 +90,7 @@ def test_the_timeseries_example_registers_with_numpy_and_is_listed(
     assert "numpy" in info.install_log
     assert messages[0].startswith("fetching") and messages[-1].endswith(f"module {info.id}")
     assert any(m.startswith("creating environment with Python 3.") for m in messages)
-    _, manifest, folder = registry.runnable(info.id)
+    manifest, folder = registry.runnable(info.id)
     assert manifest.executable == "timeseries"
     assert run_in(folder, "-c", "import numpy; print('ok')") == "ok"
     assert (folder.code / "timeseries.py").is_file() and folder.log.is_file()
@@ -121,7 +121,7 @@ def test_the_catalog_example_registers_as_a_package_and_runs(
     shown = registry.get(info.id)
     assert shown.output_type == "catalog" and shown.metadata
     assert shown.metadata["install"]["executable"] == "Model"
-    _, _, folder = registry.runnable(info.id)
+    _, folder = registry.runnable(info.id)
     out = tmp_path / "out"
     argv = ["-m", "Model", str(out), "--start", "2020-01-01T00:00:00"]
     argv += ["--stop", "2020-01-01T12:00:00", "--parameter", "bx"]
@@ -134,7 +134,7 @@ def test_remove_deletes_the_record_files_and_environment(
     registry: Registry, settings: Settings
 ) -> None:
     info = registry.register(SourceSpec(str(EXAMPLES / "catalog")))
-    _, _, folder = registry.runnable(info.id)
+    _, folder = registry.runnable(info.id)
     assert folder.python.exists()
     registry.remove(info.id)
     assert not folder.root.exists()
@@ -156,7 +156,7 @@ def test_a_module_asking_for_python_3_10_gets_a_3_10_environment(
     folder = make_module(tmp_path / "m", install={"python_version": "3.10"})
     info = registry.register(SourceSpec(str(folder)))
     assert info.python_version and info.python_version.startswith("3.10.")
-    _, _, installed = registry.runnable(info.id)
+    _, installed = registry.runnable(info.id)
     assert run_in(installed, "-c", "import sys; print(sys.version_info[:2])") == "(3, 10)"
 
 
@@ -230,7 +230,7 @@ def test_a_requirements_file_named_in_metadata_is_used_and_must_stay_inside(
     (folder / "deps").mkdir()
     (folder / "deps" / "reqs.in").write_text("six==1.17.0\n")
     info = registry.register(SourceSpec(str(folder)))
-    _, _, installed = registry.runnable(info.id)
+    _, installed = registry.runnable(info.id)
     assert run_in(installed, "-c", "import six; print(six.__version__)") == "1.17.0"
     (tmp_path / "outside.txt").write_text("six\n")
     (folder / "deps" / "reqs.in").unlink()
@@ -248,7 +248,7 @@ def test_a_second_module_with_the_same_requirements_builds_fast(
     began = time.perf_counter()
     info = registry.register(SourceSpec(str(folder)))
     print(f"second registration with numpy took {time.perf_counter() - began:.2f} s")
-    _, _, installed = registry.runnable(info.id)
+    _, installed = registry.runnable(info.id)
     assert run_in(installed, "-c", "import numpy; print('ok')") == "ok"
 
 
@@ -292,19 +292,19 @@ def test_update_keeps_the_old_environment_serving_until_the_switch(
 ) -> None:
     folder = make_module(tmp_path / "m", code="print('v1')\n", requirements="six==1.16.0\n")
     info = registry.register(SourceSpec(str(folder)))
-    _, _, old = registry.runnable(info.id)
+    _, old = registry.runnable(info.id)
     make_module(folder, code="print('v2')\n", requirements="six==1.17.0\n", version="2")
     seen_during: list[tuple[str, str]] = []
 
     def progress(message: str) -> None:
         if message.startswith("creating environment"):
-            current = registry.runnable(info.id)[2]
+            current = registry.runnable(info.id)[1]
             version = run_in(current, "-c", "import six; print(six.__version__)")
             seen_during.append((current.root.name, version))
 
     updated = registry.update(info.id, progress=progress)
     assert seen_during == [(old.root.name, "1.16.0")]
-    _, manifest, new = registry.runnable(info.id)
+    manifest, new = registry.runnable(info.id)
     assert new.root != old.root and manifest.version == "2" and updated.version == "2"
     assert run_in(new, "-m", "main") == "v2"
     assert run_in(new, "-c", "import six; print(six.__version__)") == "1.17.0"
@@ -320,7 +320,7 @@ def test_a_failed_update_keeps_the_old_generation(
     make_module(folder, requirements="orchestra-no-such-package-7f3a9c\n")
     with pytest.raises(InstallError):
         registry.update(info.id)
-    _, _, current = registry.runnable(info.id)
+    _, current = registry.runnable(info.id)
     assert run_in(current, "-m", "main") == "v1"
     assert [p.name for p in settings.installs_dir.iterdir()] == [current.root.name]
 
@@ -423,7 +423,7 @@ def test_recovery_settles_installs_whose_process_is_gone_and_removes_leftovers(
     assert half.status == "error"
     assert "interrupted" in (registry.get(half.id).error or "")
     assert not stale.exists() and not scratch.exists() and live_scratch.exists()
-    assert registry.runnable(kept.id)[2].python.exists()
+    assert registry.runnable(kept.id)[1].python.exists()
 
 
 def test_a_git_module_updates_to_a_new_commit(
@@ -439,7 +439,7 @@ def test_a_git_module_updates_to_a_new_commit(
     second = make_repo(repo, {"main.py": "print('v2')\n"})
     updated = registry.update(info.id)
     assert updated.commit == second != info.commit
-    assert run_in(registry.runnable(info.id)[2], "-m", "main") == "v2"
+    assert run_in(registry.runnable(info.id)[1], "-m", "main") == "v2"
 
 
 def test_an_interrupted_registration_leaves_nothing(
@@ -504,4 +504,4 @@ def test_a_git_source_registers_at_a_branch_tag_or_commit_recording_that_commit(
     assert info.source_kind == "git" and info.source == url
     assert info.commit == versioned_repo[expected]
     assert (info.ref, info.subdir) == (ref, subdir)
-    assert run_in(registry.runnable(info.id)[2], "-m", "main") == printed
+    assert run_in(registry.runnable(info.id)[1], "-m", "main") == printed

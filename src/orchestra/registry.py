@@ -294,19 +294,31 @@ class Registry:
         """One module's full record."""
         return _info(self._row(module_id))
 
-    def runnable(self, module_id: int) -> tuple[ModuleInfo, Manifest, InstallFolder]:
+    def runnable(self, module_id: int) -> tuple[Manifest, InstallFolder]:
         """What the task runner needs to start a task; WrongState unless installed."""
-        row = self._installed_row(module_id)
-        assert row.install_dir is not None
-        key = (row.id, row.install_dir)
-        manifest = self._manifests.get(key)
+        _check_id(module_id)
+        # every run request asks: a two-column read, the parsed metadata cached per generation
+        query = select(ModuleRow.status, ModuleRow.install_dir).where(ModuleRow.id == module_id)
+        with self.db.engine.connect() as connection:
+            found = connection.execute(query).first()
+        if found is None:
+            raise NotFound(f"no module {module_id}")
+        status, install_dir = found
+        if status != INSTALLED or install_dir is None:
+            raise WrongState(f"module {module_id} is {status}, not installed")
+        folder = InstallFolder(self.settings.installs_dir, install_dir)
+        manifest = self._manifests.get((module_id, install_dir))
         if manifest is None:
-            manifest = parse_manifest(row.meta)
-            with self._lock:
-                for old in [k for k in self._manifests if k[0] == row.id]:
-                    del self._manifests[old]
-                self._manifests[key] = manifest
-        return _info(row), manifest, InstallFolder(self.settings.installs_dir, row.install_dir)
+            manifest = self._cache_manifest(self._installed_row(module_id))
+        return manifest, folder
+
+    def _cache_manifest(self, row: ModuleRow) -> Manifest:
+        manifest = parse_manifest(row.meta)
+        with self._lock:
+            for old in [k for k in self._manifests if k[0] == row.id]:
+                del self._manifests[old]
+            self._manifests[(row.id, row.install_dir or "")] = manifest
+        return manifest
 
     def _row(self, module_id: int) -> ModuleRow:
         _check_id(module_id)

@@ -77,7 +77,7 @@ class TaskRunner:
 
     def submit(self, module_id: int, args: Mapping[str, Any]) -> TaskInfo:
         """Check the arguments, queue a task and start it when a slot is free."""
-        _info, manifest, install = self.registry.runnable(module_id)
+        manifest, install = self.registry.runnable(module_id)
         bound = bind_arguments(manifest, args, max_length=self.settings.max_arg_length)
         timeout = manifest.timeout or self.settings.task_timeout
         row = lifecycle.create(
