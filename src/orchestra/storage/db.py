@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestra.storage.tables import SCHEMA_VERSION, Base, SchemaInfo
 
 _LOGGER = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Database:
@@ -61,18 +57,6 @@ class Database:
         """A write transaction on a plain connection, committed on success."""
         with self._write_engine.begin() as connection:
             yield connection
-
-    def retry(self, work: Callable[[], T], attempts: int = 8) -> T:
-        """Run ``work`` again when the database reports a transient lock."""
-        for attempt in range(attempts):
-            try:
-                return work()
-            except OperationalError as exc:
-                if "locked" not in str(exc) or attempt == attempts - 1:
-                    raise
-                _LOGGER.warning("database locked, retrying (%s)", attempt + 1)
-                time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -214,15 +214,6 @@ def _finish(connection: Connection, task_id: int, outcome: Outcome) -> bool:
     return bool(moved.rowcount == 1)
 
 
-def fail_queued(db: Database, task_id: int, error: str) -> bool:
-    """Move a queued task that cannot run to error."""
-    with db.write() as session:
-        return _move(
-            session, task_id, TaskStatus.QUEUED, status=TaskStatus.ERROR, finished=now(),
-            error=error,
-        )  # fmt: skip
-
-
 def delete_final(db: Database, task_ids: list[int]) -> list[int]:
     """Delete the rows among ``task_ids`` that are final; the ids deleted."""
     if not task_ids:
