@@ -41,7 +41,7 @@ def _spec(code: str, *args: str, **extra: Any) -> dict[str, Any]:
 
 
 def _result(task_dir: Path) -> dict[str, Any]:
-    return dict(json.loads((task_dir / "result.json").read_text()))
+    return dict(json.loads((task_dir / "result.json").read_text().splitlines()[-1]))
 
 
 def test_the_watcher_hears_at_once_that_a_task_ended(
@@ -145,7 +145,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_a_launched_supervisor_keeps_its_spec_and_leaves_no_log_when_all_went_well(
+def test_a_launched_supervisor_leaves_logs_and_one_record_and_nothing_else(
     executor: LocalExecutor, tmp_path: Path
 ) -> None:
     task_dir = tmp_path / "t1"
@@ -155,10 +155,11 @@ def test_a_launched_supervisor_keeps_its_spec_and_leaves_no_log_when_all_went_we
     executor.watch(handle, ended.set)
     assert ended.wait(20)
     assert _result(task_dir)["exit_code"] == 0
-    assert json.loads((task_dir / "spec.json").read_text()) == spec
     assert (task_dir / "stdout.log").read_text() == "hi\n"
-    assert not (task_dir / "supervisor.log").exists()
-    assert [p.name for p in task_dir.iterdir() if p.name.endswith(".tmp")] == []
+    # the spec lives in the task's row; the identity and the result share one file
+    assert sorted(p.name for p in task_dir.iterdir()) == ["result.json", "stderr.log", "stdout.log"]
+    identity = json.loads((task_dir / "result.json").read_text().splitlines()[0])
+    assert identity["pid"] == handle["pid"]
 
 
 def test_the_handle_is_found_from_the_task_folder_by_another_executor(

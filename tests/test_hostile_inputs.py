@@ -489,7 +489,7 @@ OUTPUT_PATHS = {
     "symlink-to-etc-passwd": "passwd",
     "through-a-symlink-to-root": "root/etc/passwd",
     "through-a-symlink-upwards": "up/orchestra.db",
-    "spec-beside-the-output": "../spec.json",
+    "record-beside-the-output": "../result.json",
     "nul": "ok.txt%00",
 }
 

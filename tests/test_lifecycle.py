@@ -41,7 +41,7 @@ def _queue(db: Database, count: int) -> list[int]:
     rows = [
         lifecycle.create(
             db, module_id=1, args={}, timeout=10, install_dir=None, build_spec=lambda i: {"id": i}
-        )
+        )[0]
         for _ in range(count)
     ]
     return [row.id for row in rows]

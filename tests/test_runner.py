@@ -115,7 +115,7 @@ def test_a_module_with_two_declared_outputs_lists_exactly_those(server: Service)
     with pytest.raises(NotFound):
         server.task_output_file(info.id, "scratch.tmp")
     with pytest.raises(NotFound):
-        server.task_output_file(info.id, "../spec.json")
+        server.task_output_file(info.id, "../result.json")
 
 
 def test_a_missing_declared_output_is_an_error_naming_it(server: Service) -> None:
@@ -421,7 +421,7 @@ def test_a_claimed_task_whose_supervisor_never_appeared_fails_after_the_launch_w
         lifecycle.create(
             service.db, module_id=module, args={}, timeout=10, install_dir=None,
             build_spec=lambda i: {"task_id": i}, max_running=2,
-        )
+        )[0]
         for _ in range(2)
     ]  # fmt: skip
     assert [row.status for row in claimed] == ["running", "running"]

@@ -56,14 +56,13 @@ class LocalExecutor:
         watcher.stop()
 
     def start(self, *, task_id: int, task_dir: Path, spec: dict[str, Any]) -> Handle:
-        """Start a supervisor for ``spec`` in its own session (it keeps spec.json)."""
+        """Start a supervisor for ``spec`` in its own session."""
         task_dir.mkdir(parents=True, exist_ok=True)
         launcher = self._launcher
         reply: dict[str, Any] | None = None
         if launcher is not None:
             try:
-                # the spec travels with the request: the supervisor writes spec.json once
-                # the module has started, rather than everyone waiting for it here
+                # the spec travels with the request (the task's row keeps it): no file
                 reply = launcher.launch(task_dir, spec)
             except OSError as exc:
                 _LOGGER.warning("launcher failed (%s); starting task %s directly", exc, task_id)
@@ -73,7 +72,7 @@ class LocalExecutor:
         return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
 
     def find(self, task_dir: Path) -> Handle | None:
-        """The supervisor's handle from its supervisor.json; None before it wrote one."""
+        """The supervisor's handle from its record; None before it wrote one."""
         data = _supervisor_file(task_dir)
         try:
             return {"pid": int(data["pid"]), "start": data.get("start"), "task_dir": str(task_dir)}
@@ -107,11 +106,16 @@ class LocalExecutor:
 
 
 def _supervisor_file(task_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((task_dir / "supervisor.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The identity line the supervisor wrote: supervisor.json, or result.json once renamed."""
+    for name in ("supervisor.json", "result.json"):
+        try:
+            with open(task_dir / name, encoding="utf-8") as handle:
+                data = json.loads(handle.readline())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "pid" in data:
+            return data
+    return {}
 
 
 def _module_identity(task_dir: Path) -> tuple[int, int | None] | None:

@@ -7,15 +7,16 @@ Standard library only, so that it starts fast and outlives the server. Run it as
 It takes the spec ({argv, cwd, env, timeout, grace}) from the launcher, or reads it from
 ``TASK_DIR/spec.json``; becomes a child subreaper so that grandchildren which detach
 (``setsid``, double fork) stay below it, starts the module in a new session with its output
-streamed to ``stdout.log`` / ``stderr.log``, writes ``supervisor.json`` (its pid and the
-module's, with start times against pid reuse), and waits. SIGTERM means "kill the task"; the
-timeout does the same. Either way the whole tree gets SIGTERM, then SIGKILL after the grace
-period. Finally ``result.json`` is written atomically:
+streamed to ``stdout.log`` / ``stderr.log``, writes ``supervisor.json`` (one line: its pid and
+the module's, with start times against pid reuse), and waits. SIGTERM means "kill the task";
+the timeout does the same. Either way the whole tree gets SIGTERM, then SIGKILL after the
+grace period. Finally the result is appended to ``supervisor.json`` as a second line and the
+file is renamed to ``result.json``, so that ``result.json`` appears whole, at once:
 {exit_code, signal, reason: exited|timeout|killed|start_failed, error, started, finished}.
 
-Creating a file is the slow part of writing one on some machines (a third of a millisecond),
-so only the module's logs are created before it starts; the rest is created while it runs,
-and ``result.json`` goes into place with one write and a rename once it has ended.
+Creating a file is the slow part of writing one on some machines (up to a millisecond on a
+busy ext4 without a journal), so a task creates three here: its two logs before the module
+starts, and one record for both the identity and the result while it runs.
 """
 
 from __future__ import annotations
@@ -86,37 +87,52 @@ def _wait_for_signal(timeout: float) -> None:
         os.read(_State.wake_read, 512)
 
 
-class _JsonFile:
-    """A JSON file put in place atomically: a temporary file (created early), then a rename."""
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.tmp = f"{path}.{os.getpid()}.tmp"
+
+def _json_line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode() + b"\n"
+
+
+class _Record:
+    """``supervisor.json`` while the task runs, renamed to ``result.json`` when it has ended."""
+
+    def __init__(self, task_dir: str) -> None:
+        self.running = os.path.join(task_dir, "supervisor.json")
+        self.final = os.path.join(task_dir, "result.json")
         self.fd: int | None = None
 
-    def create(self) -> None:
-        """Create the temporary file now, ahead of the write."""
-        if self.fd is None:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            self.fd = os.open(self.tmp, flags, 0o644)
-
-    def commit(self, data: dict[str, Any]) -> None:
-        """Write ``data`` and rename the file into place."""
-        # rename is atomic; no fsync: this guards against a dying process, not a dying machine
-        self.create()
-        assert self.fd is not None
-        fd, self.fd = self.fd, None
+    def _create(self, path: str, line: bytes) -> int:
+        # renames are atomic: readers see no file or a whole first line, never a part.
+        # No fsync: this guards against a dying process, not a dying machine.
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            view = memoryview(json.dumps(data).encode())
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, line)
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def start(self, identity: dict[str, Any]) -> None:
+        """Publish who supervises the task (the first line)."""
+        self.fd = self._create(self.running, _json_line(identity))
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """Append the result and rename the record into ``result.json``."""
+        fd, self.fd = self.fd, None
+        if fd is None:  # the module never started: the result alone
+            os.close(self._create(self.final, _json_line(result)))
+            return
+        try:
+            _write_all(fd, _json_line(result))
         finally:
             os.close(fd)
-        os.replace(self.tmp, self.path)
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    _JsonFile(path).commit(data)
+        os.replace(self.running, self.final)
 
 
 def _redirect_stdio() -> None:
@@ -229,9 +245,7 @@ def _result(reason: str, status: int | None, started: float) -> dict[str, Any]:
     }
 
 
-def _supervise(
-    task_dir: str, spec: dict[str, Any], result: _JsonFile, record_spec: bool
-) -> dict[str, Any]:
+def _supervise(task_dir: str, spec: dict[str, Any], record: _Record) -> dict[str, Any]:
     started = time.time()
     try:
         proc = _spawn(spec, task_dir)
@@ -239,18 +253,14 @@ def _supervise(
         return {**_result("start_failed", None, started), "error": str(exc)}
     # from here on the module is starting: what is written now costs it no time
     me = os.getpid()
-    _write_json(
-        os.path.join(task_dir, "supervisor.json"),
+    record.start(
         {
             "pid": me,
             "start": proctree.start_time(me),
             "module_pid": proc.pid,
             "module_start": proctree.start_time(proc.pid),
-        },
+        }
     )
-    result.create()
-    if record_spec:  # handed over by the launcher: kept beside the logs for the record
-        _write_json(os.path.join(task_dir, "spec.json"), spec)
     reason, status = _watch(proc.pid, spec.get("timeout"))
     grace = float(spec.get("grace", 5.0))
     if reason != "exited" or _has_children():
@@ -271,21 +281,19 @@ def prepare() -> None:
 def run(task_dir: str, spec: dict[str, Any] | None = None, *, prepared: bool = False) -> None:
     """Supervise the task in ``task_dir`` (``spec``, or its spec.json) to its end; never returns."""
     code = 0
-    result = _JsonFile(os.path.join(task_dir, "result.json"))
+    record = _Record(task_dir)
     try:
         if not prepared:
             prepare()
-        given = spec is not None
         if spec is None:
             with open(os.path.join(task_dir, "spec.json"), encoding="utf-8") as handle:
                 spec = json.load(handle)
-        result.commit(_supervise(task_dir, spec, result, record_spec=given))
+        record.finish(_supervise(task_dir, spec, record))
     except BaseException as exc:  # the result file must say what happened, whatever it was
         code = 1
         _log_failure(task_dir)
         try:
-            failed = {**_result("start_failed", None, time.time()), "error": repr(exc)}
-            result.commit(failed)
+            record.finish({**_result("start_failed", None, time.time()), "error": repr(exc)})
         except OSError:
             pass
     # skip interpreter shutdown: the waiting server hears about the exit sooner

@@ -20,7 +20,7 @@ def safe_join(base: Path, relative: str) -> Path:
 
 
 class TaskFolder:
-    """One task's folder: spec, logs, output and the supervisor's result."""
+    """One task's folder: logs, output and the supervisor's record of the task."""
 
     def __init__(self, tasks_dir: Path, task_id: int) -> None:
         self.root = tasks_dir / str(task_id)
@@ -38,8 +38,8 @@ class TaskFolder:
         return self.root / "stderr.log"
 
     @property
-    def spec(self) -> Path:
-        return self.root / "spec.json"
+    def supervisor(self) -> Path:
+        return self.root / "supervisor.json"
 
     @property
     def result(self) -> Path:

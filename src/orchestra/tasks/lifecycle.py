@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,36 @@ _FINISH = (
 _ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
 
 
+@dataclass(slots=True)
+class TaskRecord:
+    """A task's row as read, in the table's column order.
+
+    Plain values rather than ORM objects: building those costs more than the query on a
+    task's hot path.
+    """
+
+    id: int
+    module_id: int
+    status: str
+    args: dict[str, str]
+    created: datetime
+    started: datetime | None = None
+    finished: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    output: list[dict[str, Any]] | None = None
+    timeout: float | None = None
+    install_dir: str | None = None
+    executor: str = "local"
+    handle: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
+    kill_requested: bool = False
+
+
+if [f.name for f in fields(TaskRecord)] != [c.name for c in _COLUMNS]:
+    raise RuntimeError("TaskRecord does not follow the columns of the tasks table")
+
+
 def now() -> datetime:
     """The current time as naive UTC, as stored."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -98,36 +128,36 @@ def create(
     install_dir: str | None,
     build_spec: Callable[[int], dict[str, Any]],
     max_running: int | None = None,
-) -> TaskRow:
+) -> tuple[TaskRecord, bool]:
     """Insert a task; ``build_spec(task_id)`` gives what the executor will run.
 
     With ``max_running``, the task is claimed (running) in the same transaction when a slot
-    is free and no older task waits; otherwise it is queued.
+    is free and no older task waits; otherwise it is queued. Also says whether a slot was
+    free (when it was but the task is queued, older tasks wait for a dispatch).
     """
     values: dict[str, Any] = {
         "module_id": module_id, "status": _QUEUED, "args": dict(args), "created": now(),
         "timeout": timeout, "install_dir": install_dir, "executor": "local",
         "kill_requested": False, "started": None,
     }  # fmt: skip
+    slot_free = max_running is None
     with db.begin_write() as connection:
         # the insert assigns the id that the spec needs (output folder, environment)
         inserted = connection.execute(_INSERT, values).inserted_primary_key
         assert inserted is not None
         task_id = int(inserted[0])
         values["spec"] = build_spec(task_id)
-        if max_running is not None and _may_start_now(connection, task_id, max_running):
-            values["status"], values["started"] = _RUNNING, values["created"]
+        if max_running is not None:
+            running, older = connection.execute(_SLOTS_BEFORE, {"task_id": task_id}).one()
+            slot_free = int(running or 0) < max_running
+            if slot_free and older is None:
+                values["status"], values["started"] = _RUNNING, values["created"]
         connection.execute(
             _SET_SPEC,
             {"task_id": task_id, "new_spec": values["spec"], "new_status": values["status"],
              "new_started": values["started"]},
         )  # fmt: skip
-    return TaskRow(id=task_id, **values)
-
-
-def _may_start_now(connection: Connection, task_id: int, max_running: int) -> bool:
-    running, older = connection.execute(_SLOTS_BEFORE, {"task_id": task_id}).one()
-    return int(running or 0) < max_running and older is None
+    return TaskRecord(id=task_id, **values), slot_free
 
 
 def _next_claim(connection: Connection, max_running: int) -> int | None:
@@ -142,7 +172,7 @@ def may_claim(db: Database, max_running: int) -> bool:
         return _next_claim(connection, max_running) is not None
 
 
-def claim_next(db: Database, max_running: int) -> TaskRow | None:
+def claim_next(db: Database, max_running: int) -> TaskRecord | None:
     """Move the oldest queued task to running when fewer than ``max_running`` run."""
     # one write transaction (BEGIN IMMEDIATE on SQLite): the count and the claim cannot
     # interleave with another process's, so the limit holds across processes
@@ -150,7 +180,7 @@ def claim_next(db: Database, max_running: int) -> TaskRow | None:
         return _claim(connection, max_running)
 
 
-def _claim(connection: Connection, max_running: int) -> TaskRow | None:
+def _claim(connection: Connection, max_running: int) -> TaskRecord | None:
     task_id = _next_claim(connection, max_running)
     if task_id is None:
         return None
@@ -159,15 +189,15 @@ def _claim(connection: Connection, max_running: int) -> TaskRow | None:
     return _read(connection, task_id)
 
 
-def read(db: Database, task_id: int) -> TaskRow | None:
-    """One task row (detached, read in a short transaction), or None."""
+def read(db: Database, task_id: int) -> TaskRecord | None:
+    """One task row (read in a short transaction), or None."""
     with db.connect() as connection:
         return _read(connection, task_id)
 
 
-def _read(connection: Connection, task_id: int) -> TaskRow | None:
+def _read(connection: Connection, task_id: int) -> TaskRecord | None:
     found = connection.execute(_ROW, {"task_id": task_id}).first()
-    return None if found is None else TaskRow(**found._mapping)
+    return None if found is None else TaskRecord(*found)
 
 
 def request_kill(db: Database, task_id: int) -> TaskStatus | None:
@@ -196,7 +226,7 @@ def finish(db: Database, task_id: int, outcome: Outcome) -> bool:
 
 def finish_and_claim(
     db: Database, task_id: int, outcome: Outcome, max_running: int
-) -> tuple[bool, TaskRow | None]:
+) -> tuple[bool, TaskRecord | None]:
     """``finish``, then claim the oldest queued task in the same transaction when it won."""
     with db.begin_write() as connection:
         if not _finish(connection, task_id, outcome):
@@ -242,10 +272,11 @@ def _move(session: Any, task_id: int, expected: TaskStatus, **values: Any) -> bo
 
 
 def read_result(folder: TaskFolder) -> dict[str, Any] | None:
-    """The supervisor's result.json, or None while there is none."""
+    """The supervisor's result (the last line of result.json), or None while there is none."""
     try:
-        data = json.loads(folder.result.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        lines = folder.result.read_text(encoding="utf-8").splitlines()
+        data = json.loads(lines[-1])
+    except (OSError, ValueError, IndexError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -300,16 +331,28 @@ def scan_outputs(root: Path) -> list[dict[str, Any]]:
         base = root.resolve(strict=True)
     except OSError:
         return []
-    found = []
-    for folder, _dirs, names in os.walk(base):
-        for name in names:
-            path = Path(folder, name)
-            real = path.resolve()
-            if base not in real.parents or not real.is_file():
-                continue  # a link leading outside, or to something that is not a file
-            relative = path.relative_to(base).as_posix()
-            found.append({"name": relative, "size": real.stat().st_size})
+    found: list[dict[str, Any]] = []
+    _scan(base, base, found)
     return sorted(found, key=lambda f: f["name"])
+
+
+def _scan(base: Path, folder: Path, found: list[dict[str, Any]]) -> None:
+    # only links need resolving: anything else below the resolved base is inside it
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            path = folder / entry.name
+            if entry.is_symlink():
+                real = path.resolve()
+                if base in real.parents and real.is_file():  # links to folders are not followed
+                    found.append(_output_entry(base, path, real.stat().st_size))
+            elif entry.is_dir(follow_symlinks=False):
+                _scan(base, path, found)
+            elif entry.is_file(follow_symlinks=False):
+                found.append(_output_entry(base, path, entry.stat(follow_symlinks=False).st_size))
+
+
+def _output_entry(base: Path, path: Path, size: int) -> dict[str, Any]:
+    return {"name": path.relative_to(base).as_posix(), "size": size}
 
 
 def tail_text(path: Path, max_bytes: int) -> str:

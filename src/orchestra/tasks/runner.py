@@ -19,8 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import defer
+from sqlalchemy import func, null, select
 
 from orchestra.errors import InvalidInput, NotFound, WrongState
 from orchestra.executors import get_executor
@@ -31,7 +30,7 @@ from orchestra.records import OutputFile, TaskInfo, TaskPage
 from orchestra.storage.files import InstallFolder, TaskFolder, safe_join
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
-from orchestra.tasks.lifecycle import Outcome
+from orchestra.tasks.lifecycle import Outcome, TaskRecord
 from orchestra.tasks.status import TaskStatus
 
 if TYPE_CHECKING:
@@ -48,6 +47,11 @@ HANDLE_WAIT = 5.0  # seconds kill() looks for it; the sweep signals it if it sho
 LAUNCH_WINDOW = timedelta(seconds=60)  # a claimed task may take this long to get a handle
 LOG_BYTES = 1024 * 1024  # the end of each log that log() returns
 _ACTIVE = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+# a listed task's columns; the run specification and the handle are not shown, not read
+_LISTED = [
+    null().label(c.name) if c.name in ("spec", "handle") else c
+    for c in TaskRow.__table__.columns  # type: ignore[attr-defined]
+]
 
 
 def check_id(task_id: Any) -> int:
@@ -80,7 +84,7 @@ class TaskRunner:
         manifest, install = self.registry.runnable(module_id)
         bound = bind_arguments(manifest, args, max_length=self.settings.max_arg_length)
         timeout = manifest.timeout or self.settings.task_timeout
-        row = lifecycle.create(
+        row, slot_free = lifecycle.create(
             self.db,
             module_id=module_id,
             args=bound,
@@ -93,7 +97,7 @@ class TaskRunner:
             # claimed with the insert: the shortest way to a started task, answered from
             # what the insert wrote
             return self._info(row if self._launch(row) else self._row(row.id))
-        if self.dispatch():
+        if slot_free and self.dispatch():
             return self._info(self._row(row.id))  # it may be among those just started
         return self._info(row)
 
@@ -133,7 +137,7 @@ class TaskRunner:
             started += 1
         return started
 
-    def _launch(self, row: TaskRow) -> bool:
+    def _launch(self, row: TaskRecord) -> bool:
         """Start a claimed task's supervisor; False when it could not start (then settled)."""
         # No write after the start: the supervisor records its identity in supervisor.json,
         # where any process finds it (settle, kill), so the row keeps no handle.
@@ -170,7 +174,7 @@ class TaskRunner:
         else:
             self._settle(task_id, ended)
 
-    def _handle(self, row: TaskRow, known: Handle | None = None) -> Handle | None:
+    def _handle(self, row: TaskRecord, known: Handle | None = None) -> Handle | None:
         """Where the task's supervisor is: the row (older servers), memory, or its folder."""
         found = row.handle or known or self._handles.get(row.id)
         if found is None:
@@ -280,12 +284,16 @@ class TaskRunner:
         if event is not None:
             event.set()
 
-    def _wait_final(self, task_id: int, timeout: float) -> TaskRow:
+    def _wait_final(self, task_id: int, timeout: float) -> TaskRecord:
         """The task's row once final, or when ``timeout`` seconds have passed."""
         deadline = time.monotonic() + timeout
         while True:
             event = self._event(task_id)  # before the read, so a settle cannot slip between
-            row = self._row(task_id)
+            try:
+                row = self._row(task_id)
+            except NotFound:
+                self._wake(task_id)
+                raise
             remaining = deadline - time.monotonic()
             if TaskStatus(row.status).is_final:
                 self._wake(task_id)  # nothing will set it now: drop it, or it stays forever
@@ -297,7 +305,7 @@ class TaskRunner:
             watched = task_id in self._watched or (self._serving and row.status == "queued")
             event.wait(min(remaining, 1.0 if watched else POLL_SLICE))
 
-    def _check_elsewhere(self, row: TaskRow) -> bool:
+    def _check_elsewhere(self, row: TaskRecord) -> bool:
         """Move a task along that no thread of this process is watching; True if it moved."""
         if row.status == TaskStatus.RUNNING and row.id not in self._watched:
             return self.settle(row.id)
@@ -307,7 +315,7 @@ class TaskRunner:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _row(self, task_id: int) -> TaskRow:
+    def _row(self, task_id: int) -> TaskRecord:
         check_id(task_id)
         row = lifecycle.read(self.db, task_id)
         if row is None:
@@ -316,12 +324,11 @@ class TaskRunner:
 
     def get(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
         """One task; with ``wait``, answer once it is final or up to ``wait`` (max 60) s."""
+        if wait > 0:
+            return self._info(self._wait_final(check_id(task_id), min(wait, MAX_WAIT)))
         row = self._row(task_id)
-        if not TaskStatus(row.status).is_final:
-            if wait > 0:
-                row = self._wait_final(task_id, min(wait, MAX_WAIT))
-            elif self._check_elsewhere(row):
-                row = self._row(task_id)
+        if not TaskStatus(row.status).is_final and self._check_elsewhere(row):
+            row = self._row(task_id)
         return self._info(row)
 
     def list(
@@ -344,21 +351,17 @@ class TaskRunner:
             page = page.where(TaskRow.id < _decode_cursor(cursor))
         else:
             page = page.offset(offset)
-        with self.db.read() as session:
-            total = (
-                session.scalar(select(func.count()).select_from(TaskRow).where(*conditions)) or 0
-            )
+        with self.db.connect() as connection:
+            count = select(func.count()).select_from(TaskRow).where(*conditions)
+            total = connection.execute(count).scalar() or 0
             # ids first, from an index alone: skipping deep into the list then never reads the
             # rows it skips (each carries its run specification), only the page's own
-            ids = list(session.scalars(page))
+            ids = list(connection.execute(page).scalars())
             wanted = ids[:limit]
-            rows = session.scalars(
-                select(TaskRow)
-                .options(defer(TaskRow.spec), defer(TaskRow.handle))
-                .where(TaskRow.id.in_(wanted))
-                .order_by(TaskRow.id.desc())
+            rows = connection.execute(
+                select(*_LISTED).where(TaskRow.id.in_(wanted)).order_by(TaskRow.id.desc())
             )
-            tasks = tuple(self._info(r) for r in rows)
+            tasks = tuple(self._info(TaskRecord(*r)) for r in rows)
         next_cursor = _encode_cursor(wanted[-1]) if len(ids) > limit else None
         return TaskPage(tasks, total, limit, 0 if cursor else offset, next_cursor)
 
@@ -377,7 +380,7 @@ class TaskRunner:
             )
             return list(session.scalars(query))
 
-    def _info(self, row: TaskRow) -> TaskInfo:
+    def _info(self, row: TaskRecord) -> TaskInfo:
         output = None
         if row.output is not None:
             output = tuple(OutputFile(str(f["name"]), int(f["size"])) for f in row.output)
@@ -439,7 +442,7 @@ class TaskRunner:
 
     # -- files ------------------------------------------------------------------------------
 
-    def _done_row(self, task_id: int) -> TaskRow:
+    def _done_row(self, task_id: int) -> TaskRecord:
         row = self._row(task_id)
         if row.status == TaskStatus.RUNNING and row.id not in self._watched:
             self.settle(task_id)
