@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,10 @@ Progress = Callable[[str], None]
 INSTALLING, INSTALLED, ERROR = "installing", "installed", "error"
 _MAX_ID = 2**63 - 1
 _ACTIVE_TASKS = ("queued", "running")
+# prepared once: asked on every run request
+_RUNNABLE = select(ModuleRow.status, ModuleRow.install_dir).where(
+    ModuleRow.id == bindparam("module_id")
+)
 
 
 def _now() -> datetime:
@@ -72,22 +76,22 @@ class Registry:
         same name (which the partial unique index refuses) loses and leaves nothing behind.
         """
         try:
-            module_id = self._write_installed(built, module_id)
+            row = self._write_installed(built, module_id)
         except BaseException:
             installer.abandon(built.folder)
             raise
         installer.completed(built, self.settings)
-        (progress or _log_progress)(f"installed {built.manifest.name} as module {module_id}")
-        return self.get(module_id)
+        (progress or _log_progress)(f"installed {built.manifest.name} as module {row.id}")
+        return _info(row)  # as written: no second read
 
-    def _write_installed(self, built: Built, module_id: int | None) -> int:
+    def _write_installed(self, built: Built, module_id: int | None) -> ModuleRow:
         try:
             with self.db.write() as session:
                 row = self._row_to_fill(session, built, module_id)
                 _apply(row, built)
                 row.name, row.status, row.installer_pid = built.manifest.name, INSTALLED, None
                 session.flush()
-                return row.id
+                return row
         except IntegrityError:
             self._check_name_free(built.manifest.name, module_id)
             name = built.manifest.name
@@ -298,9 +302,8 @@ class Registry:
         """What the task runner needs to start a task; WrongState unless installed."""
         _check_id(module_id)
         # every run request asks: a two-column read, the parsed metadata cached per generation
-        query = select(ModuleRow.status, ModuleRow.install_dir).where(ModuleRow.id == module_id)
-        with self.db.engine.connect() as connection:
-            found = connection.execute(query).first()
+        with self.db.connect() as connection:
+            found = connection.execute(_RUNNABLE, {"module_id": module_id}).first()
         if found is None:
             raise NotFound(f"no module {module_id}")
         status, install_dir = found

@@ -99,7 +99,15 @@ class TaskRunner:
             return self._info(row if self._launch(row) else self._row(row.id))
         if slot_free and self.dispatch():
             return self._info(self._row(row.id))  # it may be among those just started
+        self._prepare_folder(row.id)
         return self._info(row)
+
+    def _prepare_folder(self, task_id: int) -> None:
+        """Make a queued task's folder now, so that starting it later is quicker."""
+        try:
+            TaskFolder(self.settings.tasks_dir, task_id).output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # its launch tries again, and reports what fails
+            _LOGGER.warning("could not make the folder of task %s: %s", task_id, exc)
 
     def _spec(
         self,
@@ -145,8 +153,7 @@ class TaskRunner:
         try:
             if not row.spec:
                 raise OSError("the task has no run specification")
-            folder.root.mkdir(parents=True, exist_ok=True)
-            folder.output.mkdir(exist_ok=True)
+            folder.output.mkdir(parents=True, exist_ok=True)  # made at submit when it queued
             handle = self.executor.start(task_id=row.id, task_dir=folder.root, spec=row.spec)
         except OSError as exc:
             self._finish(row.id, Outcome(TaskStatus.ERROR, None, f"could not start: {exc}"), False)
@@ -220,9 +227,11 @@ class TaskRunner:
                 self.db, task_id, outcome, self.settings.max_running
             )
         if won:  # side effects only after the commit
-            self._wake(task_id)
+            # the next task first: its slot stands idle until it starts, while whoever waits
+            # for this one is answered a moment later
             if claimed is not None and not self._launch(claimed):
                 self.dispatch()  # it could not start: the slot is free again
+            self._wake(task_id)
         return won
 
     def reconcile(self) -> None:
