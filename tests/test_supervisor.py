@@ -153,3 +153,36 @@ def test_processes_left_behind_by_a_module_that_ended_are_stopped(tmp_path: Path
     _start(tmp_path).wait(timeout=30)
     assert _result(tmp_path)["exit_code"] == 0
     assert _alive([int(pid_file.read_text())]) == []
+
+
+def test_the_module_starts_as_a_fresh_process_would(tmp_path: Path) -> None:
+    # its own session, the spec's folder, no input, only the spec's environment, and the
+    # default action for the signals that Python ignores (a shell pipeline needs SIGPIPE)
+    code = (
+        "import json, os;"
+        "print(json.dumps({'sid': os.getsid(0), 'pid': os.getpid(), 'cwd': os.getcwd(),"
+        " 'stdin': os.readlink('/proc/self/fd/0'), 'env': sorted(os.environ)}))"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    _spec(tmp_path, "", cwd=str(work), env={"PATH": "/usr/bin:/bin", "ONLY": "1", "CODE": code})
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    # the shell reports what it was started with, then becomes Python (same process)
+    shell = f'grep "^SigIgn" /proc/$$/status; exec {sys.executable} -S -c "$CODE"'
+    spec["argv"] = ["/bin/sh", "-c", shell]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    _start(tmp_path).wait(timeout=30)
+    assert _result(tmp_path)["exit_code"] == 0, (tmp_path / "stderr.log").read_text()
+    ignored_line, report = (tmp_path / "stdout.log").read_text().splitlines()
+    ignored = int(ignored_line.split(":")[1], 16)
+    sigpipe, sigxfsz = 1 << (signal.SIGPIPE - 1), 1 << (signal.SIGXFSZ - 1)
+    assert ignored & (sigpipe | sigxfsz) == 0
+    seen = json.loads(report)
+    assert seen["sid"] == seen["pid"]
+    assert seen["cwd"] == str(work)
+    assert seen["stdin"] == os.devnull
+    assert [k for k in seen["env"] if k not in ("PWD", "SHLVL", "_", "LC_CTYPE")] == [
+        "CODE",
+        "ONLY",
+        "PATH",
+    ]

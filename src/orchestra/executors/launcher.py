@@ -18,7 +18,11 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+
+# typing is left out at run time: every module this process loads grows each forked supervisor
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 if __package__:
     from orchestra.executors import proctree, supervisor
