@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench_overhead import bare_command
 from context import Context
@@ -22,8 +26,69 @@ METHOD = (
     f"A server with ORCHESTRA_MAX_RUNNING={STREAMS}; N no-op tasks submitted back to back "
     "over one kept-alive connection, then each awaited with GET /task/<id>?wait; tasks per "
     "second from the first submission to the last `done`. Ceiling: the same N bare commands "
-    f"(`env/bin/python -m Noop OUT`) run by {STREAMS} threads, each in a loop."
+    f"(`env/bin/python -m Noop OUT`) run by {STREAMS} threads, each in a loop. "
+    "CPU per task: busy time of the whole machine (/proc/stat, steal excluded) and of the "
+    "server, the launcher and this client process (/proc/<pid>/stat) over each run, divided "
+    "by the number of tasks."
 )
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class _Usage:
+    """CPU seconds per task of each run, by where they were spent."""
+
+    runs: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, part: str, seconds: float, count: int) -> None:
+        self.runs.setdefault(part, []).append(seconds / count)
+
+    def ms(self, part: str) -> float:
+        return 1000 * statistics.median(self.runs.get(part) or [0.0])
+
+
+class _Meter:
+    """Busy CPU of the machine and of chosen processes between start and stop."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        figures = {"machine": _machine_busy(), "client": time.process_time()}
+        figures.update({name: _process_cpu(pid) for name, pid in self.pids.items()})
+        return figures
+
+    def stop(self, usage: _Usage, count: int) -> None:
+        end = self._read()
+        for name, value in end.items():
+            usage.add(name, value - self.start[name], count)
+
+
+def _machine_busy() -> float:
+    # user nice system idle iowait irq softirq steal: busy is all but idle, iowait and steal
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4] - values[7]) / _TICK
+
+
+def _process_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, all threads
+
+
+def _launcher_pid(server_pid: int) -> int:
+    """The server's child that forks the supervisors (0 when there is none)."""
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"launcher.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+    return 0
 
 
 def run_bench(ctx: Context) -> list[Row]:
@@ -36,13 +101,19 @@ def run_bench(ctx: Context) -> list[Row]:
         module = ctx.prepare("noop", scratch / "module")
         module_id = server.register(module)
         bare = bare_command(server.home, module, scratch / "bare-out")
+        pids = {"server": server.pid, "launcher": _launcher_pid(server.pid)}
+        used, bare_used = _Usage(), _Usage()
         ctx.log(f"throughput: {reps} rep(s) of {count} tasks through Orchestra / bare ceiling")
         ours, ceiling = alternate(
             reps,
-            [lambda: _orchestra_rate(server, module_id, count), lambda: _ceiling(bare, count)],
+            [
+                lambda: _orchestra_rate(server, module_id, count, _Meter(pids), used),
+                lambda: _ceiling(bare, count, _Meter({}), bare_used),
+            ],
             ctx.log,
             unit="tasks/s",
         )
+    ctx.report.note(NAME, _cpu_note(used, bare_used))
     ratio = paired_ratios(ours, ceiling)
     return [
         Row(
@@ -57,15 +128,19 @@ def run_bench(ctx: Context) -> list[Row]:
     ]
 
 
-def _orchestra_rate(server: Server, module_id: int, count: int) -> float:
+def _orchestra_rate(
+    server: Server, module_id: int, count: int, meter: _Meter, usage: _Usage
+) -> float:
     start = time.perf_counter()
     task_ids = [server.submit(module_id) for _ in range(count)]
     for task_id in task_ids:
         server.wait(task_id, timeout=600)
-    return count / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    meter.stop(usage, count)
+    return count / seconds
 
 
-def _ceiling(bare: Callable[[], float], count: int) -> float:
+def _ceiling(bare: Callable[[], float], count: int, meter: _Meter, usage: _Usage) -> float:
     share = [count // STREAMS + (1 if i < count % STREAMS else 0) for i in range(STREAMS)]
     threads = [threading.Thread(target=_loop, args=(bare, n)) for n in share]
     start = time.perf_counter()
@@ -73,7 +148,26 @@ def _ceiling(bare: Callable[[], float], count: int) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return count / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    meter.stop(usage, count)
+    return count / seconds
+
+
+def _cpu_note(used: _Usage, bare: _Usage) -> str:
+    """Where the machine's CPU went per task, and what 80% of the ceiling would allow."""
+    ours, theirs = used.ms("machine"), bare.ms("machine")
+    server, launcher, client = used.ms("server"), used.ms("launcher"), used.ms("client")
+    rest = ours - server - launcher - client  # the supervisors and the modules
+    modules = theirs - bare.ms("client")  # the same command, started the same way
+    budget = theirs / TARGET - theirs
+    return (
+        f"CPU per task (medians): Orchestra {ours:.1f} ms of machine time against "
+        f"{theirs:.1f} ms for the bare command, {ours - theirs:+.1f} ms. Of Orchestra's: server "
+        f"{server:.1f} ms, launcher {launcher:.1f} ms, client {client:.1f} ms, supervisors "
+        f"and modules {rest:.1f} ms (the bare modules and their start: {modules:.1f} ms). "
+        f"With both cores kept busy, {TARGET:.0%} of the ceiling allows {budget:.1f} ms per task "
+        "on top of the bare command."
+    )
 
 
 def _loop(bare: Callable[[], float], times: int) -> None:
