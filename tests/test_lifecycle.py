@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
 from orchestra.config import Settings
 from orchestra.storage.db import Database
@@ -14,6 +15,13 @@ from orchestra.storage.tables import ModuleRow
 from orchestra.tasks import lifecycle
 from orchestra.tasks.lifecycle import Outcome
 from orchestra.tasks.status import TaskStatus
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["returning", "no-returning"])
+def update_returning(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways to claim and finish: UPDATE … RETURNING, and the reads of older databases."""
+    monkeypatch.setattr(SQLiteDialect, "update_returning", request.param)
+    return bool(request.param)
 
 
 @pytest.fixture
@@ -81,8 +89,28 @@ def test_only_one_of_two_observers_settles_a_task(db: Database) -> None:
     _queue(db, 1)
     row = lifecycle.claim_next(db, 1)
     assert row is not None
-    assert lifecycle.finish(db, row.id, Outcome(TaskStatus.DONE, 0))
-    assert not lifecycle.finish(db, row.id, Outcome(TaskStatus.ERROR, None, "late"))
+    output = [{"name": "a.csv", "size": 3}]
+    final = lifecycle.finish(db, row.id, Outcome(TaskStatus.DONE, 0, None, output))
+    assert final is not None  # the row as the finish left it
+    assert (final.id, final.status, final.exit_code, final.output) == (row.id, "done", 0, output)
+    assert final.finished is not None and final.started == row.started
+    assert lifecycle.finish(db, row.id, Outcome(TaskStatus.ERROR, None, "late")) is None
+    assert lifecycle.read(db, row.id) == final
+
+
+def test_a_finish_hands_its_slot_to_the_oldest_queued_task(db: Database) -> None:
+    first, second, third = _queue(db, 3)
+    running = lifecycle.claim_next(db, 1)
+    assert running is not None and running.id == first
+    assert lifecycle.claim_next(db, 1) is None  # the one slot is taken
+    final, claimed = lifecycle.finish_and_claim(db, first, Outcome(TaskStatus.DONE, 0), 1)
+    assert final is not None and final.status == "done"
+    assert claimed is not None and (claimed.id, claimed.status) == (second, "running")
+    assert claimed.spec == {"id": second} and claimed.started is not None
+    late, none = lifecycle.finish_and_claim(db, first, Outcome(TaskStatus.ERROR), 1)
+    assert (late, none) == (None, None)  # lost the race: nothing claimed either
+    read = lifecycle.read(db, third)
+    assert read is not None and read.status == "queued"
 
 
 def test_killing_a_queued_task_drops_it_and_a_running_one_is_flagged(db: Database) -> None:

@@ -69,6 +69,18 @@ _FINISH = (
             output=bindparam("new_output"))
 )  # fmt: skip
 _ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
+# where the database can answer an UPDATE with the rows it changed (SQLite 3.35+, PostgreSQL):
+# a claim is one statement, and a finish hands over the final row without a second read
+_CLAIM_NEXT = (
+    update(_TASKS)
+    .where(
+        _COLUMNS.id == _OLDEST_QUEUED.scalar_subquery(),
+        _COUNT_RUNNING.scalar_subquery() < bindparam("max_running"),
+    )
+    .values(status=_RUNNING, started=bindparam("now"))
+    .returning(*_COLUMNS)
+)
+_FINISH_RETURNING = _FINISH.returning(*_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -181,6 +193,9 @@ def claim_next(db: Database, max_running: int) -> TaskRecord | None:
 
 
 def _claim(connection: Connection, max_running: int) -> TaskRecord | None:
+    if connection.dialect.update_returning:
+        found = connection.execute(_CLAIM_NEXT, {"now": now(), "max_running": max_running})
+        return _record(found.first())
     task_id = _next_claim(connection, max_running)
     if task_id is None:
         return None
@@ -196,7 +211,11 @@ def read(db: Database, task_id: int) -> TaskRecord | None:
 
 
 def _read(connection: Connection, task_id: int) -> TaskRecord | None:
-    found = connection.execute(_ROW, {"task_id": task_id}).first()
+    return _record(connection.execute(_ROW, {"task_id": task_id}).first())
+
+
+def _record(found: Any) -> TaskRecord | None:
+    """A Core row of the tasks table (its columns in order) as a TaskRecord."""
     return None if found is None else TaskRecord(*found)
 
 
@@ -218,30 +237,34 @@ def request_kill(db: Database, task_id: int) -> TaskStatus | None:
         return TaskStatus(status)
 
 
-def finish(db: Database, task_id: int, outcome: Outcome) -> bool:
-    """Move a running task to its final state; False when someone else settled it first."""
+def finish(db: Database, task_id: int, outcome: Outcome) -> TaskRecord | None:
+    """Move a running task to its final state; its final row, None if another settled it."""
     with db.begin_write() as connection:
         return _finish(connection, task_id, outcome)
 
 
 def finish_and_claim(
     db: Database, task_id: int, outcome: Outcome, max_running: int
-) -> tuple[bool, TaskRecord | None]:
+) -> tuple[TaskRecord | None, TaskRecord | None]:
     """``finish``, then claim the oldest queued task in the same transaction when it won."""
     with db.begin_write() as connection:
-        if not _finish(connection, task_id, outcome):
-            return False, None
-        return True, _claim(connection, max_running)
+        final = _finish(connection, task_id, outcome)
+        if final is None:
+            return None, None
+        return final, _claim(connection, max_running)
 
 
-def _finish(connection: Connection, task_id: int, outcome: Outcome) -> bool:
-    moved = connection.execute(
-        _FINISH,
-        {"task_id": task_id, "now": now(), "new_status": TaskStatus(outcome.status).value,
-         "new_exit_code": outcome.exit_code, "new_error": outcome.error,
-         "new_output": outcome.output},
-    )  # fmt: skip
-    return bool(moved.rowcount == 1)
+def _finish(connection: Connection, task_id: int, outcome: Outcome) -> TaskRecord | None:
+    values = {
+        "task_id": task_id, "now": now(), "new_status": TaskStatus(outcome.status).value,
+        "new_exit_code": outcome.exit_code, "new_error": outcome.error,
+        "new_output": outcome.output,
+    }  # fmt: skip
+    if connection.dialect.update_returning:
+        return _record(connection.execute(_FINISH_RETURNING, values).first())
+    if connection.execute(_FINISH, values).rowcount != 1:
+        return None
+    return _read(connection, task_id)
 
 
 def delete_final(db: Database, task_ids: list[int]) -> list[int]:

@@ -61,6 +61,12 @@ def check_id(task_id: Any) -> int:
     return task_id
 
 
+class _Waiting(threading.Event):
+    """Set when a task moved on; carries its final row when a finish set it."""
+
+    final: TaskRecord | None = None
+
+
 class TaskRunner:
     """Runs module tasks through the executor; the database holds the queue and the states."""
 
@@ -69,7 +75,7 @@ class TaskRunner:
         self.db = db
         self.registry = registry
         self.executor = get_executor(settings)
-        self._events: dict[int, threading.Event] = {}
+        self._events: dict[int, _Waiting] = {}
         self._events_lock = threading.Lock()
         self._watched: set[int] = set()
         self._handles: dict[int, Handle] = {}  # the supervisors this process watches
@@ -221,18 +227,18 @@ class TaskRunner:
 
     def _finish(self, task_id: int, outcome: Outcome, dispatch: bool) -> bool:
         if not dispatch:
-            won, claimed = lifecycle.finish(self.db, task_id, outcome), None
+            final, claimed = lifecycle.finish(self.db, task_id, outcome), None
         else:  # the freed slot goes to the oldest queued task in the same transaction
-            won, claimed = lifecycle.finish_and_claim(
+            final, claimed = lifecycle.finish_and_claim(
                 self.db, task_id, outcome, self.settings.max_running
             )
-        if won:  # side effects only after the commit
+        if final is not None:  # side effects only after the commit
             # the next task first: its slot stands idle until it starts, while whoever waits
             # for this one is answered a moment later
             if claimed is not None and not self._launch(claimed):
                 self.dispatch()  # it could not start: the slot is free again
-            self._wake(task_id)
-        return won
+            self._wake(task_id, final)
+        return final is not None
 
     def reconcile(self) -> None:
         """Settle or adopt every running task, then start what the queue allows."""
@@ -283,14 +289,15 @@ class TaskRunner:
 
     # -- waiting ----------------------------------------------------------------------------
 
-    def _event(self, task_id: int) -> threading.Event:
+    def _event(self, task_id: int) -> _Waiting:
         with self._events_lock:
-            return self._events.setdefault(task_id, threading.Event())
+            return self._events.setdefault(task_id, _Waiting())
 
-    def _wake(self, task_id: int) -> None:
+    def _wake(self, task_id: int, final: TaskRecord | None = None) -> None:
         with self._events_lock:
             event = self._events.pop(task_id, None)
         if event is not None:
+            event.final = final
             event.set()
 
     def _wait_final(self, task_id: int, timeout: float) -> TaskRecord:
@@ -312,7 +319,8 @@ class TaskRunner:
             if self._check_elsewhere(row):
                 continue
             watched = task_id in self._watched or (self._serving and row.status == "queued")
-            event.wait(min(remaining, 1.0 if watched else POLL_SLICE))
+            if event.wait(min(remaining, 1.0 if watched else POLL_SLICE)) and event.final:
+                return event.final  # as the finishing transaction wrote it: no second read
 
     def _check_elsewhere(self, row: TaskRecord) -> bool:
         """Move a task along that no thread of this process is watching; True if it moved."""
