@@ -33,7 +33,9 @@ class _Backend:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._parts: tuple[Database, Registry, TaskRunner] | None = None
+        self._parts: tuple[Database, Registry] | None = None
+        self._runner: TaskRunner | None = None
+        self._runner_lock = threading.Lock()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._open, name="orchestra-open", daemon=True)
         self._thread.start()
@@ -42,22 +44,34 @@ class _Backend:
         try:
             from orchestra.registry import Registry
             from orchestra.storage.db import Database
-            from orchestra.tasks.runner import TaskRunner
 
             db = Database(self._settings.db_url)
             db.create_schema()
-            registry = Registry(self._settings, db)
-            self._parts = (db, registry, TaskRunner(self._settings, db, registry))
+            self._parts = (db, Registry(self._settings, db))
         except BaseException as exc:  # noqa: B036 - raised again in the thread that asks
             self._error = exc
 
-    def get(self) -> tuple[Database, Registry, TaskRunner]:
-        """The opened parts; raises what opening them raised."""
+    def get(self) -> tuple[Database, Registry]:
+        """The database and the registry; raises what opening them raised."""
         self._thread.join()
         if self._error is not None:
             raise self._error
         assert self._parts is not None
         return self._parts
+
+    def runner(self) -> TaskRunner:
+        """The task runner, made on first use (a registration never needs one)."""
+        db, registry = self.get()
+        with self._runner_lock:
+            if self._runner is None:
+                from orchestra.tasks.runner import TaskRunner
+
+                self._runner = TaskRunner(self._settings, db, registry)
+            return self._runner
+
+    def opened_runner(self) -> TaskRunner | None:
+        """The task runner if one was made."""
+        return self._runner
 
 
 class Service:
@@ -81,7 +95,7 @@ class Service:
     @property
     def tasks(self) -> TaskRunner:
         """The task runner."""
-        return self._backend.get()[2]
+        return self._backend.runner()
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -93,10 +107,12 @@ class Service:
     def close(self) -> None:
         """Stop background work; running tasks go on and are adopted at the next start."""
         try:
-            db, _registry, tasks = self._backend.get()
+            db, _registry = self._backend.get()
         except Exception:  # never opened: its error was reported where it was used
             return
-        tasks.stop()
+        tasks = self._backend.opened_runner()
+        if tasks is not None:
+            tasks.stop()
         db.dispose()
 
     # -- modules --------------------------------------------------------------------------

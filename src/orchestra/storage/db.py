@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestra.storage.tables import SCHEMA_VERSION, Base, SchemaInfo
+from orchestra.storage.tables import SCHEMA_VERSION, Base, SchemaInfo, add_postgresql_options
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class Database:
 
     def create_schema(self) -> None:
         """Create the tables when missing and record the schema version."""
+        if self.engine.dialect.name == "postgresql":
+            add_postgresql_options()
         Base.metadata.create_all(self.engine)
         with self.write() as session:
             if session.scalar(select(SchemaInfo).limit(1)) is None:
