@@ -263,7 +263,7 @@ def _supervise(task_dir: str, spec: dict[str, Any], record: _Record) -> dict[str
     started = time.time()
     try:
         module_pid = _spawn(spec, task_dir)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         return {**_result("start_failed", None, started), "error": str(exc)}
     # from here on the module is starting: what is written now costs it no time
     me = os.getpid()
