@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from pathlib import Path
 from bench_overhead import bare_command
 from context import Context
 from harness import Row, Stats, alternate, fmt_stats, paired_ratios
-from live import Server, orchestra_env
+from live import Client, Server, free_port, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,8 +31,12 @@ METHOD = (
     f"(`env/bin/python -m Noop OUT`) run by {STREAMS} threads, each in a loop. "
     "CPU per task: busy time of the whole machine (/proc/stat, steal excluded) and of the "
     "server, the launcher and this client process (/proc/<pid>/stat) over each run, divided "
-    "by the number of tasks."
+    "by the number of tasks. Floor of a request: a Flask app answering a constant JSON, "
+    "served by waitress with the same 16 threads (benchmarks/flask_floor.py), its CPU per "
+    "GET over a kept-alive connection."
 )
+FLOOR_APP = Path(__file__).with_name("flask_floor.py")
+FLOOR_REQUESTS = 1000
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -114,6 +120,7 @@ def run_bench(ctx: Context) -> list[Row]:
             unit="tasks/s",
         )
     ctx.report.note(NAME, _cpu_note(used, bare_used))
+    ctx.report.note(NAME, _floor_note(_request_floor(ctx.count(FLOOR_REQUESTS, 50))))
     ratio = paired_ratios(ours, ceiling)
     return [
         Row(
@@ -173,3 +180,43 @@ def _cpu_note(used: _Usage, bare: _Usage) -> str:
 def _loop(bare: Callable[[], float], times: int) -> None:
     for _ in range(times):
         bare()
+
+
+def _request_floor(count: int) -> float:
+    """CPU seconds per request of the least Flask app on waitress (a subprocess)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(FLOOR_APP), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client(port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.get("/task/1")
+                break
+            except OSError:
+                client.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        for _ in range(count // 10):  # warm up
+            client.get("/task/1")
+        before = _process_cpu(proc.pid)
+        for _ in range(count):
+            client.get("/task/1")
+        return (_process_cpu(proc.pid) - before) / count
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
+
+def _floor_note(seconds: float) -> str:
+    return (
+        f"Floor of a request on this machine: a Flask app answering a constant JSON on waitress "
+        f"spends {1000 * seconds:.2f} ms of CPU per GET, so the two requests of a task (submit "
+        f"and wait) cost at least {2000 * seconds:.2f} ms of the budget before any work."
+    )
