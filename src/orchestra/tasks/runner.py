@@ -235,9 +235,11 @@ class TaskRunner:
         if final is not None:  # side effects only after the commit
             # the next task first: its slot stands idle until it starts, while whoever waits
             # for this one is answered a moment later
-            if claimed is not None and not self._launch(claimed):
-                self.dispatch()  # it could not start: the slot is free again
-            self._wake(task_id, final)
+            try:
+                if claimed is not None and not self._launch(claimed):
+                    self.dispatch()  # it could not start: the slot is free again
+            finally:
+                self._wake(task_id, final)
         return final is not None
 
     def reconcile(self) -> None:
@@ -319,7 +321,8 @@ class TaskRunner:
             if self._check_elsewhere(row):
                 continue
             watched = task_id in self._watched or (self._serving and row.status == "queued")
-            if event.wait(min(remaining, 1.0 if watched else POLL_SLICE)) and event.final:
+            woken = event.wait(min(remaining, 1.0 if watched else POLL_SLICE))
+            if woken and event.final is not None:
                 return event.final  # as the finishing transaction wrote it: no second read
 
     def _check_elsewhere(self, row: TaskRecord) -> bool:
