@@ -257,10 +257,14 @@ def test_python_dash_m_orchestra_runs_the_flag_spelling(tmp_path: Path, uv_cache
 
     done = orchestra("--register", CATALOG)
     assert done.returncode == 0, done.stderr
+    # the process ends without the interpreter's teardown: what it printed must all be there
+    assert done.stdout == "registered module 1: Example catalog (installed)\n"
+    assert done.stderr.endswith("orchestra: installed Example catalog as module 1\n")
     listed = orchestra("--list", "--json")
     assert [m["name"] for m in json.loads(listed.stdout)] == ["Example catalog"]
     missing = orchestra("show", "7")
     assert (missing.returncode, missing.stderr) == (3, "orchestra: error: no module 7\n")
+    assert orchestra("no-such-command").returncode == 2
 
 
 def test_update_reinstalls_a_module_from_its_source(settings: Settings, tmp_path: Path) -> None:

@@ -1,7 +1,5 @@
 """`python -m orchestra`."""
 
-import sys
+from orchestra.cli import entry
 
-from orchestra.cli import main
-
-sys.exit(main(sys.argv[1:]))
+entry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -44,8 +45,18 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
 
 
 def entry() -> None:
-    """The ``orchestra`` console script."""
-    sys.exit(main())
+    """The ``orchestra`` console script (and ``python -m orchestra``)."""
+    code = main()
+    # Every command has closed what it opened by now (the database, the launcher, files).
+    # Skipping the interpreter's teardown of SQLAlchemy and the rest takes 0.1 s off every
+    # command on a slow machine: a seventh of a registration.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+            pass
+    os._exit(code)
 
 
 def _settings(args: argparse.Namespace, given: Settings | None) -> Settings:
