@@ -38,10 +38,6 @@ class TaskFolder:
         return self.root / "stderr.log"
 
     @property
-    def supervisor(self) -> Path:
-        return self.root / "supervisor.json"
-
-    @property
     def result(self) -> Path:
         return self.root / "result.json"
 
