@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra.config import Settings, load_settings
+from tests.support.server import LiveServer
 
 if TYPE_CHECKING:
     from orchestra.service import Service
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-DATA = Path(__file__).resolve().parent / "data"
+# session fixtures for real services: a git daemon, a PostgreSQL server
+pytest_plugins = ["tests.support.gitserver", "tests.support.postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +45,6 @@ def service(settings: Settings) -> Iterator[Service]:
         svc.close()
 
 
-from tests.gitserver import git_daemon  # noqa: E402, F401
-
 if TYPE_CHECKING:
     from flask import Flask
     from flask.testing import FlaskClient
@@ -64,14 +62,6 @@ def app(service: Service) -> Flask:
 def client(app: Flask) -> FlaskClient:
     """Flask's test client for ``app``."""
     return app.test_client()
-
-
-class LiveServer:
-    """A real waitress server on a free loopback port."""
-
-    def __init__(self, url: str, service: Service) -> None:
-        self.url = url
-        self.service = service
 
 
 @pytest.fixture

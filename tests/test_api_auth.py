@@ -11,7 +11,7 @@ import pytest
 from orchestra.api import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
-from tests.helpers import wait_for_status, write_module
+from tests.support.helpers import wait_for_status, write_module
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient

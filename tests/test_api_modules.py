@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from orchestra.service import Service
-from tests.conftest import EXAMPLES
-from tests.helpers import http, wait_for, wait_for_status, write_module
+from tests.support.helpers import http, wait_for, wait_for_status, write_module
+from tests.support.paths import EXAMPLES
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
-    from tests.conftest import LiveServer
+    from tests.support.server import LiveServer
 
 SUMMARY_KEYS = {"id", "name", "description", "version", "status", "output_type"}
 

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import http
+from tests.support.helpers import http
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
-    from tests.conftest import LiveServer
+    from tests.support.server import LiveServer
 
 ID_ROUTES = [
     ("GET", "/module/{id}"),

@@ -13,13 +13,13 @@ import pytest
 from werkzeug.http import parse_options_header
 
 from orchestra.service import Service
-from tests.conftest import EXAMPLES
-from tests.helpers import http, wait_for, wait_for_status, write_module
+from tests.support.helpers import http, wait_for, wait_for_status, write_module
+from tests.support.paths import EXAMPLES
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
-    from tests.conftest import LiveServer
+    from tests.support.server import LiveServer
 
 FINAL = {"done", "error", "killed"}
 CATALOG_ARGS = {"start": "2020-01-01T00:00:00", "stop": "2020-01-02T00:00:00"}

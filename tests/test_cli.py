@@ -16,8 +16,8 @@ import pytest
 from orchestra.cli.parser import normalize, parse
 from orchestra.config import Settings
 from orchestra.service import Service
-from tests.conftest import EXAMPLES, ROOT
-from tests.helpers import run_cli, write_module
+from tests.support.helpers import run_cli, write_module
+from tests.support.paths import EXAMPLES, ROOT
 
 CATALOG = str(EXAMPLES / "catalog")
 SLEEPER = 'print("started", flush=True)\ntime.sleep(60)'

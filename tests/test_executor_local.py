@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from orchestra.executors.local import LocalExecutor
-from tests.test_supervisor import TREE, _alive, _wait_for_file
+from tests.support.processes import TREE, alive, wait_for_file
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_without_a_server_a_task_starts_as_a_detached_supervisor(tmp_path: Path)
     )
     assert executor.is_alive(handle)
     assert not executor.watch(handle, lambda: None)
-    _wait_for_file(task_dir / "result.json")
+    wait_for_file(task_dir / "result.json")
     assert _result(task_dir)["exit_code"] == 0
     deadline = time.monotonic() + 10
     while executor.is_alive(handle):
@@ -79,13 +79,13 @@ def test_kill_stops_the_module_its_child_and_a_detached_grandchild(
     handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec(TREE, str(pid_file)))
     ended = threading.Event()
     executor.watch(handle, ended.set)
-    _wait_for_file(pid_file)
+    wait_for_file(pid_file)
     pids = json.loads(pid_file.read_text())
-    assert len(_alive(pids)) == 3
+    assert len(alive(pids)) == 3
     executor.kill(handle, grace=1.0)
     assert ended.wait(1.0 + 2.0)
     assert _result(task_dir)["reason"] == "killed"
-    assert _alive(pids) == []
+    assert alive(pids) == []
 
 
 def test_a_new_executor_adopts_a_live_supervisor_and_sees_its_real_exit_code(
@@ -116,16 +116,16 @@ def test_kill_without_a_supervisor_stops_the_module_tree_directly(
     handle = executor.start(
         task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(600)")
     )
-    _wait_for_file(task_dir / "supervisor.json")
+    wait_for_file(task_dir / "supervisor.json")
     module_pid = json.loads((task_dir / "supervisor.json").read_text())["module_pid"]
     os.kill(handle["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while executor.is_alive(handle):
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert _alive([module_pid]) == [module_pid]
+    assert alive([module_pid]) == [module_pid]
     executor.kill(handle, grace=0.5)
-    assert _alive([module_pid]) == []
+    assert alive([module_pid]) == []
     assert not (task_dir / "result.json").exists()
 
 
@@ -168,14 +168,14 @@ def test_the_handle_is_found_from_the_task_folder_by_another_executor(
     task_dir = tmp_path / "t1"
     assert LocalExecutor().find(task_dir) is None  # nothing started there
     handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(30)"))
-    _wait_for_file(task_dir / "supervisor.json")
+    wait_for_file(task_dir / "supervisor.json")
     other = LocalExecutor()  # another process's executor: nothing in memory
     found = other.find(task_dir)
     assert found is not None
     assert (found["pid"], found["start"]) == (handle["pid"], handle["start"])
     assert other.is_alive(found)
     other.kill(found, grace=0.5)
-    _wait_for_file(task_dir / "result.json")
+    wait_for_file(task_dir / "result.json")
     assert _result(task_dir)["reason"] == "killed"
 
 
@@ -192,6 +192,6 @@ def test_the_waiting_supervisor_exits_with_the_launcher(tmp_path: Path) -> None:
     waiting = _children(launcher_pid)
     executor.close()
     deadline = time.monotonic() + 10
-    while _alive(waiting):
+    while alive(waiting):
         assert time.monotonic() < deadline, "a waiting supervisor outlived its launcher"
         time.sleep(0.02)

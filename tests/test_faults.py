@@ -18,8 +18,8 @@ from typing import TypeVar
 import pytest
 
 from orchestra.service import Service
-from tests.conftest import DATA
-from tests.test_restart import ServerProcess
+from tests.support.paths import DATA
+from tests.support.server import ServerProcess
 
 FLOOD = DATA / "modules" / "flood"
 MARKER = DATA / "modules" / "marker"

@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import DATA
-from tests.test_restart import ServerProcess
+from tests.support.paths import DATA
+from tests.support.server import ServerProcess
 
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}  # per operation
 CHECKS = [

@@ -30,9 +30,9 @@ import pytest
 from orchestra.api import create_app
 from orchestra.config import Settings, load_settings
 from orchestra.service import Service
-from tests.conftest import DATA
-from tests.gitserver import git
-from tests.helpers import free_port, http, run_cli
+from tests.support.gitserver import git
+from tests.support.helpers import free_port, http, run_cli
+from tests.support.paths import DATA
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
@@ -599,7 +599,7 @@ BAD_HEADERS = {
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, uv_cache: Path) -> Iterator[Any]:
     """A real `serve` process with an API token."""
-    from tests.test_restart import ServerProcess
+    from tests.support.server import ServerProcess
 
     server = ServerProcess(tmp_path_factory.mktemp("guarded") / "home", uv_cache, api_token=TOKEN)
     try:
@@ -632,7 +632,7 @@ def test_with_a_token_reads_stay_open_and_the_right_token_passes(guarded: Any) -
 
 
 def test_protected_reads_need_the_token_on_a_real_server(tmp_path: Path, uv_cache: Path) -> None:
-    from tests.test_restart import ServerProcess
+    from tests.support.server import ServerProcess
 
     server = ServerProcess(tmp_path / "home", uv_cache, api_token=TOKEN, protect_reads="1")
     try:
@@ -647,7 +647,7 @@ def test_protected_reads_need_the_token_on_a_real_server(tmp_path: Path, uv_cach
 
 
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
     environ.update(ORCHESTRA_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT / "src"), **env)
@@ -668,7 +668,7 @@ def test_serve_refuses_to_listen_on_all_addresses_without_a_token(tmp_path: Path
 def test_serve_listens_on_all_addresses_when_told_it_is_insecure(
     tmp_path: Path, uv_cache: Path
 ) -> None:
-    from tests.test_restart import ServerProcess
+    from tests.support.server import ServerProcess
 
     server = ServerProcess(tmp_path / "home", uv_cache, host="0.0.0.0", insecure="1")
     try:

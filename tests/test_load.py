@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA
-from tests.helpers import Answer, http, wait_for
-from tests.test_restart import ServerProcess
+from tests.support.helpers import Answer, http, wait_for
+from tests.support.paths import DATA
+from tests.support.server import ServerProcess
 
 REQUESTS = 200
 MAX_RUNNING = 2

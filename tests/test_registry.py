@@ -22,8 +22,8 @@ from orchestra.sources import SourceSpec
 from orchestra.storage.db import Database
 from orchestra.storage.files import InstallFolder
 from orchestra.storage.tables import ModuleRow
-from tests.conftest import EXAMPLES
-from tests.gitserver import GitDaemon, git, make_repo
+from tests.support.gitserver import GitDaemon, git, make_repo
+from tests.support.paths import EXAMPLES
 
 
 @pytest.fixture

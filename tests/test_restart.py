@@ -10,125 +10,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import DATA, ROOT
-from tests.helpers import Answer, free_port, http, wait_for
+from tests.support.helpers import wait_for
+from tests.support.paths import DATA
+from tests.support.server import ServerProcess
 
 NAPPER = DATA / "modules" / "napper"
-
-
-class ServerProcess:
-    """``python -m orchestra serve`` on one data folder; may be stopped and started again."""
-
-    def __init__(self, home: Path, uv_cache: Path, **settings: str) -> None:
-        self.home = home
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
-        self.env.update(
-            ORCHESTRA_HOME=str(home), ORCHESTRA_UV_CACHE=str(uv_cache),
-            ORCHESTRA_POLL_INTERVAL="0.2", PYTHONPATH=str(ROOT / "src"),
-        )  # fmt: skip
-        self.env.update({f"ORCHESTRA_{k.upper()}": v for k, v in settings.items()})
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.starts = 0
-
-    def start(self) -> None:
-        """Start a server and wait until it answers /health."""
-        port = free_port()
-        self.starts += 1
-        log = (self.home.parent / f"server-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "orchestra", "serve", "--port", str(port)],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        self.url = f"http://127.0.0.1:{port}"
-        wait_for(self._answers, bool, timeout=30, what="the server's /health")
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{self.log()}")
-        try:
-            # 401 counts: with ORCHESTRA_PROTECT_READS even /health needs the token
-            return http("GET", self.url + "/health", timeout=2).status in {200, 401}
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        """The current server's log."""
-        return (self.home.parent / f"server-{self.starts}.log").read_text(errors="replace")
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        """Send ``signum`` and wait for the server to end; its exit status."""
-        assert self.process is not None
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=30)
-
-    @property
-    def pid(self) -> int:
-        """The running server's pid."""
-        assert self.process is not None
-        return self.process.pid
-
-    def rss_kib(self) -> int:
-        """The server's resident memory (VmRSS) in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Answer:
-        """One JSON request to the server."""
-        return http(method, self.url + path, json_body=body, timeout=timeout)
-
-    def register(self, folder: Path, timeout: float = 180) -> int:
-        """Register a module folder and wait until it is installed; its id."""
-        answer = self.call("POST", "/modules", {"source": str(folder)})
-        assert answer.status == 202, answer.body
-        module_id = int(answer.json()["id"])
-        module = wait_for(
-            lambda: self.call("GET", f"/module/{module_id}").json(),
-            lambda m: m["status"] != "installing", timeout=timeout, what="the installation",
-        )  # fmt: skip
-        assert module["status"] == "installed", module.get("error")
-        return module_id
-
-    def run(self, module_id: int, **args: Any) -> int:
-        """Start a task; its id."""
-        answer = self.call("POST", f"/module/{module_id}/run", args)
-        assert answer.status == 202, answer.body
-        return int(answer.json()["task"])
-
-    def task(self, task_id: int) -> dict[str, Any]:
-        """A task's record."""
-        return dict(self.call("GET", f"/task/{task_id}").json())
-
-    def wait_final(self, task_id: int, timeout: float = 60) -> dict[str, Any]:
-        """A task's record once it has ended."""
-        return dict(
-            wait_for(
-                lambda: self.task(task_id),
-                lambda t: t["status"] in {"done", "error", "killed"},
-                timeout=timeout,
-                what=f"task {task_id}",
-            )  # fmt: skip
-        )
-
-    def close(self) -> None:
-        """Kill the server if it still runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
 from orchestra.tasks.runner import LAUNCH_WINDOW
 from orchestra.tasks.status import TaskStatus
-from tests.conftest import DATA
-from tests.test_supervisor import _alive, _wait_for_file
+from tests.support.paths import DATA
+from tests.support.processes import alive, wait_for_file
 
 MODULES = DATA / "modules"
 
@@ -149,12 +149,12 @@ def test_killing_a_running_task_stops_its_whole_tree(server: Service) -> None:
     module = _register(server, "sleeps")
     task = server.run(module, {"seconds": 600, "tree": True})
     pid_file = server.settings.tasks_dir / str(task.id) / "output" / "pids.json"
-    _wait_for_file(pid_file)
+    wait_for_file(pid_file)
     pids = list(json.loads(pid_file.read_text()).values())
-    assert len(_alive(pids)) == 3
+    assert len(alive(pids)) == 3
     info = server.kill(task.id)
     assert info.status == "killed"
-    assert _alive(pids) == []
+    assert alive(pids) == []
 
 
 def test_killing_a_queued_task_drops_it_without_ever_starting_it(server: Service) -> None:
@@ -318,13 +318,13 @@ def test_a_task_whose_supervisor_died_is_an_error_with_the_reason(server: Servic
     module = _register(server, "sleeps")
     task = server.run(module, {"seconds": 600})
     supervisor_file = server.settings.tasks_dir / str(task.id) / "supervisor.json"
-    _wait_for_file(supervisor_file)
+    wait_for_file(supervisor_file)
     recorded = json.loads(supervisor_file.read_text())
     os.kill(recorded["pid"], 9)
     info = server.get_task(task.id, wait=10)
     assert info.status == "error"
     assert "supervisor died" in (info.error or "")
-    assert _alive([recorded["module_pid"]]) == []  # nothing of the task runs on
+    assert alive([recorded["module_pid"]]) == []  # nothing of the task runs on
 
 
 @pytest.mark.slow
@@ -373,7 +373,7 @@ def test_a_running_task_keeps_its_supervisor_in_its_folder_and_is_adopted_from_t
     module = _register(first, "fails")
     sleeper = _register(first, "sleeps")
     task = first.run(sleeper, {"seconds": 1.0})
-    _wait_for_file(settings.tasks_dir / str(task.id) / "supervisor.json")
+    wait_for_file(settings.tasks_dir / str(task.id) / "supervisor.json")
     assert _row(first, task.id).handle is None  # no write between claim and end
     failing = first.run(module, {})
     first.close()
@@ -405,7 +405,7 @@ def test_a_kill_flagged_before_the_supervisor_could_be_found_is_carried_out_by_t
 ) -> None:
     module = _register(service, "sleeps")
     task = service.run(module, {"seconds": 600})  # no server: a detached supervisor
-    _wait_for_file(service.settings.tasks_dir / str(task.id) / "supervisor.json")
+    wait_for_file(service.settings.tasks_dir / str(task.id) / "supervisor.json")
     assert lifecycle.request_kill(service.db, task.id) == TaskStatus.RUNNING  # flag only
     service.tasks.reconcile()  # what the sweep does every poll interval
     info = service.get_task(task.id, wait=15)

@@ -15,8 +15,8 @@ import pytest
 from orchestra.api.server import check_listen_address, is_loopback
 from orchestra.config import Settings
 from orchestra.errors import InvalidInput
-from tests.conftest import ROOT
-from tests.helpers import free_port, http, run_cli, wait_for
+from tests.support.helpers import free_port, http, run_cli, wait_for
+from tests.support.paths import ROOT
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "localhost", "::1", "[::1]"])

@@ -14,7 +14,7 @@ from orchestra.sources.folder import (
     is_git_checkout,
     resolve_inside,
 )
-from tests.gitserver import make_repo, write_files
+from tests.support.gitserver import make_repo, write_files
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from orchestra.config import Settings
 from orchestra.errors import InvalidInput, SourceError
 from orchestra.sources import FetchedSource, SourceSpec, fetch
 from orchestra.sources.git import fetch_git, is_git_location
-from tests.gitserver import GitDaemon, free_port, git, make_repo
+from tests.support.gitserver import GitDaemon, git, make_repo
+from tests.support.helpers import free_port
 
 
 def metadata(name: str) -> str:

@@ -11,29 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestra.executors import proctree
 from orchestra.executors.local import SUPERVISOR
-
-# a module that starts a child, whose own child calls setsid(); it writes the three pids
-TREE = """
-import json, os, subprocess, sys, time
-grandchild = "import os, time; os.setsid(); time.sleep(600)"
-child = (
-    "import subprocess, sys, time;"
-    f"g = subprocess.Popen([sys.executable, '-c', {grandchild!r}]);"
-    "print(g.pid, flush=True); time.sleep(600)"
-)
-proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-pids = [os.getpid(), proc.pid, int(proc.stdout.readline())]
-with open(sys.argv[1] + ".tmp", "w") as handle:
-    json.dump(pids, handle)
-os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-signal_name = sys.argv[2] if len(sys.argv) > 2 else ""
-if signal_name == "ignore-term":
-    import signal
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-time.sleep(600)
-"""
+from tests.support.processes import TREE, alive, wait_for_file
 
 
 def _spec(task_dir: Path, code: str, *args: str, **extra: Any) -> None:
@@ -65,17 +44,6 @@ def _identity(task_dir: Path) -> dict[str, Any]:
         if (task_dir / name).exists():
             return dict(json.loads((task_dir / name).read_text().splitlines()[0]))
     raise AssertionError("the supervisor left no record")
-
-
-def _wait_for_file(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
-def _alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if proctree.start_time(pid) is not None]
 
 
 def test_a_module_that_succeeds_is_recorded_as_exited_with_status_zero(tmp_path: Path) -> None:
@@ -120,15 +88,15 @@ def test_sigterm_to_the_supervisor_kills_the_whole_tree_within_the_grace_period(
     pid_file = tmp_path / "pids.json"
     _spec(tmp_path, TREE, str(pid_file), "ignore-term")
     supervisor = _start(tmp_path)
-    _wait_for_file(pid_file)
+    wait_for_file(pid_file)
     pids = json.loads(pid_file.read_text())
-    assert len(_alive(pids)) == 3
+    assert len(alive(pids)) == 3
     began = time.monotonic()
     supervisor.send_signal(signal.SIGTERM)
     supervisor.wait(timeout=30)
     assert time.monotonic() - began < 1.0 + 2.0  # grace + margin
     assert _result(tmp_path)["reason"] == "killed"
-    assert _alive(pids) == []
+    assert alive(pids) == []
 
 
 def test_the_timeout_kills_the_tree_and_is_recorded_as_timeout(tmp_path: Path) -> None:
@@ -138,7 +106,7 @@ def test_the_timeout_kills_the_tree_and_is_recorded_as_timeout(tmp_path: Path) -
     result = _result(tmp_path)
     assert result["reason"] == "timeout"
     assert result["signal"] == signal.SIGTERM
-    assert _alive(json.loads(pid_file.read_text())) == []
+    assert alive(json.loads(pid_file.read_text())) == []
 
 
 def test_processes_left_behind_by_a_module_that_ended_are_stopped(tmp_path: Path) -> None:
@@ -152,7 +120,7 @@ def test_processes_left_behind_by_a_module_that_ended_are_stopped(tmp_path: Path
     _spec(tmp_path, code, str(pid_file))
     _start(tmp_path).wait(timeout=30)
     assert _result(tmp_path)["exit_code"] == 0
-    assert _alive([int(pid_file.read_text())]) == []
+    assert alive([int(pid_file.read_text())]) == []
 
 
 def test_the_module_starts_as_a_fresh_process_would(tmp_path: Path) -> None:

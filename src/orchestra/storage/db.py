@@ -6,10 +6,10 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestra.storage.tables import SCHEMA_VERSION, Base, SchemaInfo, add_postgresql_options
+from orchestra.storage import schema
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,13 +28,10 @@ class Database:
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create the tables when missing and record the schema version."""
-        if self.engine.dialect.name == "postgresql":
-            add_postgresql_options()
-        Base.metadata.create_all(self.engine)
-        with self.write() as session:
-            if session.scalar(select(SchemaInfo).limit(1)) is None:
-                session.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+        """Bring the database to the current schema: create it, or migrate it in place."""
+        # a read first: the common start, on an up-to-date database, takes no lock
+        if not schema.is_current(self.engine):
+            schema.ensure(self._write_engine)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

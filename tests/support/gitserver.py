@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.helpers import free_port, wait_for_port
 
 # commits made by tests do not depend on the machine's git configuration
 _GIT_ENV = {
@@ -65,27 +65,6 @@ def make_repo(
     git(path, "add", "--all")
     git(path, "commit", "--quiet", "--allow-empty", "-m", message)
     return git(path, "rev-parse", "HEAD")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, *, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """Wait until ``port`` on 127.0.0.1 accepts connections; fail if ``process`` dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode} before answering")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing answered on 127.0.0.1:{port} within {timeout} s")
 
 
 @dataclass(frozen=True)

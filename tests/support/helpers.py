@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import socket
+import subprocess
 import textwrap
 import time
 import urllib.error
@@ -60,6 +61,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, *, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Wait until ``port`` on 127.0.0.1 accepts connections; fail if ``process`` dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode} before answering")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing answered on 127.0.0.1:{port} within {timeout} s")
 
 
 @dataclass
