@@ -253,8 +253,8 @@ def _create_venv(env_dir: Path, interpreter: str, settings: Settings, cwd: Path,
     )  # fmt: skip
 
 
-def _env_version(env_dir: Path, cwd: Path) -> str:
-    # uv records the interpreter's version in pyvenv.cfg; asking the interpreter costs a start
+def recorded_version(env_dir: Path) -> str | None:
+    """The Python version uv recorded in the environment's pyvenv.cfg, if it did."""
     try:
         for line in (env_dir / "pyvenv.cfg").read_text().splitlines():
             key, _, value = line.partition("=")
@@ -262,6 +262,14 @@ def _env_version(env_dir: Path, cwd: Path) -> str:
                 return value.strip()
     except OSError:
         pass
+    return None
+
+
+def _env_version(env_dir: Path, cwd: Path) -> str:
+    # uv records the interpreter's version in pyvenv.cfg; asking the interpreter costs a start
+    recorded = recorded_version(env_dir)
+    if recorded:
+        return recorded
     python = env_dir / "bin" / "python"
     done = run_checked(
         [str(python), "-I", "-c", _VERSION_CODE], step="environment", cwd=cwd,
@@ -296,6 +304,21 @@ def _run_uv(argv: list[str], settings: Settings, cwd: Path, log: Log) -> None:
         argv, step="install", cwd=cwd, env=uv_env(settings),
         timeout=settings.install_timeout, on_line=log,
     )  # fmt: skip
+
+
+def freeze(env_dir: Path, settings: Settings) -> list[str]:
+    """The exact versions installed in ``env_dir`` (``name==version`` lines): its lock."""
+    scratch = settings.home / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    neutral = Path(tempfile.mkdtemp(prefix=f"uv-{os.getpid()}-", dir=scratch))
+    try:
+        argv = _uv("pip", "freeze", "--quiet", "--python", str(env_dir / "bin" / "python"))
+        done = run_checked(
+            argv, step="lock", cwd=neutral, env=uv_env(settings), timeout=settings.install_timeout
+        )
+    finally:
+        shutil.rmtree(neutral, ignore_errors=True)
+    return [line.strip() for line in done.output.splitlines() if line.strip()]
 
 
 # -- bytecode ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ being built, a ``building.pid`` marker in it keeps ``prune()`` (of any process) 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -48,6 +49,7 @@ class Built:
     fetched: FetchedSource
     python_version: str
     log: str
+    lock: list[str]  # the exact versions installed: what workers install (SPEC §6)
 
 
 def build(
@@ -95,14 +97,19 @@ def _build_generation(
             folder.env, requirements=requirements, python=python, settings=settings,
             log=lines.append,
         )  # fmt: skip
+        # no requirements, nothing to pin: the lock is empty and uv need not be asked
+        lock = environments.freeze(folder.env, settings) if requirements else []
+        lines.append("locked: " + (", ".join(lock) or "nothing installed"))
         text = "\n".join(lines) + "\n"
         folder.log.write_text(text, encoding="utf-8")
+        folder.lock.write_text("".join(line + "\n" for line in lock), encoding="utf-8")
+        folder.metadata.write_text(json.dumps(manifest.raw), encoding="utf-8")
     except BaseException as exc:
         if isinstance(exc, InstallError):
             exc.log = "\n".join(lines) + "\n"
         abandon(folder)
         raise
-    return Built(spec, folder, manifest, fetched, version, text)
+    return Built(spec, folder, manifest, fetched, version, text, lock)
 
 
 def _new_generation(settings: Settings) -> InstallFolder:

@@ -57,6 +57,7 @@ class ModuleInfo(_Record):
     updated: datetime
     error: str | None
     install_log: str
+    lock: tuple[str, ...] | None = None  # the exact package versions its environment holds
 
     def to_dict(self) -> dict[str, Any]:
         """The module's own metadata keys first, then Orchestra's (which win on a clash)."""

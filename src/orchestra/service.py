@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from orchestra import __version__, installer
 from orchestra.config import Settings
@@ -216,6 +216,36 @@ class Service:
     def task_log(self, task_id: int) -> dict[str, str]:
         """Standard output and standard error so far."""
         return self.tasks.log(task_id)
+
+    # -- workers on other machines (SPEC §6) ----------------------------------------------
+
+    def module_package(self, module_id: int, generation: str) -> tuple[Path, str]:
+        """The zip of a module generation (code, metadata, lock) and its SHA-256."""
+        from orchestra import artifacts
+
+        return artifacts.package(self.settings, self.db, module_id, generation)
+
+    def receive_output(
+        self, task_id: int, name: str, body: IO[bytes], *, sha256: str, worker: str | None
+    ) -> dict[str, Any]:
+        """Store an output file that a worker sends for a running task."""
+        from orchestra import artifacts
+
+        return artifacts.receive_output(
+            self.settings, self.db, task_id=task_id, name=name, body=body, sha256=sha256,
+            worker=worker,
+        )  # fmt: skip
+
+    def append_log(
+        self, task_id: int, stream: str, *, offset: int, data: bytes, worker: str | None
+    ) -> int:
+        """Append a chunk of a running remote task's log; the log's new size."""
+        from orchestra import artifacts
+
+        return artifacts.append_log(
+            self.settings, self.db, task_id=task_id, stream=stream, offset=offset, data=data,
+            worker=worker,
+        )  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         """Liveness, version and counts."""

@@ -16,7 +16,7 @@ _LOGGER = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
     """A Flask app serving ``service`` (built from ``settings`` when not given)."""
-    from orchestra.api import auth, errors, modules, routing, system, tasks
+    from orchestra.api import auth, errors, modules, routing, system, tasks, workers
 
     if service is None:
         from orchestra.config import load_settings
@@ -31,6 +31,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     errors.init_app(app)
     routing.init_app(app)
     auth.init_app(app, settings.api_token, protect_reads=settings.protect_reads)
-    for blueprint in (modules.bp, tasks.bp, system.bp):
+    for blueprint in (modules.bp, tasks.bp, system.bp, workers.bp):
         app.register_blueprint(blueprint)
     return app

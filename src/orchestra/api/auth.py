@@ -14,6 +14,7 @@ from orchestra.errors import Unauthorized
 _LOGGER = logging.getLogger(__name__)
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MARK = "orchestra_changes_state"
+_PRIVATE = "orchestra_needs_token"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -21,6 +22,17 @@ def changes_state(view: F) -> F:
     """Mark a view that changes something even when called with GET (old clients' forms)."""
     setattr(view, _MARK, True)
     return view
+
+
+def for_workers(view: F) -> F:
+    """Mark a view meant for workers: it needs the token even to read (module code)."""
+    setattr(view, _PRIVATE, True)
+    return view
+
+
+def needs_token_view(view: Callable[..., Any] | None) -> bool:
+    """True when ``view`` needs the token even for a read."""
+    return bool(getattr(view, _PRIVATE, False))
 
 
 def changes_state_view(view: Callable[..., Any] | None) -> bool:
@@ -43,7 +55,8 @@ def init_app(app: Flask, token: str, *, protect_reads: bool) -> None:
 def _is_change() -> bool:
     if request.method not in _READ_METHODS:
         return True
-    return changes_state_view(current_app.view_functions.get(request.endpoint or ""))
+    view = current_app.view_functions.get(request.endpoint or "")
+    return changes_state_view(view) or needs_token_view(view)
 
 
 def _require(token: str) -> None:

@@ -15,7 +15,7 @@ from flask import Flask
 from werkzeug.routing import Rule
 
 from orchestra import __version__
-from orchestra.api.auth import changes_state_view
+from orchestra.api.auth import changes_state_view, needs_token_view
 from orchestra.api.routing import MAX_ID
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ SCHEMAS: dict[str, Any] = {
             "updated": {"type": "string", "format": "date-time"},
             "error": _STRING_OR_NULL,
             "install_log": {"type": "string"},
+            "lock": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "the exact package versions its environment holds (name==version)",
+            },
         },
     },
     "Registration": {
@@ -159,6 +164,20 @@ SCHEMAS: dict[str, Any] = {
         "required": ["stdout", "stderr"],
         "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"}},
     },
+    "StoredOutput": {
+        "type": "object",
+        "required": ["name", "size", "sha256"],
+        "properties": {
+            "name": {"type": "string"},
+            "size": {"type": "integer"},
+            "sha256": {"type": "string"},
+        },
+    },
+    "LogSize": {
+        "type": "object",
+        "required": ["size"],
+        "properties": {"size": {"type": "integer", "description": "the log's size in bytes"}},
+    },
     "Health": {
         "type": "object",
         "required": ["status", "version"],
@@ -182,6 +201,17 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _header(name: str, required: bool, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+_WORKER = _header("X-Orchestra-Worker", False, "the sending worker's name")
 _FILE = {
     # the type is guessed from the file's name (a .json output is application/json)
     "description": "the file, or a zip of all output files when there are several",
@@ -305,6 +335,46 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "409": _error("not done"),
         },
     },
+    "workers.module_package": {
+        "summary": "For workers: a zip of one generation of a module (code, metadata, lock)",
+        "responses": {
+            "200": {
+                "description": "the zip; its SHA-256 in the X-Orchestra-Sha256 header",
+                "content": {"application/zip": {"schema": {}}},
+            },
+            "404": _error("no such module or generation"),
+        },
+    },
+    "workers.receive_output": {
+        "summary": "For workers: store one output file of a running task",
+        "parameters": [_header("X-Orchestra-Sha256", True, "the file's hex SHA-256"), _WORKER],
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {}}},
+        },
+        "responses": {
+            "201": _json(_ref("StoredOutput"), "stored"),
+            "404": _error("no such task"),
+            "409": _error("the task does not run (on this worker)"),
+            "413": _error("the file is too large"),
+        },
+    },
+    "workers.append_log": {
+        "summary": "For workers: append a chunk to a running task's stdout or stderr log",
+        "parameters": [
+            _query("offset", {"type": "integer", "minimum": 0}, "where the chunk starts"),
+            _WORKER,
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {}}},
+        },
+        "responses": {
+            "200": _json(_ref("LogSize"), "appended"),
+            "404": _error("no such task or log"),
+            "409": _error("the task does not run, or the chunk leaves a gap"),
+        },
+    },
     "system.health": {
         "summary": "Liveness, version and counts",
         "responses": {"200": _json(_ref("Health"), "the server is up")},
@@ -369,8 +439,9 @@ def _operation(
     }
     if method in {"POST", "PUT", "PATCH"} and "requestBody" in words:
         operation["requestBody"] = words["requestBody"]
-    changes = method not in {"GET", "HEAD"} or changes_state_view(app.view_functions[rule.endpoint])
-    if token and (changes or protect_reads):
+    view = app.view_functions[rule.endpoint]
+    changes = method not in {"GET", "HEAD"} or changes_state_view(view)
+    if token and (changes or protect_reads or needs_token_view(view)):
         operation["security"] = [{"bearer": []}]
         operation["responses"]["401"] = _error("missing or wrong bearer token")
     if method == "GET" and changes:

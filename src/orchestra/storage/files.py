@@ -63,3 +63,20 @@ class InstallFolder:
     @property
     def log(self) -> Path:
         return self.root / "install.log"
+
+    @property
+    def lock(self) -> Path:
+        """The exact package versions the environment holds, one ``name==version`` a line."""
+        return self.root / "lock.txt"
+
+    @property
+    def metadata(self) -> Path:
+        """The module's metadata as this generation was built from it."""
+        return self.root / "metadata.json"
+
+    def read_lock(self) -> list[str] | None:
+        """The recorded lock, or None for a generation built before locks were recorded."""
+        try:
+            return [line for line in self.lock.read_text(encoding="utf-8").splitlines() if line]
+        except OSError:
+            return None
