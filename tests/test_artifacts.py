@@ -18,7 +18,7 @@ from orchestra.service import Service
 from orchestra.storage.files import TaskFolder
 from orchestra.tasks import lifecycle
 from orchestra.tasks.status import TaskStatus
-from tests.conftest import DATA
+from tests.support.paths import DATA
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import random
 import selectors
+import shutil
 import socket
 import subprocess
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import require_program, require_root
+from tests.support.postgres import require_service
 
 
 def _ip(*args: str) -> None:
@@ -168,8 +169,10 @@ class Forwarder:
 @pytest.fixture
 def network() -> Iterator[Network]:
     """A bridge for this test's namespaces, removed afterwards."""
-    require_root("network namespaces (ip netns) need root")
-    require_program("ip", "network namespaces need iproute2")
+    if os.geteuid() != 0:
+        require_service("network namespaces", "ip netns needs root")
+    if shutil.which("ip") is None:
+        require_service("network namespaces", "iproute2 (ip) is not installed")
     net = Network()
     try:
         yield net

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.services import free_tcp_port, require_program, wait_until_listening
+from tests.support.helpers import free_port, wait_for_port
+from tests.support.postgres import require_service
 
 
 class RedisServer:
     """One redis-server process: no persistence, so a restart forgets every message."""
 
     def __init__(self, program: str, folder: Path, *, bind: tuple[str, ...] = ("127.0.0.1",)):
+        # 127.0.0.1 first: that is where the fixture waits for it to answer
         self.program = program
         self.folder = folder
         self.bind = bind
-        self.port = free_tcp_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, host: str | None = None, db: int = 0) -> str:
@@ -35,7 +38,7 @@ class RedisServer:
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        wait_until_listening(self.bind[0], self.port, process=self.process)
+        wait_for_port(self.port, process=self.process, timeout=30)
 
     def stop(self) -> None:
         """Stop the server at once (SIGKILL: whatever it held is lost)."""
@@ -57,7 +60,11 @@ class RedisServer:
 
 def redis_program() -> str:
     """redis-server's path; skips (or fails in CI) without it."""
-    return require_program("redis-server", "the Celery executor's tests need a real Redis")
+    found = shutil.which("redis-server")
+    if found is None:
+        require_service("Redis", "redis-server is not installed")
+    assert found is not None
+    return found
 
 
 @pytest.fixture
