@@ -52,6 +52,7 @@ class Settings:
     prefer_cached: bool = True  # resolve requirements from the installer cache when it can
     poll_interval: float = 1.0  # seconds between the runner's sweeps of the database
     uv_cache: str = ""  # the installer's cache folder; empty means home/cache/uv
+    url: str = ""  # a server's REST API that the command line drives; empty means this machine
 
     @property
     def db_url(self) -> str:

@@ -88,3 +88,10 @@ class InstallError(OrchestraError):
 
     def to_dict(self) -> dict[str, object]:
         return {**super().to_dict(), "step": self.step, "log": self.log[-20000:]}
+
+
+class Unreachable(OrchestraError):
+    """A remote server (``--url``) that cannot be reached, or that stopped answering."""
+
+    http_status = 502
+    exit_code = 7

@@ -64,6 +64,7 @@ def _settings(args: argparse.Namespace, given: Settings | None) -> Settings:
 
     overrides = {
         "home": args.home,
+        "url": args.url,
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
         "insecure": getattr(args, "insecure", None),

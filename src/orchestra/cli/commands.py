@@ -8,8 +8,9 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
@@ -20,12 +21,14 @@ from orchestra.manifest import load_manifest
 from orchestra.tasks.status import TaskStatus
 
 if TYPE_CHECKING:
+    from orchestra.client import Client
     from orchestra.config import Settings
     from orchestra.records import ModuleInfo, TaskInfo
     from orchestra.service import Service
 
 _LOGGER = logging.getLogger(__name__)
 FOLLOW_INTERVAL = 0.5  # seconds between looks at a followed task's log
+_CHUNK = 256 * 1024  # bytes copied at a time into an output file or zip
 
 
 @dataclass
@@ -36,15 +39,24 @@ class Context:
     json: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    _service: Service | None = None
+    _service: Service | Client | None = None
 
     @property
-    def service(self) -> Service:
-        """The service, built on first use (``--help`` and usage errors never open the database)."""
-        if self._service is None:
-            from orchestra.service import Service
+    def service(self) -> Service | Client:
+        """The service, built on first use (``--help`` and usage errors never open the database).
 
-            self._service = Service(self.settings)
+        With a server URL (``--url``, ``ORCHESTRA_URL``) it is that server's REST API instead:
+        the client offers the same methods and returns the same records.
+        """
+        if self._service is None:
+            if self.settings.url:
+                from orchestra.client import Client
+
+                self._service = Client(self.settings.url, token=self.settings.api_token)
+            else:
+                from orchestra.service import Service
+
+                self._service = Service(self.settings)
         return self._service
 
     def close(self) -> None:
@@ -273,15 +285,21 @@ def output(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy(source: Path, handle: Any) -> None:
+def _copy(source: Any, handle: Any) -> None:
     with source.open("rb") as src:
         shutil.copyfileobj(src, handle)
 
 
-def _zip(files: list[tuple[str, Path]], handle: Any) -> None:
+def _zip(files: Sequence[tuple[str, Any]], handle: Any) -> None:
+    # each file is read through open() and stat(): a local Path or a server's RemoteFile
     with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, path in files:
-            archive.write(path, arcname=name)
+            facts = path.stat()
+            info = zipfile.ZipInfo(name, time.localtime(facts.st_mtime)[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (facts.st_mode & 0xFFFF) << 16
+            with path.open("rb") as source, archive.open(info, "w") as target:
+                shutil.copyfileobj(source, target, _CHUNK)
 
 
 def _write_via_temp(target: Path, write: Callable[[Any], None]) -> None:

@@ -22,7 +22,7 @@ FLAG_COMMANDS = {
     "--remove": "remove",
     "--clear": "clear",
 }
-_GLOBAL_WITH_VALUE = frozenset({"--home"})
+_GLOBAL_WITH_VALUE = frozenset({"--home", "--url"})
 
 
 def normalize(argv: Sequence[str]) -> list[str]:
@@ -58,6 +58,12 @@ def _globals(*, suppress: bool) -> argparse.ArgumentParser:
     flag_default = argparse.SUPPRESS if suppress else False
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--home", metavar="DIR", default=text_default, help="the data folder")
+    parent.add_argument(
+        "--url",
+        metavar="URL",
+        default=text_default,
+        help="drive the server at URL through its REST API (also: ORCHESTRA_URL)",
+    )
     parent.add_argument(
         "--json", action="store_true", default=flag_default, help="machine-readable output"
     )

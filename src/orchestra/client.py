@@ -1,0 +1,564 @@
+"""A remote server's REST API behind the methods the command line calls on Service.
+
+The command line picks this client or a local Service in one place (``--url`` or
+``ORCHESTRA_URL``); both return the same records, and the server's error answers become the
+same OrchestraError subclasses, so every command prints and exits alike either way.
+The standard library's ``http.client`` keeps the command's start-up as fast as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode, urlsplit
+
+from orchestra.errors import (
+    InstallError,
+    InvalidInput,
+    InvalidMetadata,
+    NotFound,
+    OrchestraError,
+    SourceError,
+    TooLarge,
+    Unauthorized,
+    Unreachable,
+    WrongState,
+)
+from orchestra.records import ModuleInfo, ModuleSummary, OutputFile, TaskInfo, TaskPage
+
+_LOGGER = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+TIMEOUT = 60.0  # seconds an answer may take, on top of any ?wait= the request asks for
+POLL_INTERVAL = 0.5  # seconds between looks at a module that installs on the server
+PROGRESS_EVERY = 10.0  # seconds between "still installing" notes
+_CHUNK = 256 * 1024  # bytes sent or received at a time
+_BUSY = frozenset({"installing", "updating"})  # module states that end by themselves
+_BY_STATUS: dict[int, type[OrchestraError]] = {
+    400: InvalidInput,
+    401: Unauthorized,
+    404: NotFound,
+    409: WrongState,
+    413: TooLarge,
+}
+_STEP_FAILED = re.compile(r"(?P<step>[\w][\w .-]{0,40}?) failed: (?P<rest>.*)", re.DOTALL)
+
+
+# -- the connection ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """Where the server is: scheme, host, port and the path prefix it is served under."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int | None
+    prefix: str
+
+
+def parse_url(url: str) -> _Endpoint:
+    """A server URL (``http://host:port[/prefix]``); InvalidInput naming what is wrong."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInput(f"url: {url[:200]!r} is not a valid URL ({exc})", key="url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f"url: {url[:200]!r} is not a server address (expected http://HOST[:PORT])", key="url"
+        )
+    if parts.query or parts.fragment or parts.username:
+        raise InvalidInput(f"url: {url[:200]!r} must not hold a query, fragment or user", key="url")
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    return _Endpoint(shown, parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+
+class _Connection:
+    """One kept-alive HTTP connection, opened again when the server has closed it."""
+
+    def __init__(self, endpoint: _Endpoint, token: str) -> None:
+        self.endpoint = endpoint
+        self._token = token
+        self._conn: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        """Close the connection if one is open."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | Iterator[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = TIMEOUT,
+    ) -> http.client.HTTPResponse:
+        """Send one request; the answer's body is left for the caller to read."""
+        sent = {"Accept": "application/json", **(headers or {})}
+        if self._token:
+            sent["Authorization"] = f"Bearer {self._token}"
+        target = self.endpoint.prefix + path
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            conn = self._open(timeout)
+            try:
+                conn.request(method, target, body=body, headers=sent)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                # a kept-alive connection the server closed while idle: the request never
+                # reached it, so sending it again is safe (a fresh connection is not retried)
+                if not reused or attempt == 2 or not isinstance(body, bytes | None):
+                    raise Unreachable(f"{self.endpoint.url} closed the connection") from None
+            except OSError as exc:
+                self.close()
+                raise _unreachable(self.endpoint.url, exc, timeout) from None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _open(self, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None:
+            ep = self.endpoint
+            if ep.scheme == "https":
+                self._conn = http.client.HTTPSConnection(
+                    ep.host, ep.port, timeout=timeout, context=ssl.create_default_context()
+                )
+            else:
+                self._conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+        self._conn.timeout = timeout
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
+        return self._conn
+
+
+def _unreachable(url: str, exc: OSError, timeout: float) -> Unreachable:
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused (is `orchestra serve` running there?)"
+    elif isinstance(exc, socket.gaierror):
+        why = "unknown host"
+    elif isinstance(exc, TimeoutError):
+        why = f"no answer within {timeout:g} s"
+    elif isinstance(exc, ssl.SSLError):
+        why = f"TLS failed ({exc.reason or exc})"
+    else:
+        why = exc.strerror or str(exc) or type(exc).__name__
+    return Unreachable(f"cannot reach {url}: {why}")
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def error_from_answer(status: int, reason: str, body: bytes) -> OrchestraError:
+    """The OrchestraError a local Service would have raised for this error answer."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
+        error = OrchestraError(f"the server answered {status} {reason}".rstrip())
+        error.http_status = status
+        return error
+    message, key = data["error"], data.get("key")
+    if isinstance(data.get("problems"), list):
+        return InvalidMetadata([str(p) for p in data["problems"]])
+    if isinstance(data.get("step"), str):
+        return _install_error(message, str(data.get("log") or ""))
+    if status == 401:
+        message += " (set ORCHESTRA_API_TOKEN)"
+    kind = _BY_STATUS.get(status)
+    if kind is None:
+        error = OrchestraError(message, key=key if isinstance(key, str) else None)
+        error.http_status = status
+        return error
+    return kind(message, key=key if isinstance(key, str) else None)
+
+
+def _install_error(message: str, log: str) -> OrchestraError:
+    # InstallError prefixes "<step> failed: " itself; split it off to print the same line
+    match = _STEP_FAILED.fullmatch(message)
+    if match is None:
+        return OrchestraError(message)
+    return InstallError(match["step"], match["rest"], log=log)
+
+
+def _failed_install(module: ModuleInfo) -> OrchestraError:
+    message = module.error or f"module {module.id}: installation failed"
+    if message.startswith("invalid metadata.json: "):
+        return InvalidInput(message, key="metadata")
+    if message.startswith(("source folder not found", "no metadata.json", "subdir ", "ref ")):
+        return SourceError(message, key="source")
+    return _install_error(message, module.install_log)
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    return datetime.fromisoformat(value.removesuffix("Z"))
+
+
+def module_summary(data: Mapping[str, Any]) -> ModuleSummary:
+    """A ModuleSummary from its JSON form."""
+    return ModuleSummary(
+        id=data["id"], name=data.get("name"), description=data.get("description") or "",
+        version=data.get("version"), status=data["status"], output_type=data.get("output_type"),
+    )  # fmt: skip
+
+
+def module_info(data: Mapping[str, Any]) -> ModuleInfo:
+    """A ModuleInfo from its JSON form (the metadata travels whole under ``metadata``)."""
+    summary = module_summary(data)
+    return ModuleInfo(
+        id=summary.id, name=summary.name, description=summary.description,
+        version=summary.version, status=summary.status, output_type=summary.output_type,
+        metadata=data.get("metadata"), source=data.get("source") or "",
+        source_kind=data.get("source_kind") or "", ref=data.get("ref"),
+        subdir=data.get("subdir"), commit=data.get("commit"),
+        python_version=data.get("python_version"), created=_time(data.get("created")),  # type: ignore[arg-type]
+        updated=_time(data.get("updated")), error=data.get("error"),  # type: ignore[arg-type]
+        install_log=data.get("install_log") or "",
+    )  # fmt: skip
+
+
+def task_info(data: Mapping[str, Any]) -> TaskInfo:
+    """A TaskInfo from its JSON form."""
+    output = data.get("output")
+    return TaskInfo(
+        id=data["id"], module=data["module"], args=dict(data.get("args") or {}),
+        status=data["status"], created=_time(data.get("created")),  # type: ignore[arg-type]
+        started=_time(data.get("started")), finished=_time(data.get("finished")),
+        exit_code=data.get("exit_code"), error=data.get("error"),
+        output=None if output is None else tuple(OutputFile(f["name"], f["size"]) for f in output),
+    )  # fmt: skip
+
+
+def task_page(data: Mapping[str, Any]) -> TaskPage:
+    """A TaskPage from its JSON form."""
+    return TaskPage(
+        tasks=tuple(task_info(t) for t in data["tasks"]), total=data["total"],
+        limit=data["limit"], offset=data["offset"], next_cursor=data.get("next_cursor"),
+    )  # fmt: skip
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class Client:
+    """The service's module and task methods, answered by a server's REST API."""
+
+    def __init__(self, url: str, *, token: str = "") -> None:
+        endpoint = parse_url(url)
+        self.url = endpoint.url
+        self._http = _Connection(endpoint, token)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._http.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: bytes | Iterator[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = TIMEOUT,
+    ) -> http.client.HTTPResponse:
+        """A successful answer, body unread; an error answer raised as its OrchestraError."""
+        shown = {k: v for k, v in (query or {}).items() if v is not None}
+        target = path + ("?" + urlencode(shown) if shown else "")
+        response = self._http.send(method, target, body=body, headers=headers, timeout=timeout)
+        if response.status >= 400:
+            raise error_from_answer(response.status, response.reason, _read(response))
+        return response
+
+    def _json(self, method: str, path: str, *, payload: Any = None, **options: Any) -> Any:
+        """The decoded JSON answer (None for an empty one)."""
+        if payload is not None:
+            options["body"] = json.dumps(payload).encode()
+            options["headers"] = {"Content-Type": "application/json"}
+        raw = _read(self._answer(method, path, **options))
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise OrchestraError(f"{self.url}{path}: the answer is not JSON") from None
+
+    # -- modules --------------------------------------------------------------------------
+
+    def register(
+        self,
+        source: str,
+        *,
+        ref: str | None = None,
+        subdir: str | None = None,
+        progress: Progress | None = None,
+    ) -> ModuleInfo:
+        """Register on the server; a local folder or zip is uploaded. Returns when installed."""
+        report = progress or _LOGGER.info
+        accepted = self._submit(source, ref, subdir, report)
+        return self._await_install(int(accepted["id"]), report)
+
+    def _submit(
+        self, source: str, ref: str | None, subdir: str | None, report: Progress
+    ) -> dict[str, Any]:
+        from orchestra.sources.git import is_git_location
+
+        local = Path(source).expanduser()
+        if (local.is_dir() or local.is_file()) and ref:
+            raise InvalidInput(
+                f"ref: {source} is uploaded as it is; to register a ref, give a git URL "
+                "that the server can reach",
+                key="ref",
+            )
+        if local.is_dir():
+            with packed_folder(local, subdir) as archive:
+                return self._upload(archive, None, report)
+        if local.is_file():
+            return self._upload(local, subdir, report)
+        if not source or not is_git_location(source):
+            raise SourceError(f"source folder not found: {source!r}", key="source")
+        report(f"asking {self.url} to register {source}")
+        payload = {"source": source, "ref": ref, "subdir": subdir}
+        return self._json("POST", "/modules", payload={k: v for k, v in payload.items() if v})  # type: ignore[no-any-return]
+
+    def _upload(self, archive: Path, subdir: str | None, report: Progress) -> dict[str, Any]:
+        size = archive.stat().st_size
+        report(f"uploading {archive.name} ({size} bytes) to {self.url}")
+        form = _Multipart({"subdir": subdir} if subdir else {}, archive)
+        return self._json("POST", "/modules", body=form.chunks(), headers=form.headers())  # type: ignore[no-any-return]
+
+    def _await_install(self, module_id: int, report: Progress) -> ModuleInfo:
+        """Poll the module until it leaves ``installing``; a failure leaves no record behind."""
+        started = time.monotonic()
+        next_note = started + PROGRESS_EVERY
+        report(f"module {module_id}: installing on the server")
+        module = self.get_module(module_id)
+        while module.status in _BUSY:
+            if time.monotonic() >= next_note:
+                report(f"module {module_id}: still installing ({time.monotonic() - started:.0f} s)")
+                next_note += PROGRESS_EVERY
+            time.sleep(POLL_INTERVAL)
+            module = self.get_module(module_id)
+        if module.status == "error":
+            # a local registration that fails leaves no module; neither does this one
+            with contextlib.suppress(OrchestraError):
+                self._answer("DELETE", f"/module/{module_id}").read()
+            raise _failed_install(module)
+        return module
+
+    def update(
+        self, module_id: int, *, ref: str | None = None, progress: Progress | None = None
+    ) -> ModuleInfo:
+        """Re-install a module from its recorded source on the server; returns when done."""
+        report = progress or _LOGGER.info
+        before = self.get_module(module_id)
+        try:
+            self._json("POST", f"/module/{module_id}/update", payload={"ref": ref} if ref else {})
+        except NotFound:
+            raise WrongState(
+                f"{self.url} does not offer updates (POST /module/<id>/update)"
+            ) from None
+        started, module = time.monotonic(), self.get_module(module_id)
+        while module.status in _BUSY or (
+            module.updated == before.updated and module.status != "error"
+        ):
+            if time.monotonic() - started > PROGRESS_EVERY:
+                report(f"module {module_id}: still updating")
+                started = time.monotonic()
+            time.sleep(POLL_INTERVAL)
+            module = self.get_module(module_id)
+        if module.status == "error":
+            raise _failed_install(module)
+        report(f"updated {module.name} (module {module_id})")
+        return module
+
+    def remove(self, module_id: int, *, force: bool = False) -> None:
+        """Remove a module (``force`` kills its tasks first)."""
+        self._answer("DELETE", f"/module/{module_id}", query={"force": 1 if force else None}).read()
+
+    def clear(self) -> None:
+        """Remove every module and task."""
+        for module in self._json("GET", "/modules", query={"all": 1}):
+            query = {"force": 1, "purge": 1}
+            self._answer("DELETE", f"/module/{int(module['id'])}", query=query).read()
+
+    def list_modules(self) -> list[ModuleSummary]:
+        """Every module the server lists."""
+        return [module_summary(m) for m in self._json("GET", "/modules")]
+
+    def get_module(self, module_id: int) -> ModuleInfo:
+        """One module's full record."""
+        return module_info(self._json("GET", f"/module/{module_id}"))
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def run(self, module_id: int, args: Mapping[str, Any]) -> TaskInfo:
+        """Start a task; its record as the server has it right after."""
+        accepted = self._json("POST", f"/module/{module_id}/run", payload=dict(args))
+        return self.get_task(int(accepted["task"]))
+
+    def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        module: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Tasks newest first, filtered and paginated."""
+        query = {"status": status, "module": module, "limit": limit, "offset": offset}
+        return task_page(self._json("GET", "/tasks", query={**query, "cursor": cursor}))
+
+    def get_task(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
+        """One task; with ``wait``, the server answers once it is final or the time has passed."""
+        query = {"wait": f"{wait:g}"} if wait else None
+        return task_info(self._json("GET", f"/task/{task_id}", query=query, timeout=TIMEOUT + wait))
+
+    def kill(self, task_id: int) -> TaskInfo:
+        """Stop a task's whole process tree, or drop it from the queue."""
+        return task_info(self._json("POST", f"/task/{task_id}/kill"))
+
+    def task_log(self, task_id: int) -> dict[str, str]:
+        """Standard output and standard error so far."""
+        return dict(self._json("GET", f"/task/{task_id}/log"))
+
+    def task_outputs(self, task_id: int) -> list[tuple[str, RemoteFile]]:
+        """The output files of a done task, each opened like a local Path."""
+        task = self.get_task(task_id)
+        if task.status != "done" or task.output is None:
+            # the server's own answer for a task without downloadable output
+            self._answer("GET", f"/task/{task_id}/output").read()
+        finished = task.finished or task.created
+        return [(f.name, RemoteFile(self, task_id, f, finished)) for f in task.output or ()]
+
+    def open_output(self, task_id: int, name: str) -> http.client.HTTPResponse:
+        """One output file's bytes as they arrive."""
+        path = f"/task/{task_id}/output/{quote(name)}"
+        return self._answer("GET", path, headers={"Accept": "*/*"})
+
+
+def _read(response: http.client.HTTPResponse) -> bytes:
+    with response:
+        return response.read()
+
+
+# -- uploads and downloads -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stat:
+    st_size: int
+    st_mtime: float
+    st_mode: int = 0o100644
+
+
+class RemoteFile:
+    """An output file on the server, read like a local Path: ``open("rb")`` and ``stat()``."""
+
+    def __init__(self, client: Client, task_id: int, file: OutputFile, when: datetime) -> None:
+        self._client, self._task_id, self._file, self._when = client, task_id, file, when
+
+    def open(self, mode: str = "rb") -> BinaryIO:
+        """The file's bytes, streamed from the server."""
+        if mode != "rb":
+            raise ValueError("a remote output file is read-only, in binary")
+        return self._client.open_output(self._task_id, self._file.name)  # type: ignore[return-value]
+
+    def stat(self) -> _Stat:
+        """Its size and modification time (the task's end)."""
+        stamp = self._when.replace(tzinfo=None) - datetime(1970, 1, 1)
+        return _Stat(self._file.size, stamp.total_seconds())
+
+
+class _Multipart:
+    """A multipart/form-data body with one file, sent without reading the file into memory."""
+
+    def __init__(self, fields: Mapping[str, str], file: Path) -> None:
+        self._boundary = uuid.uuid4().hex
+        self._file = file
+        head = b"".join(
+            self._part(f'name="{name}"', b"", value.encode()) for name, value in fields.items()
+        )
+        disposition = 'name="file"; filename="module.zip"'
+        self._head = head + self._part(disposition, b"Content-Type: application/zip\r\n", None)
+        self._tail = f"\r\n--{self._boundary}--\r\n".encode()
+
+    def _part(self, disposition: str, extra: bytes, value: bytes | None) -> bytes:
+        start = f"--{self._boundary}\r\nContent-Disposition: form-data; {disposition}\r\n".encode()
+        return start + extra + b"\r\n" + (b"" if value is None else value + b"\r\n")
+
+    def headers(self) -> dict[str, str]:
+        """Content-Type and Content-Length of the body."""
+        size = len(self._head) + self._file.stat().st_size + len(self._tail)
+        return {
+            "Content-Type": f"multipart/form-data; boundary={self._boundary}",
+            "Content-Length": str(size),
+        }
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, a chunk at a time."""
+        yield self._head
+        with self._file.open("rb") as source:
+            while chunk := source.read(_CHUNK):
+                yield chunk
+        yield self._tail
+
+
+@contextlib.contextmanager
+def packed_folder(folder: Path, subdir: str | None) -> Iterator[Path]:
+    """A zip of the module in ``folder`` (or its ``subdir``): the files a registration uses."""
+    from orchestra.manifest import METADATA_FILE, load_manifest
+    from orchestra.sources.folder import copy_files, module_root
+
+    # the same checks, in the same order, as a local registration: same errors, same words
+    root = module_root(folder.resolve(), subdir, where=str(folder))
+    manifest = load_manifest(root)
+    entries = [METADATA_FILE, *manifest.files, *_requirement_files(root, manifest.raw)]
+    with tempfile.TemporaryDirectory(prefix="orchestra-upload-") as scratch:
+        staged = Path(scratch) / "module"
+        staged.mkdir()
+        copy_files(root, dict.fromkeys(entries), staged)
+        archive = Path(scratch) / f"{manifest.name[:60] or 'module'}.zip".replace("/", "_")
+        _zip_folder(staged, archive)
+        yield archive
+
+
+def _requirement_files(root: Path, raw: Mapping[str, Any]) -> list[str]:
+    install = raw.get("install") if isinstance(raw.get("install"), dict) else {}
+    named = [install.get("requirements"), install.get("requirements_file"), "requirements.txt"]  # type: ignore[union-attr]
+    return [n for n in named if isinstance(n, str) and n and (root / n).is_file()]
+
+
+def _zip_folder(folder: Path, archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for base, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(base) / name
+                zipped.write(path, arcname=path.relative_to(folder).as_posix())
