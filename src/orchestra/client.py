@@ -200,12 +200,24 @@ def _install_error(message: str, log: str) -> OrchestraError:
 
 
 def _failed_install(module: ModuleInfo) -> OrchestraError:
+    # the server keeps only the message of a background failure; its opening words tell
+    # which error a local registration would have raised, and so its exit code
     message = module.error or f"module {module.id}: installation failed"
-    if message.startswith("invalid metadata.json: "):
-        return InvalidInput(message, key="metadata")
-    if message.startswith(("source folder not found", "no metadata.json", "subdir ", "ref ")):
-        return SourceError(message, key="source")
+    for opening, kind in _FAILURE_KINDS:
+        if message.startswith(opening):
+            return kind(message)
     return _install_error(message, module.install_log)
+
+
+_FAILURE_KINDS: tuple[tuple[str, type[OrchestraError]], ...] = (
+    ("invalid metadata.json: ", InvalidInput),
+    ("install.", InvalidInput),
+    ("a module named ", WrongState),
+    ("source folder not found", SourceError),
+    ("no metadata.json", SourceError),
+    ("subdir ", SourceError),
+    ("ref ", SourceError),
+)
 
 
 # -- records -------------------------------------------------------------------------------
