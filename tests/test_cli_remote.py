@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra.config import Settings
-from tests.conftest import DATA, EXAMPLES, ROOT
-from tests.gitserver import GitDaemon
-from tests.helpers import run_cli, wait_for, write_module
+from tests.support.gitserver import GitDaemon
+from tests.support.helpers import free_port, run_cli, wait_for, write_module
+from tests.support.paths import DATA, EXAMPLES, ROOT
 
 if TYPE_CHECKING:
-    from tests.conftest import LiveServer
+    from tests.support.server import LiveServer
 
 TOKEN = "remote-test-token"
 CATALOG = str(EXAMPLES / "catalog")
@@ -195,8 +195,6 @@ def test_a_failed_installation_reads_as_locally_and_leaves_nothing(
 
 
 def test_an_unreachable_server_or_a_bad_url_is_one_clear_line(settings: Settings) -> None:
-    from tests.gitserver import free_port
-
     url = f"http://127.0.0.1:{free_port()}"
     code, out, err = run_cli(["--url", url, "list"], settings)
     assert code == 7

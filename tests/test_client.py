@@ -22,7 +22,7 @@ from orchestra.errors import (
     WrongState,
 )
 from orchestra.records import ModuleInfo, OutputFile, TaskInfo, TaskPage
-from tests.conftest import DATA, EXAMPLES
+from tests.support.paths import DATA, EXAMPLES
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, 678000)
 
