@@ -9,6 +9,7 @@ The standard library's ``http.client`` keeps the command's start-up as fast as i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from orchestra.errors import (
@@ -229,47 +230,50 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value.removesuffix("Z"))
 
 
+R = TypeVar("R")
+
+
+def _record(cls: type[R], data: Mapping[str, Any], **items: Callable[[Any], Any]) -> R:
+    """A record rebuilt field by field from its JSON form (``items`` rebuild list members).
+
+    Built by name from the record's own fields, so a field added to a record travels
+    without a change here; a field the server does not send keeps its default.
+    """
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if spec.name not in data and spec.default is not dataclasses.MISSING:
+            continue
+        value = data.get(spec.name)
+        if "datetime" in str(spec.type):
+            value = _time(value)
+        elif isinstance(value, list) and str(spec.type).startswith("tuple"):
+            value = tuple(map(items.get(spec.name, _same), value))
+        values[spec.name] = value
+    return cls(**values)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def module_summary(data: Mapping[str, Any]) -> ModuleSummary:
     """A ModuleSummary from its JSON form."""
-    return ModuleSummary(
-        id=data["id"], name=data.get("name"), description=data.get("description") or "",
-        version=data.get("version"), status=data["status"], output_type=data.get("output_type"),
-    )  # fmt: skip
+    return _record(ModuleSummary, data)
 
 
 def module_info(data: Mapping[str, Any]) -> ModuleInfo:
     """A ModuleInfo from its JSON form (the metadata travels whole under ``metadata``)."""
-    summary = module_summary(data)
-    return ModuleInfo(
-        id=summary.id, name=summary.name, description=summary.description,
-        version=summary.version, status=summary.status, output_type=summary.output_type,
-        metadata=data.get("metadata"), source=data.get("source") or "",
-        source_kind=data.get("source_kind") or "", ref=data.get("ref"),
-        subdir=data.get("subdir"), commit=data.get("commit"),
-        python_version=data.get("python_version"), created=_time(data.get("created")),  # type: ignore[arg-type]
-        updated=_time(data.get("updated")), error=data.get("error"),  # type: ignore[arg-type]
-        install_log=data.get("install_log") or "",
-    )  # fmt: skip
+    return _record(ModuleInfo, data)
 
 
 def task_info(data: Mapping[str, Any]) -> TaskInfo:
     """A TaskInfo from its JSON form."""
-    output = data.get("output")
-    return TaskInfo(
-        id=data["id"], module=data["module"], args=dict(data.get("args") or {}),
-        status=data["status"], created=_time(data.get("created")),  # type: ignore[arg-type]
-        started=_time(data.get("started")), finished=_time(data.get("finished")),
-        exit_code=data.get("exit_code"), error=data.get("error"),
-        output=None if output is None else tuple(OutputFile(f["name"], f["size"]) for f in output),
-    )  # fmt: skip
+    return _record(TaskInfo, data, output=lambda item: _record(OutputFile, item))
 
 
 def task_page(data: Mapping[str, Any]) -> TaskPage:
     """A TaskPage from its JSON form."""
-    return TaskPage(
-        tasks=tuple(task_info(t) for t in data["tasks"]), total=data["total"],
-        limit=data["limit"], offset=data["offset"], next_cursor=data.get("next_cursor"),
-    )  # fmt: skip
+    return _record(TaskPage, data, tasks=task_info)
 
 
 # -- the client ----------------------------------------------------------------------------
