@@ -26,9 +26,9 @@ OUTPUTS = str(DATA / "modules" / "outputs")
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """The server's settings: changes need the token."""
-    return settings.with_overrides(api_token=TOKEN)
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The server's settings: changes need the token (a test may add settings as its param)."""
+    return settings.with_overrides(api_token=TOKEN, **getattr(request, "param", {}))
 
 
 @pytest.fixture
@@ -191,6 +191,20 @@ def test_a_failed_installation_reads_as_locally_and_leaves_nothing(
     local_code, _, local_err = run_cli(["register", str(module)], settings)
     assert code == local_code != 0
     assert err.splitlines()[-1] == local_err.splitlines()[-1]
+    assert live_server.service.list_modules() == []
+
+
+@pytest.mark.parametrize("settings", [{"max_upload": 100_000}], indirect=True)
+def test_an_upload_over_the_limit_is_refused_as_too_large(
+    remote: Settings, live_server: LiveServer, tmp_path: Path
+) -> None:
+    # over the application's limit (a JSON 413), then over the WSGI server's (it closes early)
+    for size in (200_000, 1_300_000):
+        module = write_module(tmp_path / str(size), name="Big", code="pass")
+        (module / "tinymod" / "weights.bin").write_bytes(os.urandom(size))
+        code, out, err = run_cli(["register", str(module)], remote)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert len(_error_lines(err)) == 1 and ("413" in err or "capacity limit" in err)
     assert live_server.service.list_modules() == []
 
 

@@ -122,8 +122,7 @@ class _Connection:
             reused = self._conn is not None
             conn = self._open(timeout)
             try:
-                conn.request(method, target, body=body, headers=sent)
-                return conn.getresponse()
+                return _exchange(conn, method, target, body, sent)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
                 # a kept-alive connection the server closed while idle: the request never
@@ -150,6 +149,24 @@ class _Connection:
         return self._conn
 
 
+def _exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    target: str,
+    body: bytes | Iterator[bytes] | None,
+    headers: Mapping[str, str],
+) -> http.client.HTTPResponse:
+    try:
+        conn.request(method, target, body=body, headers=dict(headers))
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        # a server refusing a body (too large) answers first, then closes while it is sent
+        try:
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            raise exc from None
+    return conn.getresponse()
+
+
 def _unreachable(url: str, exc: OSError, timeout: float) -> Unreachable:
     if isinstance(exc, ConnectionRefusedError):
         why = "connection refused (is `orchestra serve` running there?)"
@@ -174,7 +191,10 @@ def error_from_answer(status: int, reason: str, body: bytes) -> OrchestraError:
     except (UnicodeDecodeError, ValueError, RecursionError):
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("error"), str):
-        error = OrchestraError(f"the server answered {status} {reason}".rstrip())
+        # not one of Orchestra's answers (a proxy, the WSGI server): its status says enough
+        error = _BY_STATUS.get(status, OrchestraError)(
+            f"the server answered {status} {reason}".rstrip()
+        )
         error.http_status = status
         return error
     message, key = data["error"], data.get("key")
