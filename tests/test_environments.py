@@ -216,3 +216,58 @@ def test_resolving_from_the_cache_first_can_be_turned_off(
     online = settings.with_overrides(prefer_cached=False)
     log = _install_log(online, tmp_path / "env", ["six==1.17.0"])
     assert "--offline" not in log
+
+
+def _legacy_module(folder: Path, install: dict[str, object]) -> Path:
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text("print('hi')\n")
+    (folder / "legacy.txt").write_text("# from an older module\nsix==1.17.0\n")
+    (folder / "requirements.txt").write_text("not-used-when-requirements_file-is-given\n")
+    metadata = {
+        "name": "legacy", "description": "", "args": [], "output": {"type": "files"},
+        "install": {"executable": "main", "files": ["main.py"], **install},
+    }  # fmt: skip
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+def test_requirements_file_and_requirements_are_merged(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from orchestra.manifest import load_manifest
+
+    both = _legacy_module(
+        tmp_path / "both", {"requirements_file": "legacy.txt", "requirements": ["idna==3.10"]}
+    )
+    lines = environments.read_requirements(both, load_manifest(both), settings)
+    assert lines == ["six==1.17.0", "idna==3.10"]
+    alone = _legacy_module(tmp_path / "alone", {"requirements_file": "legacy.txt"})
+    assert environments.read_requirements(alone, load_manifest(alone), settings) == [
+        "six==1.17.0"
+    ]
+    escaping = _legacy_module(tmp_path / "escaping", {"requirements_file": "../x.txt"})
+    with pytest.raises(Exception, match="install.requirements_file"):
+        environments.read_requirements(escaping, load_manifest(escaping), settings)
+
+
+def test_a_module_with_requirements_file_and_requirements_gets_both_installed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from orchestra.service import Service
+
+    folder = _legacy_module(
+        tmp_path / "m", {"requirements_file": "legacy.txt", "requirements": ["idna==3.10"]}
+    )
+    service = Service(settings.with_overrides(compile_bytecode=False))
+    try:
+        module = service.register(str(folder))
+        _manifest, install = service.registry.runnable(module.id)
+    finally:
+        service.close()
+    code = "import six, idna; print(six.__version__, idna.__version__)"
+    out = subprocess.run(
+        [str(install.python), "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1.17.0", "3.10"]

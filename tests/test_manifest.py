@@ -345,6 +345,15 @@ VALID = [
     doc(install__requirements="reqs/requirements.txt", install__python_version="3.8"),
     doc(install__requirements=["numpy", "scipy<2"], timeout=12.5, anything={"kept": [1]}),
     doc(description="", version=3),
+    doc(install__requirements_file="legacy/requirements.txt", install__requirements=["six"]),
+    doc(
+        contact="team@example.invalid",
+        output={
+            "type": "catalog", "classmap": {"ICME": 1, "quiet": 0},
+            "colormap": {"ICME": [255, 0, 0]},
+            "columns": [{"name": "score", "type": "float", "unit": "", "description": "d"}],
+        },
+    ),  # fmt: skip
 ]
 
 INVALID = [
@@ -375,6 +384,14 @@ INVALID = [
     doc(timeout=0),
     doc(timeout="60"),
     doc(version=True),
+    doc(install__requirements_file="../outside.txt"),
+    doc(install__requirements_file=["a.txt"]),
+    doc(output={"type": "catalog", "classmap": {"ICME": "one"}}),
+    doc(output={"type": "catalog", "classmap": [1]}),
+    doc(output={"type": "catalog", "colormap": {"ICME": [255, 0]}}),
+    doc(output={"type": "catalog", "colormap": {"ICME": [255, 0, 256]}}),
+    doc(output={"type": "catalog", "columns": [{"type": "int"}]}),
+    doc(output={"type": "catalog", "columns": [{"name": "n", "type": "complex"}]}),
 ]
 
 

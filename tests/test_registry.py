@@ -126,8 +126,8 @@ def test_the_catalog_example_registers_as_a_package_and_runs(
     argv = ["-m", "Model", str(out), "--start", "2020-01-01T00:00:00"]
     argv += ["--stop", "2020-01-01T12:00:00", "--parameter", "bx"]
     assert "found 2 events of bx" in run_in(folder, *argv)
-    rows = (out / "catalog.csv").read_text().splitlines()
-    assert rows[0] == "start,stop,parameter,score" and len(rows) == 3
+    rows = (out / "catalog.txt").read_text().splitlines()
+    assert rows[0] == "# start stop parameter score" and len(rows) == 3
 
 
 def test_remove_deletes_the_record_files_and_environment(

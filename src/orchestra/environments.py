@@ -58,23 +58,28 @@ _PROJECT_FIRST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def read_requirements(root: Path, manifest: Manifest, settings: Settings) -> list[str]:
-    """The module's requirement lines (install.requirements, else requirements.txt), checked."""
+    """The module's requirement lines, checked.
+
+    ``install.requirements_file`` (older modules) and ``install.requirements`` are merged,
+    the file's lines first; with neither, ``requirements.txt`` when the module has one.
+    """
+    lines: list[str] = []
+    if manifest.requirements_file:
+        lines += _read_module_file(root, manifest.requirements_file, "install.requirements_file")
     declared = manifest.requirements
     if isinstance(declared, tuple):
-        lines = list(declared)
+        lines += declared
     elif isinstance(declared, str):
-        from orchestra.sources.folder import resolve_inside
-
-        path = resolve_inside(root, declared, "install.requirements")
-        lines = _read_lines(path, "install.requirements")
-    elif (root / REQUIREMENTS_FILE).is_file():
-        from orchestra.sources.folder import resolve_inside
-
-        path = resolve_inside(root, REQUIREMENTS_FILE, "install.requirements")
-        lines = _read_lines(path, "install.requirements")
-    else:
-        lines = []
+        lines += _read_module_file(root, declared, "install.requirements")
+    elif not manifest.requirements_file and (root / REQUIREMENTS_FILE).is_file():
+        lines += _read_module_file(root, REQUIREMENTS_FILE, "install.requirements")
     return check_requirements(lines, allow_options=settings.allow_requirement_options)
+
+
+def _read_module_file(root: Path, name: str, key: str) -> list[str]:
+    from orchestra.sources.folder import resolve_inside
+
+    return _read_lines(resolve_inside(root, name, key), key)
 
 
 def _read_lines(path: Path, key: str) -> list[str]:

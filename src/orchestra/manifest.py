@@ -51,6 +51,7 @@ class Manifest:
     python_version: str | None
     timeout: float | None
     inputs: dict[str, Param] = field(default_factory=dict)
+    requirements_file: str | None = None
 
 
 def load_manifest(folder: Path) -> Manifest:
@@ -87,6 +88,7 @@ def parse_manifest(data: Any) -> Manifest:
     executable = _executable(install, problems)
     files = _files(install, problems)
     requirements = _requirements(install, problems)
+    requirements_file = _requirements_file(install, problems)
     python_version = _python_version(install, problems)
     timeout = _timeout(data, problems)
     if problems:
@@ -96,7 +98,7 @@ def parse_manifest(data: Any) -> Manifest:
         hyperparameters=hyper, defaults=defaults, output_type=output_type,
         output_files=output_files, executable=executable, files=files,
         requirements=requirements, python_version=python_version, timeout=timeout,
-        inputs=inputs,
+        inputs=inputs, requirements_file=requirements_file,
     )  # fmt: skip
 
 
@@ -200,6 +202,8 @@ def _output(data: dict, problems: list[str]) -> tuple[str, tuple[str, ...] | Non
     if not isinstance(kind, str) or not kind.strip():
         problems.append("output.type: required, must be a non-empty string")
         kind = ""
+    _classes(value, problems)
+    _columns(value.get("columns"), problems)
     names = value.get("filename")
     if names is None:
         return kind, None
@@ -249,6 +253,60 @@ def _requirements(install: dict, problems: list[str]) -> str | tuple[str, ...] |
         return tuple(value)
     problems.append("install.requirements: must be a file name or a list of requirement strings")
     return None
+
+
+def _requirements_file(install: dict, problems: list[str]) -> str | None:
+    value = install.get("requirements_file")
+    if value is None:
+        return None
+    problem = relative_path_problem(value)
+    if problem:
+        problems.append(f"install.requirements_file: {value!r} {problem}")
+        return None
+    return str(value)
+
+
+def _classes(output: dict, problems: list[str]) -> None:
+    """``output.classmap`` (name -> number) and ``output.colormap`` (name -> [r, g, b])."""
+    classmap = output.get("classmap")
+    if classmap is not None:
+        if not isinstance(classmap, dict):
+            problems.append(f"output.classmap: must be an object, not {_kind(classmap)}")
+        for name, number in (classmap if isinstance(classmap, dict) else {}).items():
+            if isinstance(number, bool) or not isinstance(number, int):
+                problems.append(f"output.classmap.{name}: must be an integer class number")
+    colormap = output.get("colormap")
+    if colormap is not None:
+        if not isinstance(colormap, dict):
+            problems.append(f"output.colormap: must be an object, not {_kind(colormap)}")
+        for name, rgb in (colormap if isinstance(colormap, dict) else {}).items():
+            if not _is_rgb(rgb):
+                problems.append(f"output.colormap.{name}: must be [r, g, b], each 0 to 255")
+
+
+def _columns(value: Any, problems: list[str]) -> None:
+    """``output.columns``: the catalog's columns after start and stop, described."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        problems.append(f"output.columns: must be a list, not {_kind(value)}")
+        return
+    for index, item in enumerate(value):
+        where = f"output.columns[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            problems.append(f"{where}: must be an object with a 'name'")
+        elif item.get("type", "str") not in ("int", "float", "str"):
+            problems.append(f"{where}.type: must be int, float or str")
+        elif any(not isinstance(item.get(k, ""), str) for k in ("unit", "description")):
+            problems.append(f"{where}: 'unit' and 'description' must be strings")
+
+
+def _is_rgb(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    )
 
 
 def _python_version(install: dict, problems: list[str]) -> str | None:

@@ -213,6 +213,17 @@ class Service:
         """One output file, refusing any path that leaves the output folder."""
         return self.tasks.output_file(task_id, name)
 
+    def catalog_votable(self, path: Path) -> bytes:
+        """A checked catalog or time table output file as an IVOA VOTable."""
+        from orchestra import catalogs
+
+        kind = catalogs.kind_of(path)
+        if kind is not None:
+            return catalogs.to_votable(path, kind)
+        raise WrongState(
+            f"{path.name} is not a catalog or time table that Orchestra checked", key="format"
+        )
+
     def task_log(self, task_id: int) -> dict[str, str]:
         """Standard output and standard error so far."""
         return self.tasks.log(task_id)

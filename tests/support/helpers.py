@@ -128,7 +128,7 @@ def write_module(
         "version": "0.1",
         "args": args if args is not None else ["start", "stop"],
         "defaults": defaults or {},
-        "output": output or {"type": "catalog"},
+        "output": output or {"type": "files"},
         "install": {"executable": "tinymod", "files": ["tinymod"]},
     }
     package = folder / "tinymod"

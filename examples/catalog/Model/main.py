@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,13 +29,12 @@ def main(argv: list[str]) -> int:
     spacing = timedelta(hours=args.spacing_hours)
     events = find_events(args.parameter, args.start, args.stop, spacing, args.min_score)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.output_dir / "catalog.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["start", "stop", "parameter", "score"])
+    # AMDA's text format: one interval a line, blank-separated; Orchestra adds the header
+    with open(args.output_dir / "catalog.txt", "w") as handle:
+        handle.write("# start stop parameter score\n")
         for event in events:
-            writer.writerow(
-                [event.start.isoformat(), event.stop.isoformat(), event.parameter, event.score]
-            )
+            start, stop = event.start.isoformat(), event.stop.isoformat()
+            handle.write(f"{start} {stop} {event.parameter} {event.score}\n")
     print(f"found {len(events)} events of {args.parameter}")
     return 0
 

@@ -217,6 +217,13 @@ _FILE = {
     "description": "the file, or a zip of all output files when there are several",
     "content": {"*/*": {"schema": {}}},  # any bytes: a JSON output is served as JSON
 }
+_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["votable"]},
+    "description": "votable: a catalog or time table as an IVOA VOTable (application/x-votable+xml)",
+}
 _RUN_BODY = {
     "required": False,
     "content": {
@@ -325,14 +332,20 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     },
     "tasks.task_output": {
         "summary": "The output: the file itself, or a zip of all files when there are several",
-        "responses": {"200": _FILE, "404": _error("no such task"), "409": _error("not done")},
+        "parameters": [_FORMAT],
+        "responses": {
+            "200": _FILE,
+            "404": _error("no such task"),
+            "409": _error("not done, or not one catalog or time table (format=votable)"),
+        },
     },
     "tasks.task_output_file": {
         "summary": "One output file",
+        "parameters": [_FORMAT],
         "responses": {
             "200": _FILE,
             "404": _error("no such task or file"),
-            "409": _error("not done"),
+            "409": _error("not done, or not a catalog or time table (format=votable)"),
         },
     },
     "workers.module_package": {

@@ -15,7 +15,7 @@ from orchestra.api import inputs
 from orchestra.api.auth import changes_state
 from orchestra.api.routing import both_forms
 from orchestra.api.routing import current_service as service
-from orchestra.errors import InvalidInput, NotFound
+from orchestra.errors import InvalidInput, NotFound, WrongState
 from orchestra.tasks.status import TaskStatus
 
 _LOGGER = logging.getLogger(__name__)
@@ -64,9 +64,18 @@ def task_log(task_id: int) -> Response:
 
 def task_output(task_id: int) -> Response:
     """The output file itself when there is one, a zip of all of them when there are several."""
+    votable = _wants_votable()
     files = service().task_outputs(task_id)
     if not files:
         raise NotFound(f"task {task_id} wrote no output files")
+    if votable:
+        if len(files) != 1:
+            raise WrongState(
+                f"task {task_id} has {len(files)} output files: ask for one of them "
+                "with /output/<name>?format=votable",
+                key="format",
+            )
+        return _send_votable(files[0][1], files[0][0])
     if len(files) == 1:
         name, path = files[0]
         return _send(path, name)
@@ -77,7 +86,27 @@ def task_output(task_id: int) -> Response:
 
 def task_output_file(task_id: int, name: str) -> Response:
     """One output file by its name inside the output folder."""
-    return _send(service().task_output_file(task_id, name), name)
+    votable = _wants_votable()
+    path = service().task_output_file(task_id, name)
+    return _send_votable(path, name) if votable else _send(path, name)
+
+
+def _wants_votable() -> bool:
+    """``?format=votable``: a catalog or time table as an IVOA VOTable instead of text."""
+    wanted = inputs.query_text("format")
+    if wanted is None:
+        return False
+    if wanted.lower() != "votable":
+        raise InvalidInput(f"format: {wanted[:100]!r} is not known (only 'votable')", key="format")
+    return True
+
+
+def _send_votable(path: Path, name: str) -> Response:
+    data = service().catalog_votable(path)
+    stem = PurePosixPath(name).stem or "output"
+    response = Response(data, mimetype="application/x-votable+xml")
+    response.headers["Content-Disposition"] = f'attachment; filename="{stem}.xml"'
+    return response
 
 
 def _send(path: Path, name: str) -> Response:

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 
+from orchestra import catalogs
 from orchestra.storage.db import Database
 from orchestra.storage.files import TaskFolder
 from orchestra.storage.tables import TaskRow
@@ -321,7 +322,7 @@ def outcome_from_result(
         return Outcome(TaskStatus.ERROR, None, _with_tail(why, folder))
     if code != 0:
         return Outcome(TaskStatus.ERROR, code, _with_tail(f"exited with status {code}", folder))
-    return _done(folder, spec.get("outputs"))
+    return _done(folder, spec.get("outputs"), spec.get("catalog"))
 
 
 def orphan_outcome(handle: Mapping[str, Any] | None, kill_requested: bool) -> Outcome:
@@ -336,7 +337,9 @@ def orphan_outcome(handle: Mapping[str, Any] | None, kill_requested: bool) -> Ou
     )
 
 
-def _done(folder: TaskFolder, declared: list[str] | None) -> Outcome:
+def _done(
+    folder: TaskFolder, declared: list[str] | None, catalog: Mapping[str, Any] | None = None
+) -> Outcome:
     files = scan_outputs(folder.output)
     if declared:
         by_name = {f["name"]: f for f in files}
@@ -345,7 +348,18 @@ def _done(folder: TaskFolder, declared: list[str] | None) -> Outcome:
             message = "declared output file(s) missing: " + ", ".join(missing)
             return Outcome(TaskStatus.ERROR, 0, message, files)
         files = [by_name[name] for name in declared]
+    if catalog:
+        # AMDA's header is written where the task ran (SPEC §8); sizes change with it
+        problem = catalogs.finish_outputs(folder.output, [f["name"] for f in files], catalog)
+        files = _restat(folder.output, files)
+        if problem:
+            return Outcome(TaskStatus.ERROR, 0, problem, files)
     return Outcome(TaskStatus.DONE, 0, None, files)
+
+
+def _restat(root: Path, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_name = {f["name"]: f for f in scan_outputs(root)}
+    return [by_name.get(f["name"], f) for f in files]
 
 
 def scan_outputs(root: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, null, select
 
+from orchestra import catalogs
 from orchestra.errors import InvalidInput, NotFound, WrongState
 from orchestra.executors import get_executor
 from orchestra.executors.base import Handle
@@ -137,7 +138,8 @@ class TaskRunner:
         outputs = list(manifest.output_files) if manifest.output_files else None
         grace = self.settings.kill_grace
         return {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
-                "timeout": timeout, "grace": grace, "outputs": outputs}  # fmt: skip
+                "timeout": timeout, "grace": grace, "outputs": outputs,
+                "catalog": catalogs.header_facts(manifest)}  # fmt: skip
 
     def dispatch(self) -> int:
         """Start queued tasks, oldest first, while fewer than ``max_running`` run; how many."""
