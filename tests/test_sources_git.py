@@ -183,6 +183,8 @@ def test_submodules_are_not_fetched(
         "file:///srv/repo",
         "git@example.org:team/repo.git",
         "deploy@[::1]:repo",
+        "example.org:team/repo.git",
+        "gitlab-mirror:modules/catalog",
     ],
 )
 def test_the_spec_transports_are_git_locations(location: str) -> None:
@@ -202,7 +204,7 @@ def test_plain_paths_are_not_git_locations(location: str) -> None:
         "file::/srv/repo",
         "ftp://example.org/repo",
         "javascript:alert(1)",
-        "host:repo",
+        "host:repo with space",
         "--upload-pack=touch /tmp/x",
         "-uhi",
         "ssh://-oProxyCommand=touch%20x/repo",
@@ -345,3 +347,61 @@ def test_a_password_in_the_url_never_appears_in_messages(workdir: Path, settings
     assert "s3cret" not in caught.value.message
     assert "127.0.0.1" in caught.value.message
     assert not any("s3cret" in line for line in lines)
+
+
+# --- a plain static web server (git's "dumb" http) -------------------------------------------
+
+
+@pytest.fixture
+def static_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An ordinary static file server (http.server) on 127.0.0.1, serving ``tmp_path/www``."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="static-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_repository_on_a_plain_static_web_server_is_cloned_at_a_tag(
+    static_server: tuple[str, Path], tmp_path: Path, workdir: Path, settings: Settings
+) -> None:
+    base_url, root = static_server
+    work = tmp_path / "src"
+    tagged = make_repo(work, {"metadata.json": metadata("tagged"), "Model/main.py": "x = 1\n"})
+    git(work, "tag", "-a", "v1.0", "-m", "the release")
+    make_repo(work, {"metadata.json": metadata("later")})
+    git(root, "clone", "--quiet", "--bare", str(work), "module.git")
+    git(root / "module.git", "update-server-info")  # what a dumb http client reads
+    url = f"{base_url}/module.git"
+    fetched = clone(SourceSpec(url, ref="v1.0"), workdir, settings)
+    assert (fetched.commit, module_name(fetched)) == (tagged, "tagged")
+    latest = clone(SourceSpec(url), workdir / "again", settings)
+    assert module_name(latest) == "later"
+
+
+def test_a_refused_shallow_clone_is_reported_when_the_full_clone_fails_too(
+    static_server: tuple[str, Path], workdir: Path, settings: Settings
+) -> None:
+    base_url, root = static_server
+    (root / "broken.git" / "info").mkdir(parents=True)
+    sha = "1" * 40
+    (root / "broken.git" / "info" / "refs").write_text(f"{sha}\trefs/heads/main\n")
+    (root / "broken.git" / "HEAD").write_text("ref: refs/heads/main\n")
+    with pytest.raises(SourceError, match="cannot clone"):
+        clone(SourceSpec(f"{base_url}/broken.git"), workdir, settings)

@@ -9,6 +9,7 @@ URL, hooks and submodules are off, and every step shares one time budget.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import time
@@ -31,8 +32,12 @@ _SCHEMES = ("https", "http", "ssh", "git", "file")
 # git hands "<helper>::<address>" to git-remote-<helper> (ext:: runs a command)
 _HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-# scp-like ssh locations: user@host:path (git takes a colon before any slash this way)
-_SCP = re.compile(r"^[^@/:\s]+@(\[[^\]/]+\]|[^@/:\s\[\]]+):")
+# scp-like ssh locations: [user@]host:path (git takes a colon before any slash this way)
+_SCP = re.compile(r"^([^@/:\s]+@)?(\[[^\]/]+\]|[^@/:\s\[\]]+):")
+# without a user, only what a host name and a repository path look like (not "javascript:x()")
+_BARE_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:[A-Za-z0-9._~+-][A-Za-z0-9._~/+@-]*\Z")
+# what git says when a server cannot serve a shallow clone (dumb http, some old servers)
+_NO_SHALLOW = re.compile(r"shallow", re.IGNORECASE)
 _COMMIT = re.compile(r"^[0-9a-fA-F]{4,64}$")
 _FULL_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
 _LOW_SPEED = ("-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30")
@@ -63,12 +68,12 @@ def _transport(location: str) -> str | None:
     if helper:
         raise InvalidInput(f"source: transport {helper.group(0)!r} is not supported", key="source")
     scp = _SCP.match(location)
-    if scp:
+    if scp and (scp.group(1) or _BARE_HOST.match(location)):
         _check_host("ssh://" + scp.group(0)[:-1])
         return "ssh"
     if ":" in location.split("/", 1)[0]:
         raise InvalidInput(
-            f"source: {location!r} is neither a supported URL nor user@host:path", key="source"
+            f"source: {location!r} is neither a supported URL nor [user@]host:path", key="source"
         )
     return None
 
@@ -165,11 +170,20 @@ def _session(location: str, settings: Settings, progress: Progress | None) -> _G
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_ALLOW_PROTOCOL": transport,
+            # the operator's ssh: ~/.ssh (keys, config, known_hosts) through HOME, the agent
+            # through SSH_AUTH_SOCK; never a prompt, and an unknown host key is refused
             "GIT_SSH_COMMAND": f"ssh -o BatchMode=yes -o ConnectTimeout={connect}",
+            **_ssh_agent(transport),
         }
     )
     deadline = time.monotonic() + settings.git_timeout
     return _Git(url, _redact(url), options, env, deadline, progress)
+
+
+def _ssh_agent(transport: str) -> dict[str, str]:
+    """The operator's ssh agent socket, for ssh sources only."""
+    socket = os.environ.get("SSH_AUTH_SOCK")
+    return {"SSH_AUTH_SOCK": socket} if transport == "ssh" and socket else {}
 
 
 def _redact(url: str) -> str:
@@ -225,14 +239,28 @@ def _named_ref(ref: str | None, refs: dict[str, str]) -> str | None:
 
 
 def _clone_shallow(git: _Git, repo: Path, branch: str | None) -> None:
+    """Clone one commit deep where the server allows it, else the whole history."""
     pick = ["--branch", branch] if branch else []
     try:
-        git.run(
-            "clone", "--depth", "1", "--no-local", "--no-recurse-submodules", "--progress",
-            *pick, "--", git.url, str(repo), step="clone", report=True,
-        )  # fmt: skip
+        _clone(git, repo, "--depth", "1", *pick)
+        return
+    except InstallError as exc:
+        # a dumb http server (plain static files) or an old one cannot serve a shallow clone
+        if not _NO_SHALLOW.search(exc.log or exc.message):
+            raise _failure(git, exc, "cannot clone") from exc
+        _LOGGER.info("%s refuses a shallow clone; cloning its whole history", git.shown)
+    shutil.rmtree(repo, ignore_errors=True)
+    try:
+        _clone(git, repo, *pick)
     except InstallError as exc:
         raise _failure(git, exc, "cannot clone") from exc
+
+
+def _clone(git: _Git, repo: Path, *options: str) -> None:
+    git.run(
+        "clone", *options, "--no-local", "--no-recurse-submodules", "--progress",
+        "--", git.url, str(repo), step="clone", report=True,
+    )  # fmt: skip
 
 
 def _clone_commit(git: _Git, repo: Path, prefix: str, refs: dict[str, str]) -> None:
@@ -242,10 +270,7 @@ def _clone_commit(git: _Git, repo: Path, prefix: str, refs: dict[str, str]) -> N
         return
     shutil.rmtree(repo, ignore_errors=True)
     try:
-        git.run(
-            "clone", "--no-checkout", "--no-local", "--no-recurse-submodules", "--progress",
-            "--", git.url, str(repo), step="clone", report=True,
-        )  # fmt: skip
+        _clone(git, repo, "--no-checkout")
     except InstallError as exc:
         raise _failure(git, exc, "cannot clone") from exc
     commit = _rev_parse(git, repo, prefix)
