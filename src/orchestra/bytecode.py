@@ -11,10 +11,17 @@ for every environment: later installs link the ``.pyc`` files along with the sou
 Python accepts them since a link keeps the source's size and mtime) and its ``.pyc`` files are
 linked into this environment. Whatever is not in the cache, and every DIR, is compiled in
 place.
+
+It runs with the generation folder as its working directory, and stops when that folder (the
+module was removed) or the cache is removed meanwhile: the open folders' link counts drop to
+zero. Compiling creates ``__pycache__`` folders with their parents, so a removal that races
+with it could leave a recreated ghost of the removed path; such a ghost, holding nothing but
+``.pyc`` files, is removed before it exits. It never fails: its work is an optimisation.
 """
 
 import compileall
 import os
+import shutil
 import sys
 
 PYCACHE = "__pycache__"
@@ -85,14 +92,66 @@ def link_folder(source, target, stem):
                 pass  # already there, or another filesystem: Python compiles it on import
 
 
-def main(argv):
-    """Compile SITE_PACKAGES through the cache at CACHE_ARCHIVES, then each extra DIR."""
-    site, archive_root, extra = argv[0], argv[1], argv[2:]
+class Lifeline:
+    """Open folders whose removal ends the work, and the paths above them as they were."""
+
+    def __init__(self, paths):
+        self.fds = []
+        self.chains = []
+        for path in paths:
+            try:
+                self.fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+            except OSError:
+                continue
+            self.chains.append(identities(os.path.abspath(path)))
+
+    def alive(self):
+        """Whether every watched folder still exists (a removed folder has no links)."""
+        return all(os.fstat(fd).st_nlink > 0 for fd in self.fds)
+
+    def clean_ghosts(self):
+        """Remove a removed folder (or ancestor) that this work recreated, .pyc files only."""
+        for chain in self.chains:
+            for path, identity in chain:
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    continue
+                if (stat.st_dev, stat.st_ino) != identity:
+                    if only_bytecode(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    break
+
+
+def identities(path):
+    """(path, (device, inode)) for ``path`` and each of its ancestors, the root first."""
+    chain = []
+    while True:
+        stat = os.stat(path)
+        chain.append((path, (stat.st_dev, stat.st_ino)))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return list(reversed(chain))
+        path = parent
+
+
+def only_bytecode(path):
+    """Whether ``path`` holds nothing but folders and .pyc files."""
+    for _dirpath, _dirnames, filenames in os.walk(path):
+        if any(not name.endswith(".pyc") for name in filenames):
+            return False
+    return True
+
+
+def compile_all(site, archive_root, extra, lifeline):
+    """Compile SITE_PACKAGES through the cache, then each extra DIR, while still wanted."""
     try:
         archives = [os.path.join(archive_root, a) for a in os.listdir(archive_root)]
     except OSError:
         archives = []
     for name in sorted(os.listdir(site)):
+        if not lifeline.alive():
+            return
         if name == PYCACHE:
             continue
         archive = cache_twin(site, name, archives)
@@ -102,7 +161,24 @@ def main(argv):
             compile_entry(archive, name)
             link_bytecode(archive, site, name)
     for folder in extra:
+        if not lifeline.alive():
+            return
         compileall.compile_dir(folder, quiet=2)
+
+
+def main(argv):
+    """Compile SITE_PACKAGES through the cache at CACHE_ARCHIVES, then each extra DIR."""
+    site, archive_root, extra = argv[0], argv[1], argv[2:]
+    try:
+        lifeline = Lifeline([os.getcwd(), archive_root])
+    except OSError:
+        return 0  # the generation is already gone
+    try:
+        compile_all(site, archive_root, extra, lifeline)
+    except Exception:
+        pass
+    if not lifeline.alive():
+        lifeline.clean_ghosts()
     return 0
 
 

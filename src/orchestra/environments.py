@@ -49,6 +49,9 @@ _LOGGER = logging.getLogger(__name__)
 Log = Callable[[str], None]
 REQUIREMENTS_FILE = "requirements.txt"
 COMPILE_PID_FILE = "compile.pid"
+# the background compilations this process started, by pid, until they are reaped
+_OWN_COMPILES: dict[int, subprocess.Popen[bytes]] = {}
+_OWN_LOCK = threading.Lock()
 _VERSION_CODE = "import platform, sys; print(platform.python_version()); print(sys.executable)"
 # a requirement names a project first; paths, URLs and options start otherwise
 _PROJECT_FIRST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -349,10 +352,39 @@ def start_bytecode_compile(folder: InstallFolder, settings: Settings) -> int | N
     except OSError as exc:
         _LOGGER.warning("cannot start bytecode compilation in %s: %s", folder.root, exc)
         return None
-    (folder.root / COMPILE_PID_FILE).write_text(str(proc.pid))
+    try:
+        (folder.root / COMPILE_PID_FILE).write_text(str(proc.pid))
+    except OSError:  # the generation was removed already: the compile sees it and ends
+        pass
+    with _OWN_LOCK:
+        _OWN_COMPILES[proc.pid] = proc
     # reap it in this process when it ends, so no zombie stays behind in a long-lived server
-    threading.Thread(target=proc.wait, name=f"compile-{proc.pid}", daemon=True).start()
+    threading.Thread(target=_reap, args=(proc,), name=f"compile-{proc.pid}", daemon=True).start()
     return proc.pid
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    proc.wait()
+    with _OWN_LOCK:
+        _OWN_COMPILES.pop(proc.pid, None)
+
+
+def stop_own_compiles(timeout: float = 5.0) -> int:
+    """Stop the background compilations this process started (a server that stops); how many."""
+    with _OWN_LOCK:
+        procs = list(_OWN_COMPILES.values())
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: nice, python and workers
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _LOGGER.warning("bytecode compilation %s did not stop", proc.pid)
+    return len(procs)
 
 
 def site_packages(env_dir: Path) -> list[Path]:

@@ -81,6 +81,7 @@ class Service:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self._backend = _Backend(settings)
+        self._serving = False
 
     @property
     def db(self) -> Database:
@@ -101,11 +102,19 @@ class Service:
 
     def start(self) -> None:
         """Start the background work of a server: recovery, task runner, sweeps."""
+        self._serving = True
         self.registry.recover()
         self.tasks.start()
 
     def close(self) -> None:
         """Stop background work; running tasks go on and are adopted at the next start."""
+        if self._serving:
+            # a server's own background work ends with it; a command-line registration's
+            # compilation is meant to outlive the command, so only a server stops them
+            from orchestra import environments
+
+            environments.stop_own_compiles()
+            self._serving = False
         try:
             db, _registry = self._backend.get()
         except Exception:  # never opened: its error was reported where it was used

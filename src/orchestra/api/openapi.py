@@ -222,7 +222,7 @@ _FORMAT = {
     "in": "query",
     "required": False,
     "schema": {"type": "string", "enum": ["votable"]},
-    "description": "votable: a catalog or time table as an IVOA VOTable (application/x-votable+xml)",
+    "description": "votable: a catalog or time table as an IVOA VOTable",
 }
 _RUN_BODY = {
     "required": False,
