@@ -11,7 +11,7 @@ from orchestra import environments
 from orchestra.config import Settings
 from orchestra.service import Service
 from orchestra.storage.files import InstallFolder
-from tests.helpers import wait_for, write_module
+from tests.support.helpers import wait_for, write_module
 
 # enough code that compiling it takes a while on any machine, so removals land mid-way
 FILES = 1500
@@ -28,7 +28,6 @@ def _big_module(folder: Path) -> Path:
 def _registered(service: Service, folder: Path) -> tuple[InstallFolder, int]:
     module = service.register(str(_big_module(folder)))
     _manifest, install = service.registry.runnable(module.id)
-    pid = int((install.root / environments.COMPILE_PID_FILE).read_text())
     assert environments.bytecode_pending(install.root), "compiled before the test could act"
     return install, module.id
 
@@ -85,9 +84,7 @@ def test_removing_the_whole_data_folder_mid_compile_leaves_nothing_behind(
     assert not compiling.home.exists(), sorted(str(p) for p in compiling.home.rglob("*"))[:5]
 
 
-def test_a_server_that_stops_stops_its_own_compilation(
-    compiling: Settings, tmp_path: Path
-) -> None:
+def test_a_server_that_stops_stops_its_own_compilation(compiling: Settings, tmp_path: Path) -> None:
     service = Service(compiling)
     service.start()
     try:

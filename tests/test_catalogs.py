@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from orchestra import catalogs
-from tests.conftest import DATA
-from tests.helpers import FINAL_TASK, wait_for_status, write_module
+from tests.support.helpers import FINAL_TASK, wait_for_status, write_module
+from tests.support.paths import DATA
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
@@ -26,7 +26,10 @@ COLUMNS = [
     {"name": "Col 3", "type": "int"},
     {"name": "Col 4", "type": "int"},
 ]
-CLASSES = {"classmap": {"quiet": 0, "ICME": 1}, "colormap": {"quiet": [0, 0, 255], "ICME": [255, 0, 0]}}
+CLASSES = {
+    "classmap": {"quiet": 0, "ICME": 1},
+    "colormap": {"quiet": [0, 0, 255], "ICME": [255, 0, 0]},
+}
 
 
 def _data_lines(path: Path) -> list[str]:
@@ -39,7 +42,8 @@ def _copying_module(folder: Path, source: Path, output: dict[str, Any]) -> Path:
     write_module(
         folder,
         name=f"copies {source.name} as {output['type']}",
-        code=f"import shutil\nshutil.copy(pathlib.Path(__file__).parent / 'data.txt', out / {name!r})",
+        code="import shutil\n"
+        f"shutil.copy(pathlib.Path(__file__).with_name('data.txt'), out / {name!r})",
         output=output,
     )
     shutil.copy(source, folder / "tinymod" / "data.txt")

@@ -233,9 +233,7 @@ def _legacy_module(folder: Path, install: dict[str, object]) -> Path:
     return folder
 
 
-def test_requirements_file_and_requirements_are_merged(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_requirements_file_and_requirements_are_merged(settings: Settings, tmp_path: Path) -> None:
     from orchestra.manifest import load_manifest
 
     both = _legacy_module(
@@ -244,9 +242,7 @@ def test_requirements_file_and_requirements_are_merged(
     lines = environments.read_requirements(both, load_manifest(both), settings)
     assert lines == ["six==1.17.0", "idna==3.10"]
     alone = _legacy_module(tmp_path / "alone", {"requirements_file": "legacy.txt"})
-    assert environments.read_requirements(alone, load_manifest(alone), settings) == [
-        "six==1.17.0"
-    ]
+    assert environments.read_requirements(alone, load_manifest(alone), settings) == ["six==1.17.0"]
     escaping = _legacy_module(tmp_path / "escaping", {"requirements_file": "../x.txt"})
     with pytest.raises(Exception, match="install.requirements_file"):
         environments.read_requirements(escaping, load_manifest(escaping), settings)

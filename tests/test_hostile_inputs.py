@@ -172,7 +172,7 @@ def _valid_metadata() -> dict[str, Any]:
         "name": "hostile",
         "description": "a module with one thing wrong",
         "args": ["start", "stop"],
-        "output": {"type": "catalog"},
+        "output": {"type": "files"},
         "install": {"executable": "tinymod", "files": ["tinymod"]},
     }
 

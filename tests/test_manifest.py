@@ -349,7 +349,8 @@ VALID = [
     doc(
         contact="team@example.invalid",
         output={
-            "type": "catalog", "classmap": {"ICME": 1, "quiet": 0},
+            "type": "catalog",
+            "classmap": {"ICME": 1, "quiet": 0},
             "colormap": {"ICME": [255, 0, 0]},
             "columns": [{"name": "score", "type": "float", "unit": "", "description": "d"}],
         },
