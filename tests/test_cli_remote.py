@@ -98,18 +98,18 @@ def test_task_commands_go_through_the_api_and_answer_as_locally(
     ok(["register", CATALOG], remote)
     code, out, err = run_cli(["run", "1", "parameter=bx", "--wait"], remote)
     assert code == 0, err
-    assert "status:    done" in out and "catalog.csv" in out
+    assert "status:    done" in out and "catalog.txt" in out
     assert "found 4 events of bx" in err  # the log, followed on standard error
     for argv in (["--json", "tasks"], ["--json", "task", "1"], ["--json", "log", "1"], ["tasks"]):
         assert ok(argv, remote) == ok(argv, settings), argv
-    target = tmp_path / "downloaded.csv"
+    target = tmp_path / "downloaded.txt"
     saved = json.loads(ok(["output", "1", "-o", str(target), "--json"], remote))
-    server_file = settings.tasks_dir / "1" / "output" / "catalog.csv"
+    server_file = settings.tasks_dir / "1" / "output" / "catalog.txt"
     assert target.read_bytes() == server_file.read_bytes()
     assert saved == {
         "path": str(target),
         "size": server_file.stat().st_size,
-        "files": ["catalog.csv"],
+        "files": ["catalog.txt"],
     }
     queued = json.loads(ok(["--json", "run", "1", "parameter=by"], remote))
     assert queued["id"] == 2 and queued["args"]["parameter"] == "by"
