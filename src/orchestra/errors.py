@@ -54,6 +54,13 @@ class Unauthorized(OrchestraError):
     exit_code = 2
 
 
+class Forbidden(OrchestraError):
+    """A change refused whoever asks: one sent from another origin (another site or port)."""
+
+    http_status = 403
+    exit_code = 2
+
+
 class WrongState(OrchestraError):
     """The action does not fit the current state (a name taken, a task not finished...)."""
 

@@ -8,6 +8,7 @@ transaction that points the row at it; every failure removes what was built.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -135,7 +136,8 @@ class Registry:
         self, module_id: int, spec: SourceSpec, archive: Path | None
     ) -> None:
         try:
-            built = installer.build(spec, self.settings, archive=archive, progress=_log_progress)
+            progress = functools.partial(self._note_progress, module_id)
+            built = installer.build(spec, self.settings, archive=archive, progress=progress)
             self.record(built, module_id=module_id)
         except BaseException as exc:  # noqa: B036 - recorded on the row, the client reads it
             _LOGGER.info("installing module %s failed: %s", module_id, exc)
@@ -145,6 +147,15 @@ class Registry:
                 archive.unlink(missing_ok=True)
             with self._lock:
                 self._background.discard(threading.current_thread())
+
+    def _note_progress(self, module_id: int, message: str) -> None:
+        # the installing row's log shows each step as it starts (the dashboard's progress);
+        # the installer's full log replaces it when the module is recorded
+        _log_progress(message)
+        with self.db.write() as session:
+            row = session.get(ModuleRow, module_id)
+            if row is not None and row.status == INSTALLING:
+                row.install_log = f"{row.install_log}{message}\n"
 
     def _check_name_free(self, name: str, module_id: int | None) -> None:
         with self.db.read() as session:

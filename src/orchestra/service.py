@@ -15,6 +15,9 @@ from orchestra.records import ModuleInfo, ModuleSummary, TaskInfo, TaskPage
 from orchestra.sources import SourceSpec
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from orchestra.machine import MachineInfo
     from orchestra.registry import Registry
     from orchestra.storage.db import Database
     from orchestra.tasks.runner import TaskRunner
@@ -266,6 +269,22 @@ class Service:
             self.settings, self.db, task_id=task_id, stream=stream, offset=offset, data=data,
             worker=worker,
         )  # fmt: skip
+
+    # -- the machine ----------------------------------------------------------------------
+
+    def machine(self) -> MachineInfo:
+        """Free disk, environments and their sizes, the installer cache, the task load."""
+        from orchestra import machine
+
+        return machine.survey(
+            self.settings, machine.installed_folders(self.db), self.tasks.counts()
+        )
+
+    def finished_tasks(self, after: datetime | None = None) -> list[tuple[datetime, float]]:
+        """(finished, seconds run) of the tasks that ended after ``after``, oldest first."""
+        from orchestra import machine
+
+        return machine.finished_since(self.db, after)
 
     def health(self) -> dict[str, Any]:
         """Liveness, version and counts."""

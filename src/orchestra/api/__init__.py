@@ -33,4 +33,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     auth.init_app(app, settings.api_token, protect_reads=settings.protect_reads)
     for blueprint in (modules.bp, tasks.bp, system.bp, workers.bp):
         app.register_blueprint(blueprint)
+    from orchestra import web
+
+    web.init_app(app)
     return app

@@ -15,6 +15,7 @@ _LOGGER = logging.getLogger(__name__)
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MARK = "orchestra_changes_state"
 _PRIVATE = "orchestra_needs_token"
+_SELF_GUARDED = "orchestra_self_guarded"  # app.extensions key: blueprints checking themselves
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -40,12 +41,19 @@ def changes_state_view(view: Callable[..., Any] | None) -> bool:
     return bool(getattr(view, _MARK, False))
 
 
+def guards_itself(app: Flask, blueprint: str) -> None:
+    """Leave ``blueprint``'s requests to its own check (the dashboard's sign-in cookie)."""
+    app.extensions.setdefault(_SELF_GUARDED, set()).add(blueprint)
+
+
 def init_app(app: Flask, token: str, *, protect_reads: bool) -> None:
     """Check the bearer token before every request that needs it."""
     if not token:
         return
 
     def check() -> None:
+        if request.blueprint in app.extensions.get(_SELF_GUARDED, ()):
+            return
         if protect_reads or _is_change():
             _require(token)
 
@@ -59,12 +67,19 @@ def _is_change() -> bool:
     return changes_state_view(view) or needs_token_view(view)
 
 
+def token_matches(given: str, token: str) -> bool:
+    """True when ``given`` is exactly ``token`` (compared in constant time)."""
+    # compare bytes; a str compare_digest refuses non-ASCII input
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def bearer_matches(token: str) -> bool:
+    """True when the request carries ``Authorization: Bearer <token>``."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(given.strip(), token)
+
+
 def _require(token: str) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    # compare bytes in constant time; a str compare_digest refuses non-ASCII input
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
+    if not bearer_matches(token):
         _LOGGER.info("refused %s %s: missing or wrong token", request.method, request.path)
         raise Unauthorized("this request needs the header 'Authorization: Bearer <token>'")

@@ -43,7 +43,7 @@ def register_module() -> Response:
             fields["source"], ref=fields.get("ref"), subdir=fields.get("subdir")
         )
     else:
-        archive = _save_upload(upload, svc.settings.uploads_dir)
+        archive = save_upload(upload, svc.settings.uploads_dir)
         try:
             info = svc.register_in_background(archive=archive, subdir=fields.get("subdir"))
         except BaseException:
@@ -97,7 +97,8 @@ def _source_fields(raw: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
-def _save_upload(upload: FileStorage, folder: Path) -> Path:
+def save_upload(upload: FileStorage, folder: Path) -> Path:
+    """Keep an uploaded archive under a fresh name in ``folder``."""
     # the client's file name is never used: it could name anything, anywhere
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}.zip"

@@ -21,6 +21,7 @@ from orchestra.api.routing import MAX_ID
 _LOGGER = logging.getLogger(__name__)
 _ARG = re.compile(r"<(?:([a-z_]+)(?:\([^)]*\))?:)?([a-z_]+)>")
 _SKIPPED_METHODS = {"HEAD", "OPTIONS"}
+UNDOCUMENTED_PREFIXES = ("web.", "site.swagger_file")  # the dashboard's pages and static files
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -29,6 +30,10 @@ def _ref(name: str) -> dict[str, str]:
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _text(mimetype: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {mimetype: {"schema": {"type": "string"}}}}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -396,7 +401,24 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "This document",
         "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
     },
+    "site.root": {
+        "summary": "Send a browser to the dashboard (/ui/)",
+        "responses": {"302": {"description": "redirect to /ui/"}},
+    },
+    "site.docs": {
+        "summary": "This document, browsable (Swagger UI served by Orchestra itself)",
+        "responses": {"200": _text("text/html", "the page")},
+    },
+    "site.metrics": {
+        "summary": "Operational figures in Prometheus' text format",
+        "responses": {"200": _text("text/plain", "tasks, queue, durations, requests")},
+    },
 }
+
+
+def is_documented(rule: Rule) -> bool:
+    """False for static files and the dashboard's pages (HTML for people, not an API)."""
+    return rule.endpoint != "static" and not rule.endpoint.startswith(UNDOCUMENTED_PREFIXES)
 
 
 def openapi_path(rule: Rule) -> str:
@@ -409,7 +431,7 @@ def build_document(app: Flask, *, token: bool, protect_reads: bool) -> dict[str,
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: dict[str, int] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if not is_documented(rule):
             continue
         item = paths.setdefault(openapi_path(rule), {})
         for method in sorted((rule.methods or set()) - _SKIPPED_METHODS):

@@ -1,0 +1,274 @@
+"""The dashboard's pages under /ui/: each reads or changes through the Service, then renders.
+
+Changes are HTML forms posted to the server (they work without JavaScript) and answered with
+a redirect to the page that shows the result. Pages that change by themselves (an install, a
+running task, the task list) are re-rendered in part: ``?partial=1`` answers just the part,
+after waiting up to ``?wait=`` seconds for a task to end.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from orchestra.api import inputs
+from orchestra.api import tasks as task_routes
+from orchestra.api.auth import token_matches
+from orchestra.api.modules import save_upload
+from orchestra.api.routing import current_service as service
+from orchestra.errors import InvalidInput, NotFound
+from orchestra.manifest import Param, parse_manifest
+from orchestra.records import ModuleInfo, TaskInfo
+from orchestra.tasks.status import TaskStatus
+from orchestra.web import errors, guard
+from orchestra.web.previews import IMAGE_TYPES, Preview, preview
+
+_LOGGER = logging.getLogger(__name__)
+bp = Blueprint(
+    "web", __name__, url_prefix="/ui", template_folder="templates", static_folder="static"
+)
+bp.before_request(guard.check)
+errors.init_blueprint(bp)
+PAGE_SIZE = 50  # tasks in one page of the task list
+MODULE_TASKS = 20  # a module's latest tasks shown on its page
+STATUSES = tuple(s.value for s in TaskStatus)
+FINAL = frozenset(s.value for s in TaskStatus if s.is_final)
+
+
+@bp.context_processor
+def _page_globals() -> dict[str, Any]:
+    token_set = bool(service().settings.api_token)
+    return {"token_set": token_set, "signed_in": guard.signed_in(), "final_statuses": FINAL}
+
+
+def _see(endpoint: str, **values: Any) -> BaseResponse:
+    """A redirect after a change (303: the browser follows it with a GET)."""
+    return redirect(url_for(endpoint, **values), code=303)
+
+
+def _partial() -> bool:
+    return request.args.get("partial") == "1"
+
+
+# -- modules ------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def modules() -> str:
+    """Every module with its status."""
+    return render_template("modules.html", modules=service().list_modules())
+
+
+def _run_fields(module: ModuleInfo) -> list[dict[str, Any]]:
+    """The run form's inputs: each argument and hyperparameter with its type and default."""
+    if module.status != "installed" or not module.metadata:
+        return []
+    manifest = parse_manifest(module.metadata)
+    hyper = {param.name for param in manifest.hyperparameters}
+    return [_field(param, manifest.defaults.get(name), name in hyper)
+            for name, param in manifest.inputs.items()]  # fmt: skip
+
+
+def _field(param: Param, default: Any, hyper: bool) -> dict[str, Any]:
+    shown = "" if default is None else default
+    if isinstance(default, bool):
+        shown = "true" if default else "false"
+    return {"name": param.name, "type": param.type or "str", "default": shown, "hyper": hyper}
+
+
+@bp.get("/module/<module_id:module_id>")
+def module(module_id: int) -> str:
+    """One module: metadata, description, run form, install log, its latest tasks."""
+    svc = service()
+    info = svc.get_module(module_id)
+    context = {
+        "module": info,
+        "fields": _run_fields(info),
+        "tasks": svc.list_tasks(module=module_id, limit=MODULE_TASKS).tasks,
+    }
+    template = "module_main.html" if _partial() else "module.html"
+    return render_template(template, **context)
+
+
+@bp.post("/module/<module_id:module_id>/run")
+def run(module_id: int) -> BaseResponse:
+    """Start a task with the form's values (empty fields take their defaults)."""
+    args = {name: value for name, value in inputs.form_fields() if value != ""}
+    task = service().run(module_id, args)
+    return _see("web.task", task_id=task.id)
+
+
+@bp.post("/module/<module_id:module_id>/update")
+def update(module_id: int) -> BaseResponse:
+    """Re-install from the recorded source, at another ref if given."""
+    service().update(module_id, ref=request.form.get("ref") or None)
+    return _see("web.module", module_id=module_id)
+
+
+@bp.post("/module/<module_id:module_id>/remove")
+def remove(module_id: int) -> BaseResponse:
+    """Remove a module (``force`` kills its running tasks first)."""
+    service().remove(module_id, force=request.form.get("force") == "1")
+    return _see("web.modules")
+
+
+@bp.get("/register")
+def register() -> str:
+    """The form: a git URL (with ref and sub-folder) or a zip archive."""
+    return render_template("register.html")
+
+
+@bp.post("/register")
+def register_post() -> BaseResponse:
+    """Accept a registration; the module's page then shows the install's progress."""
+    svc = service()
+    subdir = request.form.get("subdir") or None
+    upload = request.files.get("file")
+    if upload is not None and upload.filename:
+        archive = save_upload(upload, svc.settings.uploads_dir)
+        try:
+            info = svc.register_in_background(archive=archive, subdir=subdir)
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
+    else:
+        source = (request.form.get("source") or "").strip()
+        if not source:
+            raise InvalidInput("give a git URL or folder, or choose a zip archive", key="source")
+        ref = request.form.get("ref") or None
+        info = svc.register_in_background(source, ref=ref, subdir=subdir)
+    return _see("web.module", module_id=info.id)
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+@bp.get("/tasks")
+def tasks() -> str:
+    """Tasks newest first, filtered by status and module, paged by cursor."""
+    status = inputs.query_text("status")
+    module_id = inputs.query_int("module", 0, minimum=0) or None
+    svc = service()
+    page = svc.list_tasks(
+        status=status, module=module_id, limit=PAGE_SIZE, cursor=inputs.query_text("cursor")
+    )
+    names = {m.id: m.name for m in svc.list_modules()}
+    context = {"page": page, "names": names, "status": status, "module_id": module_id}
+    if _partial():
+        return render_template("task_rows.html", **context)
+    return render_template("tasks.html", statuses=STATUSES, **context)
+
+
+def _previews(task: TaskInfo, output_type: str | None) -> list[Preview]:
+    if task.status != "done":
+        return []
+    return [preview(name, path, output_type) for name, path in service().task_outputs(task.id)]
+
+
+def _module_or_none(module_id: int) -> ModuleInfo | None:
+    try:
+        return service().get_module(module_id)
+    except NotFound:
+        return None  # removed since: the task's record stays
+
+
+@bp.get("/task/<task_id:task_id>")
+def task(task_id: int) -> str:
+    """One task: arguments, times, status, log, error, outputs with previews."""
+    svc = service()
+    info = svc.get_task(task_id, wait=inputs.query_wait() if _partial() else 0.0)
+    owner = _module_or_none(info.module)
+    context = {
+        "task": info,
+        "owner": owner,
+        "log": svc.task_log(task_id),
+        "previews": _previews(info, owner.output_type if owner else None),
+    }
+    return render_template("task_main.html" if _partial() else "task.html", **context)
+
+
+@bp.get("/task/<task_id:task_id>/log")
+def task_log(task_id: int) -> Response:
+    """Standard output and standard error so far, for the page's live log."""
+    return jsonify(service().task_log(task_id))
+
+
+@bp.post("/task/<task_id:task_id>/kill")
+def kill(task_id: int) -> BaseResponse:
+    """Stop a task's whole process tree, or drop it from the queue."""
+    service().kill(task_id)
+    return _see("web.task", task_id=task_id)
+
+
+@bp.get("/task/<task_id:task_id>/output")
+def output(task_id: int) -> Response:
+    """Every output file: the file itself when there is one, else a zip of them all."""
+    return task_routes.task_output(task_id)
+
+
+@bp.get("/task/<task_id:task_id>/output/<path:name>")
+def output_file(task_id: int, name: str) -> Response:
+    """One output file, as a download, or inline when it is a raster image (``?inline=1``)."""
+    if request.args.get("inline") == "1":
+        return _inline_image(task_id, name)
+    return task_routes.task_output_file(task_id, name)
+
+
+def _inline_image(task_id: int, name: str) -> Response:
+    from pathlib import PurePosixPath
+
+    from flask import send_file
+
+    mimetype = IMAGE_TYPES.get(PurePosixPath(name).suffix.lower())
+    if mimetype is None:  # only raster images: an SVG or HTML page could carry script
+        raise InvalidInput(f"{name[:100]!r} is not an image that can be shown", key="name")
+    return send_file(service().task_output_file(task_id, name), mimetype=mimetype, max_age=0)
+
+
+# -- the machine and signing in -----------------------------------------------------------
+
+
+@bp.get("/machine")
+def machine() -> str:
+    """Free disk, environments and their sizes, the installer cache, the task load."""
+    return render_template("machine.html", machine=service().machine())
+
+
+def _next_page() -> str:
+    target = request.values.get("next") or ""
+    # only a page of this site: "//host" or "/\\host" would leave it
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return url_for("web.modules")
+
+
+@bp.get("/signin")
+def signin() -> str:
+    """The sign-in form."""
+    return render_template("signin.html", next=_next_page(), failed=False)
+
+
+@bp.post("/signin")
+def signin_post() -> BaseResponse | tuple[str, int]:
+    """Check the token; keep a value derived from it in an HttpOnly, SameSite=Strict cookie."""
+    token = service().settings.api_token
+    given = request.form.get("token", "")
+    if not token or not token_matches(given, token):
+        return render_template("signin.html", next=_next_page(), failed=True), 401
+    response = redirect(_next_page(), code=303)
+    response.set_cookie(
+        guard.COOKIE, guard.session_value(token), httponly=True, samesite="Strict",
+        secure=request.is_secure, path="/",
+    )  # fmt: skip
+    return response
+
+
+@bp.post("/signout")
+def signout() -> BaseResponse:
+    """Forget the cookie."""
+    response = _see("web.modules")
+    response.delete_cookie(guard.COOKIE, path="/", samesite="Strict", httponly=True)
+    return response
