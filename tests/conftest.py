@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra.config import Settings, load_settings
-from tests.support.server import LiveServer
+from tests.support.server import LiveServer, serve_in_thread
 
 if TYPE_CHECKING:
     from orchestra.service import Service
@@ -67,21 +67,5 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def live_server(service: Service) -> Iterator[LiveServer]:
     """The API served by waitress on 127.0.0.1 (a free port), with the task runner started."""
-    import threading
-    import urllib.request
-
-    from orchestra.api.server import ApiServer
-
-    server = ApiServer(service.settings.with_overrides(host="127.0.0.1", port=0), service)
-    service.start()
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.port}"
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=10) as answer:
-            assert answer.status == 200
-        yield LiveServer(url, service)
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the live server did not stop"
+    with serve_in_thread(service) as server:
+        yield server

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from orchestra import __version__
 from orchestra.api import create_app
-from orchestra.api.openapi import OPERATIONS, openapi_path
+from orchestra.api.openapi import OPERATIONS, is_documented, openapi_path
 from orchestra.service import Service
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def _routes(app: Flask) -> set[tuple[str, str]]:
     return {
         (openapi_path(rule), method.lower())
         for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
+        if is_documented(rule)
         for method in (rule.methods or set()) - _SKIPPED
     }
 
@@ -48,7 +48,7 @@ def test_the_openapi_document_lists_every_route_and_nothing_else(
 
 
 def test_every_documented_endpoint_is_a_route_of_the_app(app: Flask) -> None:
-    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if is_documented(rule)}
     assert set(OPERATIONS) == endpoints
 
 

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,29 @@ class LiveServer:
     def __init__(self, url: str, service: Service) -> None:
         self.url = url
         self.service = service
+
+
+@contextmanager
+def serve_in_thread(service: Service) -> Iterator[LiveServer]:
+    """``service`` served by waitress on a free loopback port, with its task runner started."""
+    import threading
+    import urllib.request
+
+    from orchestra.api.server import ApiServer
+
+    server = ApiServer(service.settings.with_overrides(host="127.0.0.1", port=0), service)
+    service.start()
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as answer:
+            assert answer.status == 200
+        yield LiveServer(url, service)
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the live server did not stop"
 
 
 class ServerProcess:

@@ -12,7 +12,7 @@ from orchestra.web import guard, metrics
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("site", __name__, template_folder="templates")
 bp.before_request(guard.check)
-_SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"})
+_SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "LICENSE"})
 
 
 @bp.get("/")
@@ -23,7 +23,7 @@ def root() -> Response:
 
 @bp.get("/docs")
 def docs() -> str:
-    """The OpenAPI document in Swagger UI, served from the ``swagger-ui-bundle`` package."""
+    """The OpenAPI document in Swagger UI, from the files the ``flask-swagger-ui`` package ships."""
     return render_template("docs.html")
 
 
@@ -36,12 +36,13 @@ def swagger_file(name: str) -> Response:
 
 
 def _swagger_folder() -> Path:
-    import swagger_ui_bundle  # type: ignore[import-untyped]
+    # only the files the package ships: its own blueprint's page has inline script
+    from importlib.resources import files
 
-    return Path(swagger_ui_bundle.swagger_ui_path)
+    return Path(str(files("flask_swagger_ui") / "dist"))
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", endpoint="metrics")
 def metrics_text() -> Response:
     """Tasks by status, queue depth, task durations, registrations, request latencies."""
     body, content_type = metrics.exposition()
