@@ -6,6 +6,8 @@ import logging
 import random
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from context import Context
@@ -33,16 +35,23 @@ METHOD = (
 def run_bench(ctx: Context) -> list[Row]:
     """Fill the database, then time single-task reads and task-list pages."""
     total = ctx.count(100_000, 2_000)
-    scratch = ctx.folder("api")
+    with filled_server(ctx, NAME, total) as server:
+        return _measure(ctx, server.client, total)
+
+
+@contextmanager
+def filled_server(ctx: Context, name: str, total: int) -> Iterator[Server]:
+    """A real server on a database holding ``total`` finished tasks of one no-op module."""
+    scratch = ctx.folder(name)
     env = orchestra_env(scratch / "home", ctx.uv_cache)
     with Server(env, scratch / "server.log") as server:
         module_id = server.register(ctx.prepare("noop", scratch / "module"))
         server.wait(server.submit(module_id))
-    ctx.log(f"api: filling the database with {total} finished tasks")
+    ctx.log(f"{name}: filling the database with {total} finished tasks")
     fill_seconds = _fill(Path(env["ORCHESTRA_HOME"]), total)
-    ctx.log(f"api: filled in {fill_seconds:.1f} s")
+    ctx.log(f"{name}: filled in {fill_seconds:.1f} s")
     with Server(env, scratch / "server-2.log") as server:
-        return _measure(ctx, server.client, total)
+        yield server
 
 
 def _measure(ctx: Context, client: Client, total: int) -> list[Row]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import bench_api
+import bench_dashboard
 import bench_disk
 import bench_first_run
 import bench_memory
@@ -35,6 +36,7 @@ BENCHES: list[ModuleType] = [
     bench_throughput,
     bench_api,
     bench_memory,
+    bench_dashboard,
 ]
 BY_NAME = {bench.NAME: bench for bench in BENCHES}
 DOC = ROOT / "docs" / "benchmarks.md"

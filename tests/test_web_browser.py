@@ -17,7 +17,7 @@ import pytest
 from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.browser import Visit, browser, other_origin, visit  # noqa: F401
-from tests.support.helpers import wait_for, write_module
+from tests.support.helpers import write_module
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.server import LiveServer, serve_in_thread
 

@@ -75,7 +75,9 @@ class ApiServer:
 
     def serve_forever(self) -> None:
         """Answer requests until ``stop()`` is called, then close every connection."""
-        _LOGGER.info("serving on http://%s:%s", self._server.effective_host, self.port)
+        address = f"http://{self._server.effective_host}:{self.port}"
+        _LOGGER.info("serving on %s", address)
+        _LOGGER.info("dashboard: %s/ui/", address)
         try:
             while self._map and not self._stopping.is_set():
                 wasyncore.loop(timeout=_POLL, map=self._map, count=1)

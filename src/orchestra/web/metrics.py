@@ -37,6 +37,8 @@ class _TaskCollector(Collector):
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        self._observe_finished()
+        yield from self._durations.collect()
         counts = self._service.tasks.counts()
         by_status = GaugeMetricFamily(
             "orchestra_tasks", "Tasks in the database by status", labels=["status"]
@@ -51,7 +53,6 @@ class _TaskCollector(Collector):
         for status, count in self._module_counts().items():
             modules.add_metric([status], count)
         yield modules
-        self._observe_finished()
 
     def _module_counts(self) -> dict[str, int]:
         counts = {"installing": 0, "installed": 0, "error": 0}
@@ -86,7 +87,7 @@ class _Metrics:
             "orchestra_task_duration_seconds",
             "How long finished tasks ran",
             buckets=_DURATION_BUCKETS,
-            registry=self.registry,
+            registry=None,  # collected by the task collector, after it has read the new ends
         )
         self.registry.register(_TaskCollector(service, durations))
 

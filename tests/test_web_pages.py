@@ -1,0 +1,191 @@
+"""The dashboard's pages through Flask's test client: content, safety headers, sign-in, origin."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from orchestra.api import create_app
+from orchestra.config import Settings
+from orchestra.service import Service
+from tests.support.helpers import write_module
+from tests.support.paths import DATA, EXAMPLES
+
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
+
+TOKEN = "web-Tökén"
+HERE = {"Origin": "http://localhost"}  # the test client's own origin
+PAGES = ["/ui/", "/ui/tasks", "/ui/register", "/ui/machine", "/ui/signin", "/docs"]
+
+
+@pytest.fixture
+def installed(service: Service) -> Service:
+    """The service with the catalog example installed (module 1)."""
+    service.register(str(EXAMPLES / "catalog"))
+    return service
+
+
+def _scripts(html: str) -> list[str]:
+    return re.findall(r"<script\b[^>]*>", html)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_forbids_inline_script_and_loads_only_its_own_files(
+    client: FlaskClient, path: str
+) -> None:
+    answer = client.get(path)
+    assert answer.status_code == 200
+    policy = answer.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+    assert "default-src 'self'" in policy and "form-action 'self'" in policy
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    html = answer.get_data(as_text=True)
+    for tag in _scripts(html):
+        assert 'src="/' in tag or 'type="application/json"' in tag, tag
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", html)
+
+
+def test_the_root_redirects_a_browser_to_the_dashboard(client: FlaskClient) -> None:
+    answer = client.get("/")
+    assert answer.status_code == 302
+    assert answer.headers["Location"].endswith("/ui/")
+
+
+def test_a_module_page_shows_its_inputs_with_types_and_defaults(
+    installed: Service, client: FlaskClient
+) -> None:
+    html = client.get("/ui/module/1").get_data(as_text=True)
+    assert 'name="parameter" value="imf_bz"' in html
+    assert 'type="number" step="1" name="spacing_hours" value="6"' in html
+    assert 'type="number" step="any" name="min_score" value="0.0"' in html
+    assert "<em>events</em>" in html  # the description's Markdown, rendered
+    assert client.get("/ui/module/2").status_code == 404
+    assert "Not found" in client.get("/ui/module/2").get_data(as_text=True)
+
+
+def test_a_hostile_description_and_name_are_escaped_or_sanitised(
+    service: Service, client: FlaskClient, tmp_path: Path
+) -> None:
+    folder = write_module(tmp_path / "m", name="<b onmouseover=alert(1)>x</b>", code="pass")
+    metadata = (folder / "metadata.json").read_text()
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)> [a](javascript:alert(3))"
+    (folder / "metadata.json").write_text(metadata.replace("test module", hostile))
+    service.register(str(folder))
+    for path in ("/ui/", "/ui/module/1"):
+        html = client.get(path).get_data(as_text=True)
+        assert all('src="/' in tag for tag in _scripts(html))
+        assert not re.search(r"<[^>]*\son[a-z]+\s*=", html)  # no handler in any real tag
+        assert "<img" not in html and 'href="javascript:' not in html
+        assert "&lt;b onmouseover=alert(1)&gt;x&lt;/b&gt;" in html
+
+
+def test_a_change_from_another_origin_is_refused_and_changes_nothing(
+    installed: Service, client: FlaskClient
+) -> None:
+    for headers in (
+        {"Origin": "http://localhost:8471"},  # another port of the same host
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "http://localhost:9999/page"},
+        {},  # neither header: a browser always sends one on a form post
+    ):
+        answer = client.post("/ui/module/1/run", data={"parameter": "x"}, headers=headers)
+        assert answer.status_code == 403, headers
+        assert "another site or port" in answer.get_data(as_text=True)
+    assert installed.list_tasks().total == 0
+    same = client.post("/ui/module/1/run", headers={"Referer": "http://localhost/ui/module/1"})
+    assert same.status_code == 303
+    assert installed.list_tasks().total == 1
+
+
+def test_run_form_values_are_checked_by_the_service(
+    installed: Service, client: FlaskClient
+) -> None:
+    answer = client.post("/ui/module/1/run", data={"spacing_hours": "six"}, headers=HERE)
+    assert answer.status_code == 400
+    assert "spacing_hours" in answer.get_data(as_text=True)
+    assert installed.list_tasks().total == 0
+
+
+@pytest.fixture
+def guarded(settings: Settings) -> Iterator[FlaskClient]:
+    """A client of an app whose changes need the token, with the catalog example."""
+    service = Service(settings.with_overrides(api_token=TOKEN))
+    try:
+        service.register(str(EXAMPLES / "catalog"))
+        yield create_app(service=service).test_client()
+    finally:
+        service.close()
+
+
+def test_with_a_token_a_change_needs_the_sign_in_cookie(guarded: FlaskClient) -> None:
+    assert guarded.get("/ui/module/1").status_code == 200  # reads stay open
+    refused = guarded.post("/ui/module/1/run", headers=HERE)
+    assert refused.status_code == 401
+    wrong = guarded.post("/ui/signin", data={"token": TOKEN.upper()}, headers=HERE)
+    assert wrong.status_code == 401
+    assert guarded.get_cookie("orchestra_session") is None
+    signed = guarded.post("/ui/signin", data={"token": TOKEN, "next": "/ui/tasks"}, headers=HERE)
+    assert signed.status_code == 303 and signed.headers["Location"] == "/ui/tasks"
+    cookie = signed.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert re.fullmatch(r"orchestra_session=[0-9a-f]{64}", cookie.split(";")[0])  # not the token
+    assert guarded.post("/ui/module/1/run", headers=HERE).status_code == 303
+    # the cookie is the dashboard's: the JSON API still wants the bearer header
+    assert guarded.post("/module/1/run").status_code == 401
+    assert guarded.post("/ui/signout", headers=HERE).status_code == 303
+    assert guarded.post("/ui/module/1/run", headers=HERE).status_code == 401
+
+
+def test_sign_in_only_returns_to_a_page_of_this_site(guarded: FlaskClient) -> None:
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        answer = guarded.post("/ui/signin", data={"token": TOKEN, "next": target}, headers=HERE)
+        assert answer.headers["Location"] == "/ui/", target
+
+
+def test_protected_reads_send_a_browser_to_sign_in(settings: Settings) -> None:
+    service = Service(settings.with_overrides(api_token=TOKEN, protect_reads=True))
+    try:
+        client = create_app(service=service).test_client()
+        answer = client.get("/ui/tasks")
+        assert answer.status_code == 302 and "/ui/signin" in answer.headers["Location"]
+        assert client.get("/ui/signin").status_code == 200
+        assert client.get("/metrics").status_code == 302
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.get("/metrics", headers=bearer).status_code == 200
+    finally:
+        service.close()
+
+
+def test_metrics_count_tasks_queue_durations_registrations_and_requests(
+    installed: Service, client: FlaskClient
+) -> None:
+    task = installed.run(1, {})
+    installed.get_task(task.id, wait=60)
+    client.post("/modules", json={"source": str(DATA / "modules" / "echo")})
+    installed.registry.join_background(60)
+    client.get("/ui/tasks")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'orchestra_tasks{status="done"} 1.0' in text
+    assert "orchestra_queue_depth 0.0" in text
+    assert "orchestra_task_duration_seconds_count 1.0" in text
+    assert "orchestra_registrations_total 1.0" in text
+    assert 'orchestra_modules{status="installed"} 2.0' in text
+    assert 'orchestra_request_seconds_count{endpoint="web.tasks",method="GET",status="200"}' in text
+    again = client.get("/metrics").get_data(as_text=True)
+    assert "orchestra_task_duration_seconds_count 1.0" in again  # each task counted once
+
+
+def test_the_machine_page_shows_disk_environments_and_cache(
+    installed: Service, client: FlaskClient
+) -> None:
+    html = client.get("/ui/machine").get_data(as_text=True)
+    assert "Free disk" in html and "Example catalog" in html
+    assert str(installed.settings.uv_cache_dir) in html
+    info = installed.machine()
+    assert info.disk_free > 0 and info.environments[0].size.files > 0
