@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from orchestra.web.filters import markdown
-from orchestra.web.previews import PREVIEW_BYTES, TABLE_ROWS, preview
+from orchestra.web.previews import PREVIEW_BYTES, TABLE_ROWS, column_names, preview
 
 
 def test_a_time_series_becomes_one_line_per_numeric_column(tmp_path: Path) -> None:
@@ -32,9 +32,9 @@ def test_a_catalog_skips_header_lines_and_gets_a_timeline(tmp_path: Path) -> Non
         "2020-01-01T00:00:00 2020-01-01T06:00:00 0.5\n"
         "2020-01-01T18:00:00 2020-01-02T00:00:00 0.9\n"
     )
-    shown = preview("catalog.txt", path, "catalog")
+    shown = preview("catalog.txt", path, "catalog", ("start", "stop"))
     assert shown.kind == "table"
-    assert shown.columns == ("column 1", "column 2", "column 3")
+    assert shown.columns == ("start", "stop", "column 3")
     assert shown.rows[1] == ("2020-01-01T18:00:00", "2020-01-02T00:00:00", "0.9")
     assert [(s.x, s.width) for s in shown.spans] == [(0.0, 250.0), (750.0, 250.0)]
     assert shown.span_range == ("2020-01-01 00:00", "2020-01-02 00:00")
@@ -73,3 +73,11 @@ def test_markdown_keeps_formatting_and_drops_anything_that_runs() -> None:
     assert "<script" not in html and "<img" not in html
     assert not re.search(r"<[^>]*\son[a-z]+\s*=", html)  # handlers only as escaped text
     assert 'href="javascript:' not in html
+
+
+def test_column_names_come_from_the_declared_output_columns() -> None:
+    output = {"columns": [{"name": "parameter", "type": "str"}, {"name": "score"}]}
+    assert column_names("catalog", output) == ("start", "stop", "parameter", "score")
+    assert column_names("timetable", {}) == ("start", "stop")
+    assert column_names("timeseries", {"columns": ["bx", "by"]}) == ("bx", "by")
+    assert column_names(None, None) == ()

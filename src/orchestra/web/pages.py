@@ -24,7 +24,7 @@ from orchestra.manifest import Param, parse_manifest
 from orchestra.records import ModuleInfo, TaskInfo
 from orchestra.tasks.status import TaskStatus
 from orchestra.web import errors, guard
-from orchestra.web.previews import IMAGE_TYPES, Preview, preview
+from orchestra.web.previews import IMAGE_TYPES, Preview, column_names, preview
 
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint(
@@ -162,10 +162,12 @@ def tasks() -> str:
     return render_template("tasks.html", statuses=STATUSES, **context)
 
 
-def _previews(task: TaskInfo, output_type: str | None) -> list[Preview]:
+def _previews(task: TaskInfo, owner: ModuleInfo | None) -> list[Preview]:
     if task.status != "done":
         return []
-    return [preview(name, path, output_type) for name, path in service().task_outputs(task.id)]
+    kind = owner.output_type if owner else None
+    names = column_names(kind, (owner.metadata or {}).get("output") if owner else None)
+    return [preview(name, path, kind, names) for name, path in service().task_outputs(task.id)]
 
 
 def _module_or_none(module_id: int) -> ModuleInfo | None:
@@ -185,7 +187,7 @@ def task(task_id: int) -> str:
         "task": info,
         "owner": owner,
         "log": svc.task_log(task_id),
-        "previews": _previews(info, owner.output_type if owner else None),
+        "previews": _previews(info, owner),
     }
     return render_template("task_main.html" if _partial() else "task.html", **context)
 

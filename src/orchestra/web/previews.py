@@ -50,8 +50,8 @@ class Preview:
     shown_rows: int = field(default=0)
 
 
-def preview(name: str, path: Path, output_type: str | None) -> Preview:
-    """The preview of one output file of a task whose module declares ``output_type``."""
+def preview(name: str, path: Path, output_type: str | None, names: tuple[str, ...] = ()) -> Preview:
+    """One output file's preview; ``names`` are its columns when the file has no header row."""
     size = path.stat().st_size
     if PurePosixPath(name).suffix.lower() in IMAGE_TYPES:
         return Preview(name, size, "image")
@@ -63,7 +63,7 @@ def preview(name: str, path: Path, output_type: str | None) -> Preview:
     text = head.decode("utf-8", errors="replace")
     if truncated:
         text = text.rpartition("\n")[0]  # the last line may be cut in the middle
-    columns, rows = _table(text)
+    columns, rows = _table(text, names)
     base = Preview(name, size, "text", truncated)
     if not rows:
         return replace(base, text=text[:20000])
@@ -83,7 +83,7 @@ def _split(line: str, delimiter: str | None) -> list[str]:
     return next(csv.reader([line], delimiter=delimiter))
 
 
-def _table(text: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def _table(text: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     # lines starting with '#' are comments or an AMDA header: not data
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
@@ -94,7 +94,9 @@ def _table(text: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     if rows[0] and parse_time(rows[0][0]) is None:
         header, data = rows[0], rows[1:]
     else:
-        header, data = tuple(f"column {i + 1}" for i in range(len(rows[0]))), rows
+        width = len(rows[0])
+        header = names[:width] + tuple(f"column {i + 1}" for i in range(len(names), width))
+        data = rows
     return header, data
 
 
@@ -132,6 +134,15 @@ def _plot(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> dict[str, An
         return None
     times = [int(moment.timestamp() * 1000) for moment, _ in points]
     return {"t": times, "series": series, "time": columns[0]}
+
+
+def column_names(output_type: str | None, output: object) -> tuple[str, ...]:
+    """The columns a module declares for its output (``output.columns``), after start, stop."""
+    declared = output.get("columns") if isinstance(output, dict) else None
+    if not isinstance(declared, list):
+        return ("start", "stop") if output_type in _INTERVALS else ()
+    names = tuple(str(item.get("name") if isinstance(item, dict) else item) for item in declared)
+    return ("start", "stop", *names) if output_type in _INTERVALS else names
 
 
 def _timeline(rows: list[tuple[str, ...]]) -> tuple[tuple[Span, ...], tuple[str, str] | None]:
