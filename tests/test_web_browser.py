@@ -222,3 +222,27 @@ def test_the_root_sends_a_browser_to_the_dashboard(tab: Visit) -> None:
     tab.go("/")
     assert tab.page.url.endswith("/ui/")
     assert tab.page.locator("h1").inner_text() == "Modules"
+
+
+def test_every_page_reads_without_javascript(
+    browser: Browser,  # noqa: F811
+    live_server: LiveServer,
+    shots: Path,
+) -> None:
+    svc = live_server.service
+    module = svc.register(str(EXAMPLES / "catalog"))
+    task = svc.run(module.id, {})
+    svc.get_task(task.id, wait=60)
+    with visit(browser, live_server.url, shots, javascript=False) as tab:
+        tab.go("/ui/")
+        assert tab.page.locator(".module-card h2").inner_text() == "Example catalog"
+        tab.go(f"/ui/module/{module.id}")
+        assert tab.page.locator(".run-form input[name=parameter]").input_value() == "imf_bz"
+        tab.go("/ui/tasks")
+        assert tab.page.locator("table.tasks .badge.done").count() == 1
+        tab.go(f"/ui/task/{task.id}")
+        assert tab.page.locator("table.data tbody tr").count() == 4
+        tab.go(f"/ui/module/{module.id}")
+        tab.page.click(".run-form button[type=submit]")  # a plain form post, then a redirect
+        assert tab.page.url.endswith(f"/ui/task/{task.id + 1}")
+        assert tab.foreign_requests() == []

@@ -12,6 +12,7 @@ import pytest
 from orchestra.api import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
+from tests.support.gitserver import GitDaemon, make_repo
 from tests.support.helpers import write_module
 from tests.support.paths import DATA, EXAMPLES
 
@@ -189,3 +190,61 @@ def test_the_machine_page_shows_disk_environments_and_cache(
     assert str(installed.settings.uv_cache_dir) in html
     info = installed.machine()
     assert info.disk_free > 0 and info.environments[0].size.files > 0
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a2a0e0e50000000049454e44ae426082"
+)
+
+
+def test_register_from_git_at_a_ref_in_a_sub_folder_then_update_and_remove(
+    service: Service, client: FlaskClient, git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "m", name="From git", code="pass")
+    files = {f"models/m/{p.relative_to(module)}": p.read_bytes() for p in module.rglob("*.*")}
+    repo = git_daemon.new_repo(files)
+    make_repo(repo, files, branch="stable")
+    form = {"source": git_daemon.url(repo.name), "ref": "stable", "subdir": "models/m"}
+    answer = client.post("/ui/register", data=form, headers=HERE)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/module/1"
+    service.registry.join_background(120)
+    html = client.get("/ui/module/1").get_data(as_text=True)
+    assert "From git" in html and "stable" in html and "models/m" in html
+    assert "installed" in html and 'action="/ui/module/1/update"' in html
+    updated = client.post("/ui/module/1/update", data={"ref": "main"}, headers=HERE)
+    assert updated.status_code == 303
+    assert service.get_module(1).ref == "main"
+    removed = client.post("/ui/module/1/remove", headers=HERE)
+    assert removed.status_code == 303 and removed.headers["Location"] == "/ui/"
+    assert service.list_modules() == []
+
+
+def test_a_failed_task_shows_why_and_its_log(service: Service, client: FlaskClient) -> None:
+    module = service.register(str(DATA / "modules" / "fails"))
+    task = service.run(module.id, {})
+    assert service.get_task(task.id, wait=60).status == "error"
+    html = client.get(f"/ui/task/{task.id}").get_data(as_text=True)
+    assert "Why it failed" in html and "status 3" in html
+    assert 'id="kill"' not in html and "data-live-src" not in html  # final: nothing to follow
+
+
+def test_an_image_is_shown_inline_and_other_files_only_downloaded(
+    service: Service, client: FlaskClient, tmp_path: Path
+) -> None:
+    code = (
+        f"(out / 'plot.png').write_bytes(bytes.fromhex({PNG.hex()!r}))\n"
+        "(out / 'page.svg').write_text('<svg onload=\"alert(1)\"/>')"
+    )
+    folder = write_module(tmp_path / "img", name="Pictures", code=code, output={"type": "image"})
+    module = service.register(str(folder))
+    task = service.run(module.id, {})
+    assert service.get_task(task.id, wait=60).status == "done"
+    html = client.get(f"/ui/task/{task.id}").get_data(as_text=True)
+    assert f'<img class="preview-image" src="/ui/task/{task.id}/output/plot.png?inline=1"' in html
+    shown = client.get(f"/ui/task/{task.id}/output/plot.png?inline=1")
+    assert shown.status_code == 200 and shown.mimetype == "image/png" and shown.data == PNG
+    assert "attachment" not in shown.headers.get("Content-Disposition", "")
+    assert client.get(f"/ui/task/{task.id}/output/page.svg?inline=1").status_code == 400
+    download = client.get(f"/ui/task/{task.id}/output/page.svg")
+    assert download.headers["Content-Disposition"].startswith("attachment")

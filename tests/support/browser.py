@@ -89,9 +89,11 @@ def _origin(url: str) -> str:
 
 
 @contextmanager
-def visit(browser: Browser, base: str, shots: Path) -> Iterator[Visit]:
+def visit(browser: Browser, base: str, shots: Path, *, javascript: bool = True) -> Iterator[Visit]:
     """A fresh browser context (no cookies) on ``base``; dialogs are recorded and dismissed."""
-    context = browser.new_context(viewport=LAPTOP, accept_downloads=True)
+    context = browser.new_context(
+        viewport=LAPTOP, accept_downloads=True, java_script_enabled=javascript
+    )
     context.set_default_timeout(30_000)
     page = context.new_page()
     tab = Visit(page, context, base.rstrip("/"), shots)
