@@ -53,6 +53,12 @@ class Settings:
     poll_interval: float = 1.0  # seconds between the runner's sweeps of the database
     uv_cache: str = ""  # the installer's cache folder; empty means home/cache/uv
     url: str = ""  # a server's REST API that the command line drives; empty means this machine
+    sandbox: str = "auto"  # auto (where the machine allows) | required (refuse without) | off
+    task_memory_mb: int = 0  # MB of memory a task may use (cgroup; 0 = no limit)
+    task_cpu_seconds: int = 0  # seconds of CPU time per process of a task (0 = no limit)
+    task_output_mb: int = 0  # MB a task may write, all its files together (0 = no limit)
+    task_processes: int = 1024  # processes and threads a task may have at once (0 = no limit)
+    min_free_mb: int = 100  # MB free in the data folder below which tasks wait, installs refused
 
     @property
     def db_url(self) -> str:
@@ -86,17 +92,26 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_CHOICES = {"sandbox": ("auto", "required", "off")}
+_NON_NEGATIVE = ("task_memory_mb", "task_cpu_seconds", "task_output_mb", "task_processes",
+                 "min_free_mb")  # fmt: skip
 
 
 def _coerce(name: str, raw: Any) -> Any:
     kind = _FIELDS[name].type
+    if name in _CHOICES and str(raw) not in _CHOICES[name]:
+        allowed = " | ".join(_CHOICES[name])
+        raise InvalidInput(f"setting {name}: {raw!r} is not one of {allowed}", key=name)
     try:
         if kind == "Path":
             return Path(raw).expanduser()
         if kind == "bool":
             return _to_bool(raw)
         if kind == "int":
-            return int(raw)
+            value = int(raw)
+            if name in _NON_NEGATIVE and value < 0:
+                raise ValueError(raw)
+            return value
         if kind == "float":
             return float(raw)
         return str(raw)

@@ -20,6 +20,7 @@ ALWAYS_OFFERED = ("start", "stop")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}\Z")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
+LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -52,6 +53,8 @@ class Manifest:
     timeout: float | None
     inputs: dict[str, Param] = field(default_factory=dict)
     requirements_file: str | None = None
+    network: bool = False  # whether its tasks may use the network (SPEC section 9)
+    limits: dict[str, int] = field(default_factory=dict)  # its own limits, by LIMIT_KEYS
 
 
 def load_manifest(folder: Path) -> Manifest:
@@ -91,6 +94,7 @@ def parse_manifest(data: Any) -> Manifest:
     requirements_file = _requirements_file(install, problems)
     python_version = _python_version(install, problems)
     timeout = _timeout(data, problems)
+    network, limits = _network(data, problems), _limits(data, problems)
     if problems:
         raise InvalidMetadata(problems)
     return Manifest(
@@ -98,7 +102,7 @@ def parse_manifest(data: Any) -> Manifest:
         hyperparameters=hyper, defaults=defaults, output_type=output_type,
         output_files=output_files, executable=executable, files=files,
         requirements=requirements, python_version=python_version, timeout=timeout,
-        inputs=inputs, requirements_file=requirements_file,
+        inputs=inputs, requirements_file=requirements_file, network=network, limits=limits,
     )  # fmt: skip
 
 
@@ -327,6 +331,32 @@ def _timeout(data: dict, problems: list[str]) -> float | None:
         problems.append("timeout: must be a positive number of seconds")
         return None
     return float(value)
+
+
+def _network(data: dict, problems: list[str]) -> bool:
+    value = data.get("network", False)
+    if not isinstance(value, bool):
+        problems.append(f"network: must be true or false, not {_kind(value)}")
+        return False
+    return value
+
+
+def _limits(data: dict, problems: list[str]) -> dict[str, int]:
+    value = data.get("limits")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"limits: must be an object, not {_kind(value)}")
+        return {}
+    limits = {}
+    for key, item in value.items():
+        if key not in LIMIT_KEYS:
+            problems.append(f"limits.{key}: unknown limit (known: {', '.join(LIMIT_KEYS)})")
+        elif isinstance(item, bool) or not isinstance(item, int) or not 0 < item < 2**40:
+            problems.append(f"limits.{key}: must be a positive whole number")
+        else:
+            limits[key] = item
+    return limits
 
 
 def relative_path_problem(value: Any) -> str | None:

@@ -17,6 +17,7 @@ from orchestra.sources import SourceSpec
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from orchestra.executors.sandbox import SandboxState
     from orchestra.machine import MachineInfo
     from orchestra.registry import Registry
     from orchestra.storage.db import Database
@@ -105,6 +106,11 @@ class Service:
 
     def start(self) -> None:
         """Start the background work of a server: recovery, task runner, sweeps."""
+        from orchestra.executors import sandbox
+
+        state = sandbox.require(self.settings)  # ORCHESTRA_SANDBOX=required: refuse without
+        report = _LOGGER.info if state.active or state.mode == "off" else _LOGGER.warning
+        report("task sandbox: %s (%s)", "on" if state.active else "OFF", state.detail)
         self._serving = True
         self.registry.recover()
         self.tasks.start()
@@ -293,4 +299,10 @@ class Service:
             "version": __version__,
             "modules": len(self.registry.list()),
             "tasks": self.tasks.counts(),
+            "sandbox": self._sandbox().describe(),
         }
+
+    def _sandbox(self) -> SandboxState:
+        from orchestra.executors import sandbox
+
+        return sandbox.detect(self.settings.sandbox)

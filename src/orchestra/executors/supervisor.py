@@ -35,9 +35,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from orchestra.executors import proctree
-else:  # run by path with -I -S: the package is not importable, its sibling file is
+    from orchestra.executors import limits, proctree
+else:  # run by path with -I -S: the package is not importable, its sibling files are
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import limits  # type: ignore[no-redef]
     import proctree  # type: ignore[no-redef]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -207,9 +208,12 @@ def _has_children() -> bool:
             return False
 
 
-def _watch(module_pid: int, timeout: float | None) -> tuple[str, int | None]:
-    """Wait until the module ends, a stop is requested or the time is up."""
+def _watch(
+    module_pid: int, timeout: float | None, guard: limits.Guard | None
+) -> tuple[str, int | None]:
+    """Wait until the module ends, a stop is requested, the time is up or a limit is crossed."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    interval = 3600.0 if guard is None or guard.interval is None else guard.interval
     while True:
         status = _reap(module_pid)
         if status is not None:
@@ -219,7 +223,9 @@ def _watch(module_pid: int, timeout: float | None) -> tuple[str, int | None]:
         remaining = 3600.0 if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
             return "timeout", None
-        _wait_for_signal(min(remaining, 3600.0))
+        if guard is not None and guard.interval is not None and guard.check():
+            return "limit", None
+        _wait_for_signal(min(remaining, interval))
 
 
 def _stop_tree(module_pid: int, grace: float, status: int | None) -> int | None:
@@ -261,10 +267,18 @@ def _result(reason: str, status: int | None, started: float) -> dict[str, Any]:
 
 def _supervise(task_dir: str, spec: dict[str, Any], record: _Record) -> dict[str, Any]:
     started = time.time()
+    guard = limits.Guard(spec["limits"], task_dir) if spec.get("limits") else None
     try:
+        if guard is not None:
+            guard.enter()
         module_pid = _spawn(spec, task_dir)
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        if guard is not None:
+            guard.leave()
         return {**_result("start_failed", None, started), "error": str(exc)}
+    finally:
+        if guard is not None:
+            guard.spawned()
     # from here on the module is starting: what is written now costs it no time
     me = os.getpid()
     record.start(
@@ -275,12 +289,31 @@ def _supervise(task_dir: str, spec: dict[str, Any], record: _Record) -> dict[str
             "module_start": proctree.start_time(module_pid),
         }
     )
-    reason, status = _watch(module_pid, spec.get("timeout"))
+    reason, status = _watch(module_pid, spec.get("timeout"), guard)
     grace = float(spec.get("grace", 5.0))
     if reason != "exited" or _has_children():
         # also when the module ended normally: what it left running dies with the task
         status = _stop_tree(module_pid, grace, status)
-    return _result(reason, status, started)
+    result = _result(reason, status, started)
+    if guard is not None:
+        _judge(guard, result, status, reason)
+    elif reason == "exited" and result["exit_code"] != 0 and limits.disk_full(task_dir):
+        result["disk_full"] = True
+    return result
+
+
+def _judge(guard: limits.Guard, result: dict[str, Any], status: int | None, reason: str) -> None:
+    """Name the limit that ended the task, if one did, in ``result``; leave its cgroups."""
+    try:
+        crossed = guard.verdict(status) if reason in ("exited", "limit") else None
+        if crossed is not None:
+            result["reason"] = "limit"
+            result["limit"] = crossed
+            result["error"] = limits.message(crossed, guard.values[crossed])
+        elif reason == "exited" and result["exit_code"] != 0:
+            result["disk_full"] = limits.disk_full(guard.task_dir)
+    finally:
+        guard.leave()
 
 
 def prepare() -> None:

@@ -317,12 +317,26 @@ def outcome_from_result(
         return Outcome(TaskStatus.ERROR, code, f"timed out after {spec.get('timeout', 0):g} s")
     if reason == "start_failed":
         return Outcome(TaskStatus.ERROR, None, f"could not start: {result.get('error')}")
+    if reason == "limit":
+        return Outcome(TaskStatus.ERROR, code, _with_tail(str(result.get("error")), folder))
+    if code != 0 and _out_of_space(folder, result):
+        why = f"no space left on the disk of {folder.root.parent} (the task could not write)"
+        return Outcome(TaskStatus.ERROR, code, _with_tail(why, folder))
     if signum:
         why = f"killed by signal {signum} ({_signal_name(signum)})"
         return Outcome(TaskStatus.ERROR, None, _with_tail(why, folder))
     if code != 0:
         return Outcome(TaskStatus.ERROR, code, _with_tail(f"exited with status {code}", folder))
     return _done(folder, spec.get("outputs"), spec.get("catalog"))
+
+
+def _out_of_space(folder: TaskFolder, result: Mapping[str, Any]) -> bool:
+    """True when a failed task died for lack of disk space, as far as can be told."""
+    if result.get("disk_full"):
+        return True
+    # Python exits with 120 when flushing its output at exit fails (ENOSPC here, usually)
+    tail = tail_text(folder.stderr, TAIL_BYTES)
+    return "No space left on device" in tail or "[Errno 28]" in tail
 
 
 def orphan_outcome(handle: Mapping[str, Any] | None, kill_requested: bool) -> Outcome:

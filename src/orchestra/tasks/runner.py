@@ -23,7 +23,7 @@ from sqlalchemy import func, null, select
 
 from orchestra import catalogs
 from orchestra.errors import InvalidInput, NotFound, WrongState
-from orchestra.executors import get_executor
+from orchestra.executors import get_executor, sandbox
 from orchestra.executors.base import Handle
 from orchestra.manifest import Manifest, bind_arguments, command_args
 from orchestra.process import clean_env
@@ -137,9 +137,12 @@ class TaskRunner:
         argv = [str(install.python), *command_args(manifest.executable, str(folder.output), bound)]
         outputs = list(manifest.output_files) if manifest.output_files else None
         grace = self.settings.kill_grace
-        return {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
+        spec = {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
                 "timeout": timeout, "grace": grace, "outputs": outputs,
                 "catalog": catalogs.header_facts(manifest)}  # fmt: skip
+        return sandbox.confine(
+            spec, settings=self.settings, manifest=manifest, install=install, output=folder.output
+        )
 
     def dispatch(self) -> int:
         """Start queued tasks, oldest first, while fewer than ``max_running`` run; how many."""

@@ -1,0 +1,238 @@
+"""Each task in a sandbox, with limits: what the machine allows, and the command that runs it.
+
+The sandbox is Debian's bubblewrap (``bwrap``): new user, mount, pid, ipc, uts, cgroup and
+network namespaces (the network shared only when the module declares ``network: true``), a
+root that holds the system's programs and libraries read-only (``/usr`` and its links, a few
+files of ``/etc``), the interpreter the environment was built from, the module's code and
+environment read-only, its output folder writable, a private ``/tmp`` and ``/dev``, a new
+``/proc`` that shows only the task's own processes, no capabilities, and a new session.
+Nothing else of the data folder is there: no database, no other module or task, no log of
+its own (the supervisor opened them before the sandbox was made). The environment is the
+clean one the runner builds (no ``ORCHESTRA_*`` setting, no token).
+
+What works is found out once per process (:func:`detect`), by running bubblewrap with the
+same namespaces once, and by making and removing a cgroup where the limits would go.
+The limits themselves are applied by the supervisor (``limits.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestra.errors import OrchestraError
+from orchestra.manifest import LIMIT_KEYS
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+    from orchestra.manifest import Manifest
+    from orchestra.storage.files import InstallFolder
+
+_LOGGER = logging.getLogger(__name__)
+_CHECK_TIMEOUT = 20.0  # seconds the trial run of bubblewrap may take on a busy machine
+# what a module may read of /etc: the loader's cache, time zones, names, certificates
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives", "ssl",
+        "ca-certificates", "ca-certificates.conf", "pki", "nsswitch.conf", "passwd", "group",
+        "hosts", "host.conf", "resolv.conf", "gai.conf", "protocols", "services",
+        "mime.types")  # fmt: skip
+_TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# the supervisor, bubblewrap and its pid 1: processes of a task that its module did not make
+_OVERHEAD_SANDBOXED = 3
+_OVERHEAD_PLAIN = 1
+_PLAIN_ENV = {"PATH": "/usr/bin:/bin"}
+
+
+class SandboxUnavailable(OrchestraError):
+    """ORCHESTRA_SANDBOX=required on a machine where the sandbox does not work."""
+
+    http_status = 503
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What this machine allows: the sandbox, and where the limits can be enforced."""
+
+    mode: str
+    active: bool
+    detail: str  # the tool and version, or why there is no sandbox
+    bwrap: str = ""
+    memory_cgroup: str = ""  # the cgroup v1 folder that tasks' memory groups go below
+    pids_cgroup: str = ""  # the same for the process limit
+
+    def describe(self) -> dict[str, Any]:
+        """What /health and the start-up line say."""
+        return {
+            "mode": self.mode,
+            "active": self.active,
+            "detail": self.detail,
+            "network": "none unless the module declares network: true" if self.active else "host",
+            "limits": {
+                "memory_mb": "cgroup" if self.memory_cgroup else "RLIMIT_DATA",
+                "cpu_seconds": "RLIMIT_CPU (per process)",
+                "output_mb": "RLIMIT_FSIZE and the supervisor's sum of all files",
+                "processes": "cgroup" if self.pids_cgroup else "not enforced (no pids cgroup)",
+            },
+        }
+
+
+@functools.cache
+def detect(mode: str) -> SandboxState:
+    """Find out once what works here: bubblewrap with its namespaces, cgroups for limits."""
+    memory, pids = _cgroup_base("memory"), _cgroup_base("pids")
+    if mode == "off":
+        return SandboxState(mode, False, "off (ORCHESTRA_SANDBOX=off)", "", memory, pids)
+    bwrap = shutil.which("bwrap") or ""
+    if not bwrap:
+        why = "bubblewrap (bwrap) is not installed"
+        return SandboxState(mode, False, why, "", memory, pids)
+    works, detail = _try_bwrap(bwrap)
+    return SandboxState(mode, works, detail, bwrap if works else "", memory, pids)
+
+
+def _try_bwrap(bwrap: str) -> tuple[bool, str]:
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]  # fmt: skip
+    try:
+        version = subprocess.run(
+            [bwrap, "--version"], capture_output=True, text=True, timeout=_CHECK_TIMEOUT
+        ).stdout.strip()
+        trial = subprocess.run(
+            argv, capture_output=True, text=True, timeout=_CHECK_TIMEOUT, env=_PLAIN_ENV
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"bubblewrap does not run: {exc}"
+    if trial.returncode != 0:
+        # typically: no unprivileged user namespaces (a kernel setting) and no setuid bwrap
+        reason = trial.stderr.strip().splitlines()[-1:] or [f"exit status {trial.returncode}"]
+        return False, f"bubblewrap cannot make its namespaces here: {reason[0]}"
+    return True, version or "bubblewrap"
+
+
+def _cgroup_base(controller: str) -> str:
+    """This process's own cgroup v1 folder for ``controller`` if tasks' groups can go below it."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            base = f"/sys/fs/cgroup/{controller}{path.rstrip('/')}"
+            return base if _can_nest(base) else ""
+    return ""
+
+
+def _can_nest(base: str) -> bool:
+    probe = os.path.join(base, f"orchestra-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError:
+        return False
+    return True
+
+
+def require(settings: Settings) -> SandboxState:
+    """The state for ``settings``; refuses when the sandbox is required but does not work."""
+    state = detect(settings.sandbox)
+    if settings.sandbox == "required" and not state.active:
+        raise SandboxUnavailable(f"ORCHESTRA_SANDBOX=required, but {state.detail}")
+    return state
+
+
+def effective_limits(settings: Settings, manifest: Manifest) -> dict[str, int]:
+    """The limits of a task: the server's, or the module's own where lower (0 = none)."""
+    server = {
+        "memory_mb": settings.task_memory_mb, "cpu_seconds": settings.task_cpu_seconds,
+        "output_mb": settings.task_output_mb, "processes": settings.task_processes,
+    }  # fmt: skip
+    limits = {}
+    for key in LIMIT_KEYS:
+        given = [v for v in (server[key], manifest.limits.get(key, 0)) if v]
+        limits[key] = min(given) if given else 0
+    return limits
+
+
+def confine(
+    spec: dict[str, Any],
+    *,
+    settings: Settings,
+    manifest: Manifest,
+    install: InstallFolder,
+    output: Path,
+) -> dict[str, Any]:
+    """``spec`` (argv, env, cwd) made to run in the sandbox with its limits, when they apply."""
+    state = require(settings)
+    limits: dict[str, Any] = effective_limits(settings, manifest)
+    if any(limits.values()):
+        overhead = _OVERHEAD_SANDBOXED if state.active else _OVERHEAD_PLAIN
+        limits.update(memory_cgroup=state.memory_cgroup, pids_cgroup=state.pids_cgroup,
+                      overhead=overhead)  # fmt: skip
+        spec = {**spec, "limits": limits}
+    if not state.active:
+        return spec
+    argv = [
+        *bwrap_argv(state, install=install, output=output, network=manifest.network),
+        "--", *spec["argv"],
+    ]  # fmt: skip
+    env = {**spec["env"], "HOME": "/tmp", "TMPDIR": "/tmp"}
+    return {**spec, "argv": argv, "env": env}
+
+
+def bwrap_argv(
+    state: SandboxState, *, install: InstallFolder, output: Path, network: bool
+) -> list[str]:
+    """bubblewrap's options for a task of ``install`` writing into ``output``."""
+    argv = [state.bwrap, "--unshare-all", *(["--share-net"] if network else []),
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # fmt: skip
+    argv += _system_binds()
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # after the tmpfs on /tmp: a data folder below /tmp gets its bind points on it
+    prefix = interpreter_prefix(str(install.env))
+    if prefix and prefix != "/usr" and not prefix.startswith("/usr/"):
+        argv += ["--ro-bind", prefix, prefix]
+    argv += ["--ro-bind", str(install.code), str(install.code)]
+    argv += ["--ro-bind", str(install.env), str(install.env)]
+    argv += ["--bind", str(output), str(output)]
+    return [*argv, "--chdir", str(install.code)]
+
+
+@functools.cache
+def _system_binds() -> tuple[str, ...]:
+    argv = ["--ro-bind", "/usr", "/usr"]
+    for top in _TOP_LEVEL:
+        if os.path.islink(top):  # merged /usr: /lib -> usr/lib
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for name in _ETC:
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return tuple(argv)
+
+
+@functools.lru_cache(maxsize=256)
+def interpreter_prefix(env: str) -> str:
+    """The installation of the interpreter an environment was built from (its ``home``'s parent)."""
+    home = _pyvenv_home(Path(env) / "pyvenv.cfg")
+    if not home:
+        return ""
+    return str(Path(home).resolve().parent)
+
+
+def _pyvenv_home(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    values: Mapping[str, str] = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition("=") for line in lines)
+    )
+    return values.get("home", "")
