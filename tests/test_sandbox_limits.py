@@ -11,8 +11,10 @@ import pytest
 from orchestra.config import Settings, load_settings
 from orchestra.executors import sandbox
 from orchestra.service import Service
-from tests.conftest import DATA, LiveServer
-from tests.helpers import http, wait_for
+from tests.support.helpers import http, wait_for
+from tests.support.paths import DATA
+from tests.support.postgres import require_service
+from tests.support.server import LiveServer
 
 MODULES = DATA / "modules"
 STATE = sandbox.detect("auto")
@@ -65,7 +67,7 @@ def test_a_task_over_its_limit_ends_in_error_naming_it(
     live_server: LiveServer, service: Service, module: str, message: str
 ) -> None:
     if module == "limit_processes" and not STATE.pids_cgroup:
-        pytest.skip("no pids cgroup here: the process limit is not enforced")
+        require_service("a pids cgroup", "the process limit is not enforced without one")
     module_id = service.register(str(MODULES / module)).id
     url = live_server.url
     started = http("POST", f"{url}/module/{module_id}/run", json_body={})

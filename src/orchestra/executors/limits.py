@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import time
 
 TYPE_CHECKING = False
@@ -175,13 +176,13 @@ class Guard:
             return "memory_mb"
         if self._groups.get("pids") and self._groups["pids"].read("pids.events").get("max"):
             return "processes"
-        return self._verdict_without_groups()
+        return self._verdict_from_usage(status)
 
-    def _verdict_without_groups(self) -> str | None:
+    def _verdict_from_usage(self, status: int | None) -> str | None:
         cpu = self.values["cpu_seconds"]
         if cpu:
             used = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if used.ru_utime + used.ru_stime >= cpu - 0.05:
+            if used.ru_utime + used.ru_stime >= cpu - 0.05 or _signalled_xcpu(status):
                 return "cpu_seconds"
         output = self.values["output_mb"] * MB
         if output and written(self.task_dir) >= output:
@@ -195,6 +196,14 @@ class Guard:
         for group in self._groups.values():
             group.remove()
         self._groups.clear()
+
+
+def _signalled_xcpu(status: int | None) -> bool:
+    """True when the module died of SIGXCPU (bubblewrap passes it on as 128 + the signal)."""
+    if status is None:
+        return False
+    code = os.waitstatus_to_exitcode(status)
+    return code in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
 
 
 def written(task_dir: str) -> int:
