@@ -31,40 +31,65 @@ NAME = "overhead"
 NUMBER = "4"
 TARGET_MEDIAN = 0.010  # seconds Orchestra may add at the median
 TARGET_P95 = 0.025  # seconds Orchestra may add at the 95th percentile
+TARGET_SANDBOX = 0.005  # seconds the task sandbox may add at the median
 WARMUP = 5
 METHOD = (
     "A module that writes one small file. Orchestra: `python -m orchestra serve` in a "
     "subprocess on a temporary data folder; timed from the client's POST /module/<id>/run to "
     "the client holding the answer `done` (GET /task/<id>?wait=60 on a kept-alive "
-    "connection), or with a client polling GET /task/<id> every 50 ms. Bare command: "
+    "connection), or with a client polling GET /task/<id> every 50 ms; the same waiting "
+    "client against a second server with `ORCHESTRA_SANDBOX=off`, for what the sandbox and "
+    "the limits add. Bare command: "
     "`env/bin/python -m Noop OUT` run with subprocess from the module's installed code "
-    "folder, with the same environment's interpreter. The three are interleaved; the first "
+    "folder, with the same environment's interpreter. The four are interleaved; the first "
     f"{WARMUP} of each are discarded."
 )
 
 
 def run_bench(ctx: Context) -> list[Row]:
-    """Waiting client, polling client and bare command, interleaved."""
+    """Waiting client, polling client, bare command, and the sandbox off, interleaved."""
     reps = ctx.reps(100, 5)
     scratch = ctx.folder("overhead")
     env = orchestra_env(scratch / "home", ctx.uv_cache)
-    with Server(env, scratch / "server.log") as server:
+    unconfined = orchestra_env(scratch / "home-off", ctx.uv_cache, sandbox="off")
+    with (
+        Server(env, scratch / "server.log") as server,
+        Server(unconfined, scratch / "server-off.log") as server_off,
+    ):
         module = ctx.prepare("noop", scratch / "module")
-        module_id = server.register(module)
+        module_id, off_id = server.register(module), server_off.register(module)
         direct = bare_command(server.home, module, scratch / "direct-out")
         phases: list[dict[str, float]] = []
         waiting = lambda: _waiting_client(server, module_id, phases)  # noqa: E731
         polling = lambda: timed(lambda: server.poll(server.submit(module_id)))  # noqa: E731
-        sides = [waiting, direct, polling]
+        waiting_off = lambda: timed(lambda: server_off.wait(server_off.submit(off_id)))  # noqa: E731
+        sides = [waiting, direct, polling, waiting_off]
         alternate(WARMUP, sides)
-        ctx.log(f"overhead: {reps} rep(s) of waiting client / bare command / polling client")
+        ctx.log(f"overhead: {reps} rep(s) of waiting client / bare command / polling client"
+                " / waiting client with the sandbox off")  # fmt: skip
         phases.clear()
-        waited, bare, polled = alternate(reps, sides, ctx.log if ctx.quick else None)
+        waited, bare, polled, off = alternate(reps, sides, ctx.log if ctx.quick else None)
     ctx.report.note(NAME, "where a waiting client's time goes (medians): " + _phases(phases))
     return [
         _row("task overhead (no-op): waiting client", waited, bare, with_target=True),
         _row("task overhead (no-op): client polling every 50 ms", polled, bare, with_target=False),
+        _sandbox_row(waited, off),
     ]
+
+
+def _sandbox_row(on: list[float], off: list[float]) -> Row:
+    """What the sandbox and the limits add to a task, against the same server without them."""
+    mine, theirs = Stats(tuple(on)), Stats(tuple(off))
+    extra = mine.median - theirs.median
+    return Row(
+        NUMBER,
+        "task overhead (no-op): sandbox on vs ORCHESTRA_SANDBOX=off, waiting clients",
+        f"{fmt_stats(mine, 's')}, p95 {fmt_value(mine.p95, 's')}",
+        f"{fmt_stats(theirs, 's')}, p95 {fmt_value(theirs.p95, 's')}",
+        f"{fmt_delta(extra)} median",
+        "≤ +5 ms median",
+        extra <= TARGET_SANDBOX,
+    )
 
 
 def _waiting_client(server: Server, module_id: int, phases: list[dict[str, float]]) -> float:

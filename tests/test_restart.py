@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.helpers import wait_for
 from tests.support.paths import DATA
+from tests.support.processes import host_pid
 from tests.support.server import ServerProcess
 
 NAPPER = DATA / "modules" / "napper"
@@ -38,7 +39,7 @@ def server(tmp_path: Path, uv_cache: Path) -> Iterator[ServerProcess]:
 def _kill_leftover_tasks(home: Path) -> None:
     # a failed test must not leave sleeping modules behind
     for path in home.glob("tasks/*/output/pid.txt"):
-        _kill_quietly(int(path.read_text()))
+        _kill_quietly(host_pid(int(path.read_text()), path.parent))
     for path in home.glob("tasks/*/supervisor.json"):
         _kill_quietly(int(json.loads(path.read_text()).get("pid", 0)))
 
@@ -66,7 +67,7 @@ def _task_file(home: Path, task_id: int, name: str) -> Path:
 def _module_pid(home: Path, task_id: int) -> int:
     path = _task_file(home, task_id, "pid.txt")
     wait_for(lambda: path.is_file() and path.read_text(), bool, timeout=30, what="pid.txt")
-    return int(path.read_text())
+    return host_pid(int(path.read_text()), path.parent)  # the pid outside the sandbox
 
 
 @pytest.mark.slow
@@ -79,6 +80,7 @@ def test_running_and_queued_tasks_survive_a_server_stop_and_finish_once(
     running = [server.run(module, seconds=4, code=0) for _ in range(2)]
     queued = [server.run(module, seconds=1, code=0) for _ in range(2)]
     pids = {task: _module_pid(server.home, task) for task in running}
+    reported = {task: _task_file(server.home, task, "pid.txt").read_text() for task in running}
     assert [server.task(t)["status"] for t in queued] == ["queued", "queued"]
 
     status = server.stop(signum)
@@ -93,8 +95,8 @@ def test_running_and_queued_tasks_survive_a_server_stop_and_finish_once(
         assert {"pid.txt", "runs.txt", "result.txt"} <= names
         runs = _task_file(server.home, task_id, "runs.txt").read_text().splitlines()
         assert len(runs) == 1, f"task {task_id} ran {len(runs)} times"
-    for task_id, pid in pids.items():  # the same process finished the work: not a rerun
-        assert int(_task_file(server.home, task_id, "pid.txt").read_text()) == pid
+    for task_id in pids:  # the same process finished the work: not a rerun
+        assert _task_file(server.home, task_id, "pid.txt").read_text() == reported[task_id]
         assert _task_file(server.home, task_id, "result.txt").read_text() == "slept 4.0\n"
     assert server.call("GET", "/tasks?status=running").json()["tasks"] == []
     print(f"\nrestart after {signal.Signals(signum).name}: 4 of 4 tasks done, each ran once")

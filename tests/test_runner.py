@@ -27,7 +27,7 @@ from orchestra.tasks import lifecycle
 from orchestra.tasks.runner import LAUNCH_WINDOW
 from orchestra.tasks.status import TaskStatus
 from tests.support.paths import DATA
-from tests.support.processes import alive, wait_for_file
+from tests.support.processes import alive, host_pid, wait_for_file
 
 MODULES = DATA / "modules"
 
@@ -150,7 +150,8 @@ def test_killing_a_running_task_stops_its_whole_tree(server: Service) -> None:
     task = server.run(module, {"seconds": 600, "tree": True})
     pid_file = server.settings.tasks_dir / str(task.id) / "output" / "pids.json"
     wait_for_file(pid_file)
-    pids = list(json.loads(pid_file.read_text()).values())
+    reported = json.loads(pid_file.read_text()).values()
+    pids = [host_pid(pid, pid_file.parent) for pid in reported]  # the sandbox has its own
     assert len(alive(pids)) == 3
     info = server.kill(task.id)
     assert info.status == "killed"

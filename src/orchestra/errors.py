@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class OrchestraError(Exception):
     """Base of every error a user can cause or be told about."""
@@ -102,3 +104,39 @@ class Unreachable(OrchestraError):
 
     http_status = 502
     exit_code = 7
+
+
+class InsufficientStorage(OrchestraError):
+    """The disk of the data folder is full, or below ORCHESTRA_MIN_FREE_MB."""
+
+    http_status = 507
+    exit_code = 9
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # PostgreSQL's disk_full, as psycopg reports it
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it, or what a database driver wrapped) is a full disk."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError keeps the driver's
+        if isinstance(orig, BaseException) and is_disk_full(orig):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full(folder: object) -> InsufficientStorage:
+    """The error for a full disk under ``folder`` (the data folder)."""
+    return InsufficientStorage(f"no space left on the disk of the data folder ({folder})")

@@ -13,6 +13,7 @@ from orchestra.config import Settings
 from orchestra.errors import WrongState
 from orchestra.records import ModuleInfo, ModuleSummary, TaskInfo, TaskPage
 from orchestra.sources import SourceSpec
+from orchestra.storage import space
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -145,6 +146,7 @@ class Service:
     ) -> ModuleInfo:
         """Install a module from a folder or git URL; atomic, returns when installed."""
         report = progress or _LOGGER.info
+        space.require(self.settings, "registration")
         # built before the registry is asked for, so that it installs while the backend opens
         built = installer.build(SourceSpec(source, ref, subdir), self.settings, progress=report)
         return self.registry.record(built, progress=report)
@@ -158,12 +160,14 @@ class Service:
         archive: Path | None = None,
     ) -> ModuleInfo:
         """Accept a registration and install it in the background (status ``installing``)."""
+        space.require(self.settings, "registration")
         return self.registry.begin_register(SourceSpec(source or "", ref, subdir), archive=archive)
 
     def update(
         self, module_id: int, *, ref: str | None = None, progress: Progress | None = None
     ) -> ModuleInfo:
         """Re-install a module from its recorded source; the old one serves until the swap."""
+        space.require(self.settings, "update")
         return self.registry.update(module_id, ref=ref, progress=progress)
 
     def remove(self, module_id: int, *, force: bool = False) -> None:

@@ -40,3 +40,43 @@ def wait_for_file(path: Path, timeout: float = 20.0) -> None:
 def alive(pids: list[int]) -> list[int]:
     """The pids among ``pids`` that still name a live process."""
     return [pid for pid in pids if proctree.start_time(pid) is not None]
+
+
+def host_pid(reported: int, anchor: Path) -> int:
+    """The pid this machine knows for a pid a task reported (from inside its pid namespace).
+
+    ``anchor`` is the task's output folder: it is on the command line of the task's module,
+    whose namespace is the one ``reported`` belongs to. Unsandboxed tasks' pids come back as
+    they are; a pid that cannot be found any more comes back as -1 (never a live process).
+    """
+    # the module and bubblewrap both name the folder; only the module is in the namespace
+    named = [(status, ns) for status, ns, cmdline in _processes() if bytes(anchor) in cmdline]
+    inside = [ns for status, ns in named if len(_nspids(status)) > 1]
+    if not inside:
+        return reported if named else -1  # not in a namespace of its own: the machine's pids
+    namespace = inside[0]
+    for status, ns, _ in _processes():
+        nspids = _nspids(status)
+        if ns == namespace and nspids and nspids[-1] == reported:
+            return nspids[0]
+    return -1
+
+
+def _processes() -> list[tuple[str, str, bytes]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+                found.append((status, str((entry / "ns" / "pid").readlink()),
+                              (entry / "cmdline").read_bytes()))  # fmt: skip
+            except OSError:
+                continue
+    return found
+
+
+def _nspids(status: str) -> list[int]:
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return [int(pid) for pid in line.split()[1:]]
+    return []

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from orchestra.errors import OrchestraError
+from orchestra.errors import OrchestraError, disk_full, is_disk_full
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected_error(exc: Exception) -> Response:
+    if is_disk_full(exc):  # not a bug: an answer the client can act on (SPEC section 9)
+        from orchestra.api.routing import current_service
+
+        return _orchestra_error(disk_full(current_service().settings.home))
     # a bug or a failing dependency: keep the traceback in the log, not in the answer
     _LOGGER.exception("unexpected error while answering a request")
     return error_response(500, "internal server error")

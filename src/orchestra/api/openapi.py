@@ -191,6 +191,18 @@ SCHEMAS: dict[str, Any] = {
             "version": {"type": "string"},
             "modules": {"type": "integer"},
             "tasks": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "sandbox": {
+                "type": "object",
+                "description": "the task sandbox on this machine, and how each limit is held",
+                "required": ["mode", "active", "detail"],
+                "properties": {
+                    "mode": {"type": "string", "enum": ["auto", "required", "off"]},
+                    "active": {"type": "boolean"},
+                    "detail": {"type": "string"},
+                    "network": {"type": "string"},
+                    "limits": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
         },
     },
 }

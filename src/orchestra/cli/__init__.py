@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from orchestra.errors import InstallError, OrchestraError
+from orchestra.errors import InstallError, OrchestraError, disk_full, is_disk_full
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
@@ -36,6 +36,12 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     except OrchestraError as err:
         _report(err, verbose=bool(args.verbose))
         return err.exit_code
+    except Exception as exc:
+        if not is_disk_full(exc) or ctx is None:
+            raise
+        full = disk_full(ctx.settings.home)
+        _report(full, verbose=bool(args.verbose))
+        return full.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return INTERRUPTED

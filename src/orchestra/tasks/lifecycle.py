@@ -320,7 +320,8 @@ def outcome_from_result(
     if reason == "limit":
         return Outcome(TaskStatus.ERROR, code, _with_tail(str(result.get("error")), folder))
     if code != 0 and _out_of_space(folder, result):
-        why = f"no space left on the disk of {folder.root.parent} (the task could not write)"
+        home = folder.root.parent.parent
+        why = f"no space left on the disk of the data folder ({home}): the task could not write"
         return Outcome(TaskStatus.ERROR, code, _with_tail(why, folder))
     if signum:
         why = f"killed by signal {signum} ({_signal_name(signum)})"

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, null, select
 
 from orchestra import catalogs
-from orchestra.errors import InvalidInput, NotFound, WrongState
+from orchestra.errors import InvalidInput, NotFound, WrongState, is_disk_full
 from orchestra.executors import get_executor, sandbox
 from orchestra.executors.base import Handle
 from orchestra.manifest import Manifest, bind_arguments, command_args
 from orchestra.process import clean_env
 from orchestra.records import OutputFile, TaskInfo, TaskPage
+from orchestra.storage import space
 from orchestra.storage.files import InstallFolder, TaskFolder, safe_join
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
@@ -83,6 +84,7 @@ class TaskRunner:
         self._serving = False
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._short_of_space = False
 
     # -- submitting and dispatching ---------------------------------------------------------
 
@@ -98,7 +100,7 @@ class TaskRunner:
             timeout=timeout,
             install_dir=install.root.name,
             build_spec=lambda task_id: self._spec(task_id, manifest, install, bound, timeout),
-            max_running=self.settings.max_running,
+            max_running=self._slots(),
         )
         if row.status == TaskStatus.RUNNING:
             # claimed with the insert: the shortest way to a started task, answered from
@@ -108,6 +110,16 @@ class TaskRunner:
             return self._info(self._row(row.id))  # it may be among those just started
         self._prepare_folder(row.id)
         return self._info(row)
+
+    def _slots(self) -> int:
+        """Tasks that may run at once now: none while the data folder is short of space."""
+        if not space.low(self.settings):
+            self._short_of_space = False
+            return self.settings.max_running
+        if not self._short_of_space:  # said once; the sweep starts them when space is back
+            self._short_of_space = True
+            _LOGGER.warning("less than ORCHESTRA_MIN_FREE_MB free: queued tasks wait")
+        return 0
 
     def _prepare_folder(self, task_id: int) -> None:
         """Make a queued task's folder now, so that starting it later is quicker."""
@@ -146,10 +158,10 @@ class TaskRunner:
 
     def dispatch(self) -> int:
         """Start queued tasks, oldest first, while fewer than ``max_running`` run; how many."""
-        started = 0
+        started, slots = 0, self._slots()
         # a read first: the write lock is taken only when a claim is likely to succeed
-        while lifecycle.may_claim(self.db, self.settings.max_running):
-            row = lifecycle.claim_next(self.db, self.settings.max_running)
+        while lifecycle.may_claim(self.db, slots):
+            row = lifecycle.claim_next(self.db, slots)
             if row is None:
                 break
             self._launch(row)
@@ -231,12 +243,13 @@ class TaskRunner:
         return self._finish(task_id, outcome, True)
 
     def _finish(self, task_id: int, outcome: Outcome, dispatch: bool) -> bool:
-        if not dispatch:
-            final, claimed = lifecycle.finish(self.db, task_id, outcome), None
-        else:  # the freed slot goes to the oldest queued task in the same transaction
-            final, claimed = lifecycle.finish_and_claim(
-                self.db, task_id, outcome, self.settings.max_running
-            )
+        try:
+            final, claimed = self._write_finish(task_id, outcome, dispatch)
+        except Exception as exc:
+            # a full disk must not leave the task `running`: give up the reserve, once
+            if not is_disk_full(exc) or not space.release_reserve(self.settings):
+                raise
+            final, claimed = self._write_finish(task_id, outcome, dispatch)
         if final is not None:  # side effects only after the commit
             # the next task first: its slot stands idle until it starts, while whoever waits
             # for this one is answered a moment later
@@ -247,8 +260,17 @@ class TaskRunner:
                 self._wake(task_id, final)
         return final is not None
 
+    def _write_finish(
+        self, task_id: int, outcome: Outcome, dispatch: bool
+    ) -> tuple[TaskRecord | None, TaskRecord | None]:
+        if not dispatch:
+            return lifecycle.finish(self.db, task_id, outcome), None
+        # the freed slot goes to the oldest queued task in the same transaction
+        return lifecycle.finish_and_claim(self.db, task_id, outcome, self._slots())
+
     def reconcile(self) -> None:
         """Settle or adopt every running task, then start what the queue allows."""
+        space.keep_reserve(self.settings)
         query = select(TaskRow.id, TaskRow.kill_requested).where(
             TaskRow.status == TaskStatus.RUNNING
         )
@@ -352,9 +374,19 @@ class TaskRunner:
         if wait > 0:
             return self._info(self._wait_final(check_id(task_id), min(wait, MAX_WAIT)))
         row = self._row(task_id)
-        if not TaskStatus(row.status).is_final and self._check_elsewhere(row):
+        if not TaskStatus(row.status).is_final and self._check_elsewhere_tolerant(row):
             row = self._row(task_id)
         return self._info(row)
+
+    def _check_elsewhere_tolerant(self, row: TaskRecord) -> bool:
+        """``_check_elsewhere`` for a read: a full disk leaves the row as it is, not an error."""
+        try:
+            return self._check_elsewhere(row)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            _LOGGER.warning("task %s not settled yet: the disk is full", row.id)
+            return False
 
     def list(
         self,
@@ -449,9 +481,20 @@ class TaskRunner:
     def delete(self, task_id: int) -> None:
         """Forget a finished task: its row and its folder."""
         row = self._row(task_id)
-        if not TaskStatus(row.status).is_final or not lifecycle.delete_final(self.db, [task_id]):
+        folder = TaskFolder(self.settings.tasks_dir, task_id).root
+        if not TaskStatus(row.status).is_final:
             raise WrongState(f"task {task_id} is {row.status}; only ended tasks can be deleted")
-        shutil.rmtree(TaskFolder(self.settings.tasks_dir, task_id).root, ignore_errors=True)
+        try:
+            deleted = lifecycle.delete_final(self.db, [task_id])
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            # the database needs room to forget it: its files go first, they are what frees it
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted = lifecycle.delete_final(self.db, [task_id])
+        if not deleted:
+            raise WrongState(f"task {task_id} is {row.status}; only ended tasks can be deleted")
+        shutil.rmtree(folder, ignore_errors=True)
 
     def forget_module(self, module_id: int) -> None:
         """Kill the module's active tasks, then delete all its task rows and folders."""
