@@ -106,6 +106,13 @@ class Unreachable(OrchestraError):
     exit_code = 7
 
 
+class SandboxUnavailable(OrchestraError):
+    """ORCHESTRA_SANDBOX=required on a machine where the task sandbox does not work."""
+
+    http_status = 503
+    exit_code = 8
+
+
 class InsufficientStorage(OrchestraError):
     """The disk of the data folder is full, or below ORCHESTRA_MIN_FREE_MB."""
 

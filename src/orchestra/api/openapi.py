@@ -491,6 +491,8 @@ def _operation(
     if token and (changes or protect_reads or needs_token_view(view)):
         operation["security"] = [{"bearer": []}]
         operation["responses"]["401"] = _error("missing or wrong bearer token")
+    if changes:  # any write may meet a full disk, or ORCHESTRA_MIN_FREE_MB (SPEC section 9)
+        operation["responses"]["507"] = _error("no space left on the disk of the data folder")
     if method == "GET" and changes:
         operation["deprecated"] = True
     if not operation["parameters"]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestra.errors import OrchestraError
+from orchestra.errors import SandboxUnavailable
 from orchestra.manifest import LIMIT_KEYS
 
 if TYPE_CHECKING:
@@ -47,13 +47,6 @@ _TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _OVERHEAD_SANDBOXED = 3
 _OVERHEAD_PLAIN = 1
 _PLAIN_ENV = {"PATH": "/usr/bin:/bin"}
-
-
-class SandboxUnavailable(OrchestraError):
-    """ORCHESTRA_SANDBOX=required on a machine where the sandbox does not work."""
-
-    http_status = 503
-    exit_code = 8
 
 
 @dataclass(frozen=True)
