@@ -67,7 +67,7 @@ def test_a_module_may_only_lower_the_server_limits(tmp_path: Path) -> None:
         {"home": tmp_path, "task_memory_mb": 512, "task_processes": 0}, environ={}
     )
     own = parse_manifest(_metadata(limits={"memory_mb": 2048, "processes": 16, "output_mb": 5}))
-    limits = sandbox.effective_limits(settings, own)
+    limits = sandbox.effective_limits(settings, own.limits)
     assert limits == {"memory_mb": 512, "cpu_seconds": 0, "output_mb": 5, "processes": 16}
 
 

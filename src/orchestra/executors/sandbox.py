@@ -32,7 +32,6 @@ from orchestra.manifest import LIMIT_KEYS
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
-    from orchestra.manifest import Manifest
     from orchestra.storage.files import InstallFolder
 
 _LOGGER = logging.getLogger(__name__)
@@ -141,15 +140,15 @@ def require(settings: Settings) -> SandboxState:
     return state
 
 
-def effective_limits(settings: Settings, manifest: Manifest) -> dict[str, int]:
-    """The limits of a task: the server's, or the module's own where lower (0 = none)."""
+def effective_limits(settings: Settings, own: Mapping[str, int]) -> dict[str, int]:
+    """A task's limits: the server's, or its module's ``own`` where lower (0 = none)."""
     server = {
         "memory_mb": settings.task_memory_mb, "cpu_seconds": settings.task_cpu_seconds,
         "output_mb": settings.task_output_mb, "processes": settings.task_processes,
     }  # fmt: skip
     limits = {}
     for key in LIMIT_KEYS:
-        given = [v for v in (server[key], manifest.limits.get(key, 0)) if v]
+        given = [v for v in (server[key], own.get(key, 0)) if v]
         limits[key] = min(given) if given else 0
     return limits
 
@@ -158,24 +157,26 @@ def confine(
     spec: dict[str, Any],
     *,
     settings: Settings,
-    manifest: Manifest,
     install: InstallFolder,
     output: Path,
+    network: bool = False,
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """``spec`` (argv, env, cwd) made to run in the sandbox with its limits, when they apply."""
+    """``spec`` (argv, env, cwd) made to run in the sandbox with its limits, where they apply.
+
+    ``network`` and ``limits`` are the module's (``metadata.json``); paths are this machine's.
+    """
     state = require(settings)
-    limits: dict[str, Any] = effective_limits(settings, manifest)
-    if any(limits.values()):
+    task_limits: dict[str, Any] = effective_limits(settings, limits or {})
+    if any(task_limits.values()):
         overhead = _OVERHEAD_SANDBOXED if state.active else _OVERHEAD_PLAIN
-        limits.update(memory_cgroup=state.memory_cgroup, pids_cgroup=state.pids_cgroup,
-                      overhead=overhead)  # fmt: skip
-        spec = {**spec, "limits": limits}
+        task_limits.update(memory_cgroup=state.memory_cgroup, pids_cgroup=state.pids_cgroup,
+                           overhead=overhead)  # fmt: skip
+        spec = {**spec, "limits": task_limits}
     if not state.active:
         return spec
-    argv = [
-        *bwrap_argv(state, install=install, output=output, network=manifest.network),
-        "--", *spec["argv"],
-    ]  # fmt: skip
+    prefix = bwrap_argv(state, install=install, output=output, network=network)
+    argv = [*prefix, "--", *spec["argv"]]
     env = {**spec["env"], "HOME": "/tmp", "TMPDIR": "/tmp"}
     return {**spec, "argv": argv, "env": env}
 

@@ -153,8 +153,9 @@ class TaskRunner:
                 "timeout": timeout, "grace": grace, "outputs": outputs,
                 "catalog": catalogs.header_facts(manifest)}  # fmt: skip
         return sandbox.confine(
-            spec, settings=self.settings, manifest=manifest, install=install, output=folder.output
-        )
+            spec, settings=self.settings, install=install, output=folder.output,
+            network=manifest.network, limits=manifest.limits,
+        )  # fmt: skip
 
     def dispatch(self) -> int:
         """Start queued tasks, oldest first, while fewer than ``max_running`` run; how many."""
