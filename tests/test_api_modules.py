@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from tests.support.server import LiveServer
 
-SUMMARY_KEYS = {"id", "name", "description", "version", "status", "output_type"}
+SUMMARY_KEYS = {"id", "name", "description", "version", "status", "output_type", "staged"}
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +64,7 @@ def test_the_module_list_is_a_list_of_short_records(client: FlaskClient) -> None
         "version": "1.0.0",
         "status": "installed",
         "output_type": "catalog",
+        "staged": False,
     }
 
 

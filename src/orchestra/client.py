@@ -40,7 +40,7 @@ from orchestra.errors import (
     Unreachable,
     WrongState,
 )
-from orchestra.records import ModuleInfo, ModuleSummary, OutputFile, TaskInfo, TaskPage
+from orchestra.records import ModuleInfo, ModuleSummary, OutputFile, Pruned, TaskInfo, TaskPage
 
 _LOGGER = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -352,15 +352,16 @@ class Client:
         *,
         ref: str | None = None,
         subdir: str | None = None,
+        staged: bool = False,
         progress: Progress | None = None,
     ) -> ModuleInfo:
         """Register on the server; a local folder or zip is uploaded. Returns when installed."""
         report = progress or _LOGGER.info
-        accepted = self._submit(source, ref, subdir, report)
+        accepted = self._submit(source, ref, subdir, report, staged)
         return self._await_install(int(accepted["id"]), report)
 
     def _submit(
-        self, source: str, ref: str | None, subdir: str | None, report: Progress
+        self, source: str, ref: str | None, subdir: str | None, report: Progress, staged: bool
     ) -> dict[str, Any]:
         from orchestra.sources.git import is_git_location
 
@@ -373,20 +374,26 @@ class Client:
             )
         if local.is_dir():
             with packed_folder(local, subdir) as archive:
-                return self._upload(archive, None, report)
+                return self._upload(archive, None, report, staged)
         if local.is_file():
-            return self._upload(local, subdir, report)
+            return self._upload(local, subdir, report, staged)
         if not source or not is_git_location(source):
             raise SourceError(f"source folder not found: {source!r}", key="source")
         report(f"asking {self.url} to register {source}")
-        payload = {"source": source, "ref": ref, "subdir": subdir}
+        payload = {"source": source, "ref": ref, "subdir": subdir, "staged": staged}
         return self._json("POST", "/modules", payload={k: v for k, v in payload.items() if v})  # type: ignore[no-any-return]
 
-    def _upload(self, archive: Path, subdir: str | None, report: Progress) -> dict[str, Any]:
+    def _upload(
+        self, archive: Path, subdir: str | None, report: Progress, staged: bool = False,
+        path: str = "/modules",
+    ) -> dict[str, Any]:  # fmt: skip
         size = archive.stat().st_size
         report(f"uploading {archive.name} ({size} bytes) to {self.url}")
-        form = _Multipart({"subdir": subdir} if subdir else {}, archive)
-        return self._json("POST", "/modules", body=form.chunks(), headers=form.headers())  # type: ignore[no-any-return]
+        fields = {"subdir": subdir} if subdir else {}
+        if staged:
+            fields["staged"] = "1"
+        form = _Multipart(fields, archive)
+        return self._json("POST", path, body=form.chunks(), headers=form.headers())  # type: ignore[no-any-return]
 
     def _await_install(self, module_id: int, report: Progress) -> ModuleInfo:
         """Poll the module until it leaves ``installing``; a failure leaves no record behind."""
@@ -408,13 +415,22 @@ class Client:
         return module
 
     def update(
-        self, module_id: int, *, ref: str | None = None, progress: Progress | None = None
+        self,
+        module_id: int,
+        *,
+        ref: str | None = None,
+        archive: Path | None = None,
+        progress: Progress | None = None,
     ) -> ModuleInfo:
-        """Re-install a module from its recorded source on the server; returns when done."""
+        """Re-install a module from its recorded source or a zip on the server; when done."""
         report = progress or _LOGGER.info
         before = self.get_module(module_id)
+        path = f"/module/{module_id}/update"
         try:
-            self._json("POST", f"/module/{module_id}/update", payload={"ref": ref} if ref else {})
+            if archive is not None:
+                self._upload(archive, None, report, path=path)
+            else:
+                self._json("POST", path, payload={"ref": ref} if ref else {})
         except NotFound:
             raise WrongState(
                 f"{self.url} does not offer updates (POST /module/<id>/update)"
@@ -428,14 +444,29 @@ class Client:
                 started = time.monotonic()
             time.sleep(POLL_INTERVAL)
             module = self.get_module(module_id)
-        if module.status == "error":
+        if module.status == "error" or (module.error or "").startswith("update failed"):
             raise _failed_install(module)
         report(f"updated {module.name} (module {module_id})")
         return module
 
-    def remove(self, module_id: int, *, force: bool = False) -> None:
-        """Remove a module (``force`` kills its tasks first)."""
-        self._answer("DELETE", f"/module/{module_id}", query={"force": 1 if force else None}).read()
+    def publish(self, module_id: int) -> ModuleInfo:
+        """Show a staged module to clients."""
+        return module_info(self._json("POST", f"/module/{module_id}/publish"))
+
+    def stage(self, module_id: int) -> ModuleInfo:
+        """Hide a module from clients' list."""
+        return module_info(self._json("POST", f"/module/{module_id}/stage"))
+
+    def prune(self, older_than_days: float | None = None) -> Pruned:
+        """Forget the server's ended tasks older than that (default: its retention setting)."""
+        query = {"older_than": f"{older_than_days:g}"} if older_than_days is not None else None
+        data = self._json("POST", "/tasks/prune", query=query)
+        return Pruned(int(data["tasks"]), int(data["modules"]), float(data["older_than_days"]))
+
+    def remove(self, module_id: int, *, force: bool = False, purge: bool = False) -> None:
+        """Remove a module (``force`` kills its tasks first; ``purge`` forgets them too)."""
+        query = {"force": 1 if force else None, "purge": 1 if purge else None}
+        self._answer("DELETE", f"/module/{module_id}", query=query).read()
 
     def clear(self) -> None:
         """Remove every module and task."""
@@ -443,9 +474,10 @@ class Client:
             query = {"force": 1, "purge": 1}
             self._answer("DELETE", f"/module/{int(module['id'])}", query=query).read()
 
-    def list_modules(self) -> list[ModuleSummary]:
-        """Every module the server lists."""
-        return [module_summary(m) for m in self._json("GET", "/modules")]
+    def list_modules(self, *, everything: bool = False) -> list[ModuleSummary]:
+        """The modules the server lists; ``everything`` adds staged and removed ones."""
+        query = {"all": 1} if everything else None
+        return [module_summary(m) for m in self._json("GET", "/modules", query=query)]
 
     def get_module(self, module_id: int) -> ModuleInfo:
         """One module's full record."""

@@ -34,6 +34,7 @@ class Settings:
     database_url: str = ""  # SQLAlchemy URL; empty means SQLite at home/orchestra.db
     max_running: int = field(default_factory=lambda: os.cpu_count() or 1)  # tasks at once
     task_timeout: float = 3600.0  # seconds a task may run unless its module says otherwise
+    task_retention_days: float = 0.0  # days an ended task and its files are kept; 0: forever
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     api_token: str = ""  # bearer token for changing requests; empty = no auth
     protect_reads: bool = False  # also require the token for reads

@@ -34,6 +34,7 @@ class ModuleSummary(_Record):
     version: str | None
     status: str
     output_type: str | None
+    staged: bool = False  # hidden from clients' list until published
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ModuleInfo(_Record):
     error: str | None
     install_log: str
     lock: tuple[str, ...] | None = None  # the exact package versions its environment holds
+    staged: bool = False  # hidden from clients' list until published
 
     def to_dict(self) -> dict[str, Any]:
         """The module's own metadata keys first, then Orchestra's (which win on a clash)."""
@@ -67,8 +69,9 @@ class ModuleInfo(_Record):
     def summary(self) -> ModuleSummary:
         """The list form."""
         return ModuleSummary(
-            self.id, self.name, self.description, self.version, self.status, self.output_type
-        )
+            self.id, self.name, self.description, self.version, self.status, self.output_type,
+            self.staged,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class TaskInfo(_Record):
     exit_code: int | None
     error: str | None
     output: tuple[OutputFile, ...] | None
+    # the module's name and status as they are now: a removed module keeps its name
+    module_name: str | None = None
+    module_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,3 +110,12 @@ class TaskPage(_Record):
     limit: int
     offset: int
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Pruned(_Record):
+    """What a pruning pass forgot."""
+
+    tasks: int
+    modules: int
+    older_than_days: float

@@ -12,18 +12,19 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestra import environments, installer
-from orchestra.errors import InstallError, NotFound, OrchestraError, WrongState
+from orchestra.errors import InstallError, InvalidInput, NotFound, OrchestraError, WrongState
 from orchestra.installer import Built
 from orchestra.manifest import Manifest, parse_manifest
 from orchestra.records import ModuleInfo, ModuleSummary
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-INSTALLING, INSTALLED, ERROR = "installing", "installed", "error"
+INSTALLING, INSTALLED, ERROR, REMOVED = "installing", "installed", "error", "removed"
+_NAME_CACHE_SECONDS = 2.0  # how long a task's module name may lag behind a change elsewhere
 _MAX_ID = 2**63 - 1
 _ACTIVE_TASKS = ("queued", "running")
 # prepared once: asked on every run request
@@ -60,16 +62,26 @@ class Registry:
         self._manifests: dict[tuple[int, str], Manifest] = {}
         self._background: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        # module id -> (valid until, (name, status)): asked for every task shown
+        self._names: dict[int, tuple[float, tuple[str | None, str]]] = {}
 
     # -- registering ---------------------------------------------------------------------
 
-    def register(self, spec: SourceSpec, *, progress: Progress | None = None) -> ModuleInfo:
+    def register(
+        self, spec: SourceSpec, *, staged: bool = False, progress: Progress | None = None
+    ) -> ModuleInfo:
         """Install a module from a folder or git source; nothing is left behind on failure."""
         report = progress or _log_progress
-        return self.record(installer.build(spec, self.settings, progress=report), progress=report)
+        built = installer.build(spec, self.settings, progress=report)
+        return self.record(built, staged=staged, progress=report)
 
     def record(
-        self, built: Built, *, module_id: int | None = None, progress: Progress | None = None
+        self,
+        built: Built,
+        *,
+        module_id: int | None = None,
+        staged: bool = False,
+        progress: Progress | None = None,
     ) -> ModuleInfo:
         """Make a built generation visible: a new record, or the given ``installing`` one.
 
@@ -77,7 +89,7 @@ class Registry:
         same name (which the partial unique index refuses) loses and leaves nothing behind.
         """
         try:
-            row = self._write_installed(built, module_id)
+            row = self._write_installed(built, module_id, staged)
         except BaseException:
             installer.abandon(built.folder)
             raise
@@ -85,10 +97,10 @@ class Registry:
         (progress or _log_progress)(f"installed {built.manifest.name} as module {row.id}")
         return _info(row, tuple(built.lock))  # as written: no second read
 
-    def _write_installed(self, built: Built, module_id: int | None) -> ModuleRow:
+    def _write_installed(self, built: Built, module_id: int | None, staged: bool) -> ModuleRow:
         try:
             with self.db.write() as session:
-                row = self._row_to_fill(session, built, module_id)
+                row = self._row_to_fill(session, built, module_id, staged)
                 _apply(row, built)
                 row.name, row.status, row.installer_pid = built.manifest.name, INSTALLED, None
                 session.flush()
@@ -98,9 +110,11 @@ class Registry:
             name = built.manifest.name
             raise WrongState(f"a module named {name!r} is being registered") from None
 
-    def _row_to_fill(self, session: Session, built: Built, module_id: int | None) -> ModuleRow:
+    def _row_to_fill(
+        self, session: Session, built: Built, module_id: int | None, staged: bool
+    ) -> ModuleRow:
         if module_id is None:
-            fresh = _new_row(built.spec, None)
+            fresh = _new_row(built.spec, None, staged)
             session.add(fresh)
             return fresh
         row = session.get(ModuleRow, module_id)
@@ -108,11 +122,13 @@ class Registry:
             raise WrongState(f"module {module_id} was removed while it was installing")
         return row
 
-    def begin_register(self, spec: SourceSpec, *, archive: Path | None = None) -> ModuleInfo:
+    def begin_register(
+        self, spec: SourceSpec, *, archive: Path | None = None, staged: bool = False
+    ) -> ModuleInfo:
         """Accept a registration and install it in a background thread."""
         precheck(spec, self.settings, archive=archive)
         with self.db.write() as session:
-            row = _new_row(spec, archive)
+            row = _new_row(spec, archive, staged)
             session.add(row)
             session.flush()
             module_id = row.id
@@ -161,7 +177,9 @@ class Registry:
         with self.db.read() as session:
             other = session.scalar(
                 select(ModuleRow).where(
-                    ModuleRow.name == name, ModuleRow.status != ERROR, ModuleRow.id != module_id
+                    ModuleRow.name == name,
+                    ModuleRow.status.not_in((ERROR, REMOVED)),
+                    ModuleRow.id != module_id,
                 )
             )
         if other is not None:
@@ -183,31 +201,109 @@ class Registry:
     # -- updating ------------------------------------------------------------------------
 
     def update(
-        self, module_id: int, *, ref: str | None = None, progress: Progress | None = None
+        self,
+        module_id: int,
+        *,
+        ref: str | None = None,
+        archive: Path | None = None,
+        progress: Progress | None = None,
     ) -> ModuleInfo:
-        """Re-install from the recorded source; the old generation serves until the swap."""
-        report = progress or _log_progress
+        """Re-install from the recorded source (or ``archive``); the old one serves meanwhile."""
         with self._module_lock(module_id):
-            row = self._installed_row(module_id)
-            if row.source_kind == "archive":
-                raise WrongState(
-                    f"module {module_id} was registered from an uploaded archive; "
-                    "upload the new version as a new archive instead"
-                )
-            spec = SourceSpec(row.source, ref or row.ref, row.subdir)
-            old_dir = row.install_dir
-            built = installer.build(spec, self.settings, progress=report)
-            try:
-                self._swap(module_id, old_dir, built, spec.ref)
-            except BaseException:
-                installer.abandon(built.folder)
-                raise
-            installer.completed(built, self.settings)
+            return self._update_locked(module_id, ref, archive, progress or _log_progress)
+
+    def begin_update(
+        self, module_id: int, *, ref: str | None = None, archive: Path | None = None
+    ) -> ModuleInfo:
+        """Accept an update (also of a module in ``error``) and install it in the background."""
+        handle = self._take_lock(module_id)
+        try:
+            row = self._updatable_row(module_id)
+            spec = _update_spec(row, ref, archive)
+            precheck(spec, self.settings, archive=archive)
+            if row.status == ERROR:  # nothing serves: it shows as installing meanwhile
+                self._set_installing(module_id)
+        except BaseException:
+            _release(handle)
+            raise
+        thread = threading.Thread(
+            target=self._update_in_background, args=(module_id, ref, archive, handle),
+            name=f"update-module-{module_id}", daemon=True,
+        )  # fmt: skip
+        with self._lock:
+            self._background.add(thread)
+        thread.start()
+        return self.get(module_id)
+
+    def _update_in_background(
+        self, module_id: int, ref: str | None, archive: Path | None, handle: IO[str]
+    ) -> None:
+        try:
+            # begin_update showed a module in error as installing: this is that installation
+            self._update_locked(module_id, ref, archive, _log_progress, installing_ok=True)
+        except BaseException as exc:  # noqa: B036 - recorded on the row, the client reads it
+            _LOGGER.info("updating module %s failed: %s", module_id, exc)
+            self._mark_update_failed(module_id, exc)
+        finally:
+            _release(handle)
+            if archive is not None:
+                archive.unlink(missing_ok=True)
+            with self._lock:
+                self._background.discard(threading.current_thread())
+
+    def _update_locked(
+        self,
+        module_id: int,
+        ref: str | None,
+        archive: Path | None,
+        report: Progress,
+        *,
+        installing_ok: bool = False,
+    ) -> ModuleInfo:
+        row = self._updatable_row(module_id, installing_ok=installing_ok)
+        spec = _update_spec(row, ref, archive)
+        old_dir = row.install_dir
+        built = installer.build(spec, self.settings, archive=archive, progress=report)
+        try:
+            self._swap(module_id, old_dir, built, spec.ref, archive)
+        except BaseException:
+            installer.abandon(built.folder)
+            raise
+        installer.completed(built, self.settings)
         if old_dir:
             self._drop_generation(old_dir)
         self.prune()
         report(f"updated {built.manifest.name} (module {module_id})")
         return self.get(module_id)
+
+    def _updatable_row(self, module_id: int, *, installing_ok: bool = False) -> ModuleRow:
+        row = self._row(module_id)
+        allowed = (INSTALLED, ERROR, INSTALLING) if installing_ok else (INSTALLED, ERROR)
+        if row.status not in allowed:
+            raise WrongState(f"module {module_id} is {row.status}; it cannot be updated now")
+        return row
+
+    def _set_installing(self, module_id: int) -> None:
+        with self.db.write() as session:
+            row = session.get(ModuleRow, module_id)
+            if row is not None:
+                row.status, row.installer_pid, row.updated = INSTALLING, os.getpid(), _now()
+
+    def _mark_update_failed(self, module_id: int, exc: BaseException) -> None:
+        with self.db.read() as session:
+            row = session.get(ModuleRow, module_id)
+        if row is None or row.status != INSTALLED:
+            self._mark_error(module_id, exc)
+            return
+        # the old version goes on serving: the failure is told beside it
+        message = exc.message if isinstance(exc, OrchestraError) else f"{type(exc).__name__}: {exc}"
+        log = exc.log if isinstance(exc, InstallError) else ""
+        with self.db.write() as session:
+            row = session.get(ModuleRow, module_id)
+            if row is not None:
+                row.error = f"update failed: {message}"
+                row.install_log = (row.install_log or "") + "\nupdate failed:\n" + (log or message)
+                row.updated = _now()
 
     def _installed_row(self, module_id: int) -> ModuleRow:
         row = self._row(module_id)
@@ -215,15 +311,24 @@ class Registry:
             raise WrongState(f"module {module_id} is {row.status}, not installed")
         return row
 
-    def _swap(self, module_id: int, old_dir: str | None, built: Built, ref: str | None) -> None:
+    def _swap(
+        self,
+        module_id: int,
+        old_dir: str | None,
+        built: Built,
+        ref: str | None,
+        archive: Path | None = None,
+    ) -> None:
         try:
             with self.db.write() as session:
                 row = session.get(ModuleRow, module_id)
-                if row is None or row.install_dir != old_dir:
+                if row is None or row.install_dir != old_dir or row.status == REMOVED:
                     raise WrongState(f"module {module_id} changed while it was being updated")
                 _apply(row, built)
-                row.name = built.manifest.name
-                row.ref = ref
+                row.name, row.ref = built.manifest.name, ref
+                row.status, row.installer_pid = INSTALLED, None
+                if archive is not None:
+                    row.source, row.subdir = f"upload:{archive.name}", None
         except IntegrityError:
             raise WrongState(
                 f"a module named {built.manifest.name!r} already exists", key="name"
@@ -231,18 +336,24 @@ class Registry:
 
     @contextmanager
     def _module_lock(self, module_id: int) -> Iterator[None]:
+        handle = self._take_lock(module_id)
+        try:
+            yield
+        finally:
+            _release(handle)
+
+    def _take_lock(self, module_id: int) -> IO[str]:
+        """The module's update lock (a file lock: it holds across processes), or WrongState."""
         _check_id(module_id)
         folder = self.settings.home / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"module-{module_id}.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WrongState(f"module {module_id} is already being updated") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = open(folder / f"module-{module_id}.lock", "a")  # noqa: SIM115 - released later
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise WrongState(f"module {module_id} is already being updated") from None
+        return handle
 
     # -- removing ------------------------------------------------------------------------
 
@@ -258,12 +369,50 @@ class Registry:
                 session.delete(row)
         except IntegrityError:
             raise WrongState(f"module {module_id} still has tasks; remove them first") from None
-        with self._lock:
-            for key in [k for k in self._manifests if k[0] == module_id]:
-                del self._manifests[key]
+        self._forget_cached(module_id)
         if install_dir:
             environments.remove_generation(self.settings.installs_dir / install_dir)
         (self.settings.home / "locks" / f"module-{module_id}.lock").unlink(missing_ok=True)
+
+    def retire(self, module_id: int) -> None:
+        """Remove a module but keep its row, as ``removed``, for its tasks' history."""
+        _check_id(module_id)
+        with self.db.write() as session:
+            row = session.get(ModuleRow, module_id)
+            if row is None:
+                raise NotFound(f"no module {module_id}")
+            install_dir = row.install_dir
+            row.status, row.install_dir, row.staged = REMOVED, None, False
+            row.installer_pid, row.error, row.updated = None, None, _now()
+        self._forget_cached(module_id)
+        if install_dir:
+            environments.remove_generation(self.settings.installs_dir / install_dir)
+        (self.settings.home / "locks" / f"module-{module_id}.lock").unlink(missing_ok=True)
+
+    def _forget_cached(self, module_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._manifests if k[0] == module_id]:
+                del self._manifests[key]
+            self._names.pop(module_id, None)
+
+    def has_tasks(self, module_id: int) -> bool:
+        """Whether any task (of any status) belongs to the module."""
+        with self.db.read() as session:
+            query = select(TaskRow.id).where(TaskRow.module_id == module_id).limit(1)
+            found = session.scalar(query)
+        return found is not None
+
+    def drop_removed_without_tasks(self) -> int:
+        """Delete removed modules' rows once no task of theirs is left; how many."""
+        with self.db.write() as session:
+            orphans = select(ModuleRow.id).where(
+                ModuleRow.status == REMOVED,
+                ~select(TaskRow.id).where(TaskRow.module_id == ModuleRow.id).exists(),
+            )
+            ids = list(session.scalars(orphans))
+            if ids:
+                session.execute(delete(ModuleRow).where(ModuleRow.id.in_(ids)))
+        return len(ids)
 
     def _drop_generation(self, name: str) -> None:
         """Remove a replaced generation unless a queued or running task still uses it."""
@@ -299,11 +448,43 @@ class Registry:
 
     # -- reading -------------------------------------------------------------------------
 
-    def list(self) -> list[ModuleSummary]:
-        """Every module, oldest first."""
+    def list(self, *, everything: bool = False) -> list[ModuleSummary]:
+        """The modules clients see, oldest first; ``everything`` adds staged and removed ones."""
+        query = select(ModuleRow).order_by(ModuleRow.id)
+        if not everything:
+            query = query.where(ModuleRow.staged.is_(False), ModuleRow.status != REMOVED)
         with self.db.read() as session:
-            rows = session.scalars(select(ModuleRow).order_by(ModuleRow.id)).all()
+            rows = session.scalars(query).all()
         return [_info(row).summary() for row in rows]
+
+    def set_staged(self, module_id: int, staged: bool) -> ModuleInfo:
+        """Hide a module from clients' list (stage) or show it (publish)."""
+        _check_id(module_id)
+        with self.db.write() as session:
+            row = session.get(ModuleRow, module_id)
+            if row is None:
+                raise NotFound(f"no module {module_id}")
+            if row.status == REMOVED:
+                raise WrongState(f"module {module_id} was removed")
+            row.staged, row.updated = staged, _now()
+        return self.get(module_id)
+
+    def names(self, module_ids: Iterable[int]) -> dict[int, tuple[str | None, str]]:
+        """Each module's name and status (a removed module keeps its name), cached briefly."""
+        wanted = set(module_ids)
+        now = time.monotonic()
+        with self._lock:
+            found = {i: self._names[i][1] for i in wanted if self._names.get(i, (0.0,))[0] > now}
+        missing = wanted - set(found)
+        if missing:
+            query = select(ModuleRow.id, ModuleRow.name, ModuleRow.status)
+            with self.db.connect() as connection:
+                rows = connection.execute(query.where(ModuleRow.id.in_(missing))).all()
+            with self._lock:
+                for module_id, name, status in rows:
+                    found[module_id] = (name, status)
+                    self._names[module_id] = (now + _NAME_CACHE_SECONDS, (name, status))
+        return found
 
     def get(self, module_id: int) -> ModuleInfo:
         """One module's full record."""
@@ -373,6 +554,25 @@ class Registry:
 # -- helpers -------------------------------------------------------------------------------
 
 
+def _release(handle: IO[str]) -> None:
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+def _update_spec(row: ModuleRow, ref: str | None, archive: Path | None) -> SourceSpec:
+    """What an update installs: the new archive, else the recorded source at ``ref``."""
+    if archive is not None:
+        if ref:
+            raise InvalidInput("give either a ref or a new archive, not both", key="ref")
+        return SourceSpec(archive.name, None, None)
+    if row.source_kind == "archive":
+        raise WrongState(
+            f"module {row.id} was registered from an uploaded archive; "
+            "upload the new version as an archive"
+        )
+    return SourceSpec(row.source, ref or row.ref, row.subdir)
+
+
 def _log_progress(message: str) -> None:
     _LOGGER.info("%s", message)
 
@@ -392,7 +592,7 @@ def _recorded_location(location: str) -> str:
     return location
 
 
-def _new_row(spec: SourceSpec, archive: Path | None) -> ModuleRow:
+def _new_row(spec: SourceSpec, archive: Path | None, staged: bool = False) -> ModuleRow:
     """A row for a registration that has not got its name yet."""
     if archive is not None:
         source, kind = f"upload:{spec.location or archive.name}", "archive"
@@ -401,7 +601,7 @@ def _new_row(spec: SourceSpec, archive: Path | None) -> ModuleRow:
     return ModuleRow(
         name=None, status=INSTALLING, description="", source=source, source_kind=kind,
         ref=spec.ref, subdir=spec.subdir, installer_pid=os.getpid(), install_log="",
-        created=_now(), updated=_now(),
+        created=_now(), updated=_now(), staged=staged,
     )  # fmt: skip
 
 
@@ -426,7 +626,7 @@ def _info(row: ModuleRow, lock: tuple[str, ...] | None = None) -> ModuleInfo:
         status=row.status, output_type=row.output_type, metadata=row.meta, source=row.source,
         source_kind=row.source_kind, ref=row.ref, subdir=row.subdir, commit=row.commit,
         python_version=row.python_version, created=row.created, updated=row.updated,
-        error=row.error, install_log=row.install_log or "", lock=lock,
+        error=row.error, install_log=row.install_log or "", lock=lock, staged=bool(row.staged),
     )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -10,8 +11,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from orchestra import __version__, installer
 from orchestra.config import Settings
-from orchestra.errors import WrongState
-from orchestra.records import ModuleInfo, ModuleSummary, TaskInfo, TaskPage
+from orchestra.errors import NotFound, WrongState
+from orchestra.records import ModuleInfo, ModuleSummary, Pruned, TaskInfo, TaskPage
 from orchestra.sources import SourceSpec
 from orchestra.storage import space
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from orchestra.executors.sandbox import SandboxState
+    from orchestra.history import RetentionLoop
     from orchestra.machine import MachineInfo
     from orchestra.registry import Registry
     from orchestra.storage.db import Database
@@ -87,6 +89,7 @@ class Service:
         settings.home.mkdir(parents=True, exist_ok=True)
         self._backend = _Backend(settings)
         self._serving = False
+        self._retention: RetentionLoop | None = None
 
     @property
     def db(self) -> Database:
@@ -106,7 +109,7 @@ class Service:
     # -- lifetime -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background work of a server: recovery, task runner, sweeps."""
+        """Start the background work of a server: recovery, task runner, sweeps, retention."""
         from orchestra.executors import sandbox
 
         state = sandbox.require(self.settings)  # ORCHESTRA_SANDBOX=required: refuse without
@@ -115,6 +118,11 @@ class Service:
         self._serving = True
         self.registry.recover()
         self.tasks.start()
+        if self.settings.task_retention_days > 0:
+            from orchestra.history import RetentionLoop
+
+            self._retention = RetentionLoop(self.prune, self.settings.task_retention_days)
+            self._retention.start()
 
     def close(self) -> None:
         """Stop background work; running tasks go on and are adopted at the next start."""
@@ -123,6 +131,9 @@ class Service:
             # compilation is meant to outlive the command, so only a server stops them
             from orchestra import environments
 
+            if self._retention is not None:
+                self._retention.stop()
+                self._retention = None
             environments.stop_own_compiles()
             self._serving = False
         try:
@@ -142,6 +153,7 @@ class Service:
         *,
         ref: str | None = None,
         subdir: str | None = None,
+        staged: bool = False,
         progress: Progress | None = None,
     ) -> ModuleInfo:
         """Install a module from a folder or git URL; atomic, returns when installed."""
@@ -149,7 +161,7 @@ class Service:
         space.require(self.settings, "registration")
         # built before the registry is asked for, so that it installs while the backend opens
         built = installer.build(SourceSpec(source, ref, subdir), self.settings, progress=report)
-        return self.registry.record(built, progress=report)
+        return self.registry.record(built, staged=staged, progress=report)
 
     def register_in_background(
         self,
@@ -158,38 +170,78 @@ class Service:
         ref: str | None = None,
         subdir: str | None = None,
         archive: Path | None = None,
+        staged: bool = False,
     ) -> ModuleInfo:
         """Accept a registration and install it in the background (status ``installing``)."""
         space.require(self.settings, "registration")
-        return self.registry.begin_register(SourceSpec(source or "", ref, subdir), archive=archive)
+        spec = SourceSpec(source or "", ref, subdir)
+        return self.registry.begin_register(spec, archive=archive, staged=staged)
 
     def update(
-        self, module_id: int, *, ref: str | None = None, progress: Progress | None = None
+        self,
+        module_id: int,
+        *,
+        ref: str | None = None,
+        archive: Path | None = None,
+        progress: Progress | None = None,
     ) -> ModuleInfo:
-        """Re-install a module from its recorded source; the old one serves until the swap."""
+        """Re-install from the recorded source or a new zip; the old one serves until the swap."""
         space.require(self.settings, "update")
-        return self.registry.update(module_id, ref=ref, progress=progress)
+        return self.registry.update(module_id, ref=ref, archive=archive, progress=progress)
 
-    def remove(self, module_id: int, *, force: bool = False) -> None:
-        """Remove a module with its files, environment and tasks."""
-        self.registry.get(module_id)
+    def update_in_background(
+        self, module_id: int, *, ref: str | None = None, archive: Path | None = None
+    ) -> ModuleInfo:
+        """Accept an update (also of a module in error) and install it in the background."""
+        space.require(self.settings, "update")
+        return self.registry.begin_update(module_id, ref=ref, archive=archive)
+
+    def publish(self, module_id: int) -> ModuleInfo:
+        """Show a staged module to clients."""
+        return self.registry.set_staged(module_id, False)
+
+    def stage(self, module_id: int) -> ModuleInfo:
+        """Hide a module from clients' list again (operators still see it)."""
+        return self.registry.set_staged(module_id, True)
+
+    def remove(self, module_id: int, *, force: bool = False, purge: bool = False) -> None:
+        """Remove a module; its tasks' records and outputs stay unless ``purge``."""
+        info = self.registry.get(module_id)
         active = self.tasks.active_for_module(module_id)
         if active and not force:
             raise WrongState(
                 f"module {module_id} has {len(active)} queued or running task(s); "
                 "kill them first or force the removal"
             )
-        self.tasks.forget_module(module_id)
-        self.registry.remove(module_id)
+        if purge or not self.registry.has_tasks(module_id):
+            self.tasks.forget_module(module_id)
+            self.registry.remove(module_id)
+        elif info.status != "removed":
+            for task_id in active:
+                self._kill_quietly(task_id)
+            self.registry.retire(module_id)
+
+    def _kill_quietly(self, task_id: int) -> None:
+        try:
+            self.tasks.kill(task_id)
+        except (WrongState, NotFound):
+            pass  # ended meanwhile
 
     def clear(self) -> None:
         """Remove every module and task."""
-        for module in self.registry.list():
-            self.remove(module.id, force=True)
+        for module in self.registry.list(everything=True):
+            self.remove(module.id, force=True, purge=True)
 
-    def list_modules(self) -> list[ModuleSummary]:
-        """Every module, installed or not, oldest first."""
-        return self.registry.list()
+    def list_modules(self, *, everything: bool = False) -> list[ModuleSummary]:
+        """The modules clients see, oldest first; ``everything`` adds staged and removed ones."""
+        return self.registry.list(everything=everything)
+
+    def prune(self, older_than_days: float | None = None) -> Pruned:
+        """Forget ended tasks older than that (default: the retention setting) with their files."""
+        from orchestra.history import prune_tasks
+
+        days = self.settings.task_retention_days if older_than_days is None else older_than_days
+        return prune_tasks(self.db, self.registry, self.settings.tasks_dir, days)
 
     def get_module(self, module_id: int) -> ModuleInfo:
         """One module's full record."""
@@ -199,7 +251,7 @@ class Service:
 
     def run(self, module_id: int, args: Mapping[str, Any]) -> TaskInfo:
         """Check the arguments and queue a task (started at once when a slot is free)."""
-        return self.tasks.submit(module_id, args)
+        return self._named(self.tasks.submit(module_id, args))[0]
 
     def list_tasks(
         self,
@@ -211,17 +263,27 @@ class Service:
         cursor: str | None = None,
     ) -> TaskPage:
         """Tasks newest first, filtered and paginated."""
-        return self.tasks.list(
+        page = self.tasks.list(
             status=status, module=module, limit=limit, offset=offset, cursor=cursor
         )
+        return dataclasses.replace(page, tasks=self._named(*page.tasks))
 
     def get_task(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
         """One task; with ``wait``, answer once it is final or the time has passed."""
-        return self.tasks.get(task_id, wait=wait)
+        return self._named(self.tasks.get(task_id, wait=wait))[0]
 
     def kill(self, task_id: int) -> TaskInfo:
         """Stop a running task's whole process tree, or drop a queued one."""
-        return self.tasks.kill(task_id)
+        return self._named(self.tasks.kill(task_id))[0]
+
+    def _named(self, *tasks: TaskInfo) -> tuple[TaskInfo, ...]:
+        """The tasks with their module's name and status (a removed module keeps its name)."""
+        names = self.registry.names({task.module for task in tasks})
+        return tuple(
+            dataclasses.replace(t, module_name=names.get(t.module, (None, None))[0],
+                                module_status=names.get(t.module, (None, None))[1])
+            for t in tasks
+        )  # fmt: skip
 
     def delete_task(self, task_id: int) -> None:
         """Forget a finished task and its files."""

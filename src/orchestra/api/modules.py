@@ -1,4 +1,4 @@
-"""Modules: list, register (from a source or an uploaded zip), show, remove, run."""
+"""Modules: list, register (from a source or a zip), show, update, publish, stage, remove, run."""
 
 from __future__ import annotations
 
@@ -30,22 +30,25 @@ def accepted(body: dict[str, Any], location: str) -> Response:
 
 
 def list_modules() -> Response:
-    """Every module in its short form."""
-    return jsonify([module.to_dict() for module in service().list_modules()])
+    """The modules clients see in their short form; ``?all=1`` adds staged and removed ones."""
+    modules = service().list_modules(everything=inputs.query_bool("all"))
+    return jsonify([module.to_dict() for module in modules])
 
 
 def register_module() -> Response:
     """Accept a registration from a source or a zip upload; it installs in the background."""
-    fields, upload = _registration_request()
+    fields, upload, staged = _registration_request()
     svc = service()
     if upload is None:
         info = svc.register_in_background(
-            fields["source"], ref=fields.get("ref"), subdir=fields.get("subdir")
+            fields["source"], ref=fields.get("ref"), subdir=fields.get("subdir"), staged=staged
         )
     else:
         archive = save_upload(upload, svc.settings.uploads_dir)
         try:
-            info = svc.register_in_background(archive=archive, subdir=fields.get("subdir"))
+            info = svc.register_in_background(
+                archive=archive, subdir=fields.get("subdir"), staged=staged
+            )
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
@@ -53,39 +56,57 @@ def register_module() -> Response:
     return accepted({"id": info.id, "status": info.status, "name": info.name}, location)
 
 
-def _registration_request() -> tuple[dict[str, str], FileStorage | None]:
+def _registration_request() -> tuple[dict[str, str], FileStorage | None, bool]:
     kind = inputs.body_kind()
     if kind == "none":
         raise InvalidInput("give a JSON object with 'source', or upload a zip as field 'file'")
-    raw: dict[str, Any] = inputs.json_object("a registration") if kind == "json" else {}
-    if kind == "form":
-        pairs = inputs.form_fields()
-        raw = dict(pairs)
-        if len(raw) != len(pairs):
-            raise InvalidInput("a registration field is given more than once", key="form")
-    fields = _source_fields(raw)
-    upload = request.files.get("file") if kind == "form" else None
-    extra_files = set(request.files) - {"file"} if kind == "form" else set()
-    if extra_files:
-        raise InvalidInput(f"unexpected upload field(s): {', '.join(sorted(extra_files))}")
+    raw, upload = _fields_and_upload(kind, "a registration")
+    staged = _flag(raw.pop("staged", None), "staged")
+    fields = _source_fields(raw, _SOURCE_KEYS)
     if upload is not None and ("source" in fields or "ref" in fields):
         raise InvalidInput("give either a source or an uploaded zip, not both", key="file")
     if upload is None and "source" not in fields:
         raise InvalidInput(
             "missing 'source' (a folder or git URL) or uploaded 'file'", key="source"
         )
-    return fields, upload
+    return fields, upload, staged
 
 
-def _source_fields(raw: dict[str, Any]) -> dict[str, str]:
-    unknown = sorted(set(raw) - set(_SOURCE_KEYS))
+def _fields_and_upload(kind: str, what: str) -> tuple[dict[str, Any], FileStorage | None]:
+    """The body's fields (JSON or form) and the zip uploaded as ``file``, if any."""
+    raw: dict[str, Any] = inputs.json_object(what) if kind == "json" else {}
+    if kind == "form":
+        pairs = inputs.form_fields()
+        raw = dict(pairs)
+        if len(raw) != len(pairs):
+            raise InvalidInput(f"a field of {what} is given more than once", key="form")
+    upload = request.files.get("file") if kind == "form" else None
+    extra_files = set(request.files) - {"file"} if kind == "form" else set()
+    if extra_files:
+        raise InvalidInput(f"unexpected upload field(s): {', '.join(sorted(extra_files))}")
+    return raw, upload
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A yes/no field: JSON true/false, or 1/0/true/false as text."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise InvalidInput(f"{key}: must be true or false", key=key)
+
+
+def _source_fields(raw: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, str]:
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
         shown = ", ".join(repr(name[:100]) for name in unknown)
         raise InvalidInput(
-            f"unknown field(s): {shown}; expected source, ref, subdir", key=unknown[0]
+            f"unknown field(s): {shown}; expected {', '.join(allowed)}", key=unknown[0]
         )
     fields: dict[str, str] = {}
-    for key in _SOURCE_KEYS:
+    for key in allowed:
         value = raw.get(key)
         if value is None or (value == "" and key != "source"):
             continue
@@ -113,9 +134,38 @@ def get_module(module_id: int) -> Response:
 
 
 def delete_module(module_id: int) -> Response:
-    """Remove a module (``?force=1`` kills its tasks first)."""
-    service().remove(module_id, force=inputs.query_bool("force"))
+    """Remove a module (``?force=1`` kills its tasks; ``?purge=1`` forgets them too)."""
+    service().remove(module_id, force=inputs.query_bool("force"), purge=inputs.query_bool("purge"))
     return Response(status=204)
+
+
+def update_module(module_id: int) -> Response:
+    """Re-install from the recorded source (``{"ref": …}``) or a new zip (``file``): 202."""
+    svc = service()
+    kind = inputs.body_kind()
+    raw, upload = _fields_and_upload(kind, "an update") if kind != "none" else ({}, None)
+    ref = _source_fields(raw, ("ref",)).get("ref")
+    if upload is None:
+        info = svc.update_in_background(module_id, ref=ref)
+    else:
+        archive = _save_upload(upload, svc.settings.uploads_dir)
+        try:
+            info = svc.update_in_background(module_id, ref=ref, archive=archive)
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
+    location = url_for("modules.get_module", module_id=info.id)
+    return accepted({"id": info.id, "status": info.status, "name": info.name}, location)
+
+
+def publish_module(module_id: int) -> Response:
+    """Show a staged module in clients' list."""
+    return jsonify(service().publish(module_id).to_dict())
+
+
+def stage_module(module_id: int) -> Response:
+    """Hide a module from clients' list (``?all=1`` and operators still see it)."""
+    return jsonify(service().stage(module_id).to_dict())
 
 
 @changes_state
@@ -132,3 +182,6 @@ bp.add_url_rule("/modules", view_func=register_module, methods=["POST"])
 both_forms(bp, "/module/<module_id:module_id>", get_module, ["GET"])
 both_forms(bp, "/module/<module_id:module_id>", delete_module, ["DELETE"])
 both_forms(bp, "/module/<module_id:module_id>/run", run_module, ["GET", "POST"])
+both_forms(bp, "/module/<module_id:module_id>/update", update_module, ["POST"])
+both_forms(bp, "/module/<module_id:module_id>/publish", publish_module, ["POST"])
+both_forms(bp, "/module/<module_id:module_id>/stage", stage_module, ["POST"])

@@ -44,7 +44,8 @@ _STRING_OR_NULL = {"type": ["string", "null"]}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _SCALAR = {"type": ["string", "number", "integer", "boolean"]}
 _TASK_STATUS = {"type": "string", "enum": ["queued", "running", "done", "error", "killed"]}
-_MODULE_STATUS = {"type": "string", "description": "installing, installed or error"}
+_MODULE_STATUS = {"type": "string", "description": "installing, installed, error or removed"}
+_STAGED = {"type": "boolean", "description": "hidden from the module list until published"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -65,6 +66,7 @@ SCHEMAS: dict[str, Any] = {
             "version": _STRING_OR_NULL,
             "status": _MODULE_STATUS,
             "output_type": _STRING_OR_NULL,
+            "staged": _STAGED,
         },
     },
     "Module": {
@@ -93,6 +95,7 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string"},
                 "description": "the exact package versions its environment holds (name==version)",
             },
+            "staged": _STAGED,
         },
     },
     "Registration": {
@@ -103,6 +106,7 @@ SCHEMAS: dict[str, Any] = {
             "source": {"type": "string", "description": "a folder path or git URL"},
             "ref": {"type": ["string", "null"], "description": "branch, tag or commit"},
             "subdir": {"type": ["string", "null"], "description": "folder holding metadata.json"},
+            "staged": {"type": "boolean", "description": "hidden from the list until published"},
         },
     },
     "Upload": {
@@ -111,6 +115,21 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "file": {"type": "string", "format": "binary", "description": "a zip archive"},
             "subdir": {"type": "string"},
+            "staged": {"type": "string", "enum": ["0", "1", "true", "false"]},
+        },
+    },
+    "Update": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "ref": {"type": ["string", "null"], "description": "branch, tag or commit to move to"}
+        },
+    },
+    "UpdateUpload": {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the new zip archive"}
         },
     },
     "RegistrationAccepted": {
@@ -151,6 +170,14 @@ SCHEMAS: dict[str, Any] = {
             "exit_code": {"type": ["integer", "null"]},
             "error": _STRING_OR_NULL,
             "output": {"type": ["array", "null"], "items": _ref("OutputFile")},
+            "module_name": {
+                "type": ["string", "null"],
+                "description": "the module's name (kept after it was removed)",
+            },
+            "module_status": {
+                "type": ["string", "null"],
+                "description": "the module's status now: removed once it was removed",
+            },
         },
     },
     "TaskPage": {
@@ -162,6 +189,15 @@ SCHEMAS: dict[str, Any] = {
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
             "next_cursor": _STRING_OR_NULL,
+        },
+    },
+    "Pruned": {
+        "type": "object",
+        "required": ["tasks", "modules", "older_than_days"],
+        "properties": {
+            "tasks": {"type": "integer", "description": "tasks forgotten"},
+            "modules": {"type": "integer", "description": "removed modules left without tasks"},
+            "older_than_days": {"type": "number"},
         },
     },
     "Log": {
@@ -260,7 +296,10 @@ _RUN_QUERY = {
 
 OPERATIONS: dict[str, dict[str, Any]] = {
     "modules.list_modules": {
-        "summary": "List the modules",
+        "summary": "List the modules (staged and removed ones only with all=1)",
+        "parameters": [
+            _query("all", {"type": "string", "enum": ["0", "1"]}, "add staged and removed modules")
+        ],
         "responses": {
             "200": _json({"type": "array", "items": _ref("ModuleSummary")}, "the modules")
         },
@@ -285,14 +324,47 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "responses": {"200": _json(_ref("Module"), "the module"), "404": _error("no such module")},
     },
     "modules.delete_module": {
-        "summary": "Remove a module with its environment and tasks",
+        "summary": "Remove a module and its environment; its tasks stay unless purge=1",
         "parameters": [
-            _query("force", {"type": "string", "enum": ["0", "1"]}, "kill its running tasks")
+            _query("force", {"type": "string", "enum": ["0", "1"]}, "kill its running tasks"),
+            _query("purge", {"type": "string", "enum": ["0", "1"]}, "forget its tasks too"),
         ],
         "responses": {
             "204": {"description": "removed"},
             "404": _error("no such module"),
             "409": _error("the module has running tasks"),
+        },
+    },
+    "modules.update_module": {
+        "summary": "Re-install from the recorded source (ref) or a new zip, in the background",
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": _ref("Update")},
+                "multipart/form-data": {"schema": _ref("UpdateUpload")},
+            },
+        },
+        "responses": {
+            "202": _json(_ref("RegistrationAccepted"), "accepted; poll the Location"),
+            "404": _error("no such module"),
+            "409": _error("being installed or updated, or removed"),
+            "413": _error("the upload is too large"),
+        },
+    },
+    "modules.publish_module": {
+        "summary": "Show a staged module in the module list",
+        "responses": {
+            "200": _json(_ref("Module"), "the module"),
+            "404": _error("no such module"),
+            "409": _error("the module was removed"),
+        },
+    },
+    "modules.stage_module": {
+        "summary": "Hide a module from the module list (all=1 still shows it)",
+        "responses": {
+            "200": _json(_ref("Module"), "the module"),
+            "404": _error("no such module"),
+            "409": _error("the module was removed"),
         },
     },
     "modules.run_module": {
@@ -315,6 +387,17 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
         ],
         "responses": {"200": _json(_ref("TaskPage"), "one page of tasks")},
+    },
+    "tasks.prune_tasks": {
+        "summary": "Forget ended tasks older than a number of days, with their files",
+        "parameters": [
+            _query(
+                "older_than",
+                {"type": "number", "exclusiveMinimum": 0},
+                "days since the task ended (default: ORCHESTRA_TASK_RETENTION_DAYS)",
+            )
+        ],
+        "responses": {"200": _json(_ref("Pruned"), "what was forgotten")},
     },
     "tasks.get_task": {
         "summary": "Show a task",

@@ -156,7 +156,21 @@ def _zip_stream(files: list[tuple[str, Path]]) -> Iterator[bytes]:
         yield data
 
 
+def prune_tasks() -> Response:
+    """Forget ended tasks older than ``?older_than=DAYS`` (default: the retention setting)."""
+    raw = inputs.query_text("older_than") or ""
+    try:
+        days = float(raw) if raw else None
+    except ValueError:
+        shown = raw[:100]
+        raise InvalidInput(
+            f"older_than: {shown!r} is not a number of days", key="older_than"
+        ) from None
+    return jsonify(service().prune(days).to_dict())
+
+
 bp.add_url_rule("/tasks", view_func=list_tasks, methods=["GET"])
+bp.add_url_rule("/tasks/prune", view_func=prune_tasks, methods=["POST"])
 both_forms(bp, "/task/<task_id:task_id>", get_task, ["GET"])
 both_forms(bp, "/task/<task_id:task_id>", delete_task, ["DELETE"])
 both_forms(bp, "/task/<task_id:task_id>/kill", kill_task, ["GET", "POST"])

@@ -91,7 +91,9 @@ def register(ctx: Context, args: argparse.Namespace) -> int:
             ctx.note(f"skipping {source}: module {name!r} is already installed")
             skipped.append({"source": source, "name": name})
             continue
-        info = ctx.service.register(source, ref=args.ref, subdir=args.subdir, progress=ctx.note)
+        info = ctx.service.register(
+            source, ref=args.ref, subdir=args.subdir, staged=args.staged, progress=ctx.note
+        )
         registered.append(info)
         taken.add(info.name or "")
         if not ctx.json:
@@ -116,8 +118,8 @@ def _local_module_name(source: str, subdir: str | None) -> str | None:
 
 
 def list_modules(ctx: Context, args: argparse.Namespace) -> int:
-    """The modules."""
-    modules = ctx.service.list_modules()
+    """Every module, staged and removed ones too: operators see them all."""
+    modules = ctx.service.list_modules(everything=True)
     ctx.emit([m.to_dict() for m in modules], render.modules_table(modules))
     return 0
 
@@ -127,7 +129,7 @@ def remove(ctx: Context, args: argparse.Namespace) -> int:
     for module_id in args.ids:
         ctx.service.get_module(module_id)
     for module_id in dict.fromkeys(args.ids):
-        ctx.service.remove(module_id, force=args.force)
+        ctx.service.remove(module_id, force=args.force, purge=args.purge)
         if not ctx.json:
             ctx.out.write(f"removed module {module_id}\n")
     if ctx.json:
@@ -166,9 +168,41 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def update(ctx: Context, args: argparse.Namespace) -> int:
-    """Re-install a module from its source."""
-    module = ctx.service.update(args.id, ref=args.ref, progress=ctx.note)
+    """Re-install a module from its source, or from a new zip archive."""
+    archive = _zip_argument(args.zip) if args.zip else None
+    module = ctx.service.update(args.id, ref=args.ref, archive=archive, progress=ctx.note)
     ctx.emit(module.to_dict(), f"updated module {module.id}: {module.name} ({module.status})")
+    return 0
+
+
+def _zip_argument(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"--zip: {text!r} is not a file", key="zip")
+    return path.resolve()
+
+
+def publish(ctx: Context, args: argparse.Namespace) -> int:
+    """Show a staged module to clients."""
+    module = ctx.service.publish(args.id)
+    ctx.emit(module.to_dict(), f"published module {module.id}: {module.name}")
+    return 0
+
+
+def stage(ctx: Context, args: argparse.Namespace) -> int:
+    """Hide a module from clients until it is published."""
+    module = ctx.service.stage(args.id)
+    ctx.emit(module.to_dict(), f"staged module {module.id}: {module.name}")
+    return 0
+
+
+def prune(ctx: Context, args: argparse.Namespace) -> int:
+    """Forget ended tasks older than a number of days, with their files."""
+    pruned = ctx.service.prune(args.older_than)
+    text = f"forgot {pruned.tasks} task(s) ended more than {pruned.older_than_days:g} day(s) ago"
+    if pruned.modules:
+        text += f", and {pruned.modules} removed module(s) left without tasks"
+    ctx.emit(pruned.to_dict(), text)
     return 0
 
 
@@ -322,6 +356,9 @@ COMMANDS: dict[str, Handler] = {
     "clear": clear,
     "show": show,
     "update": update,
+    "publish": publish,
+    "stage": stage,
+    "prune": prune,
     "serve": serve,
     "run": run,
     "tasks": tasks,

@@ -98,19 +98,35 @@ def _module_commands(commands: argparse._SubParsersAction, common: argparse.Argu
         action="store_true",
         help="skip a folder whose module name is already installed",
     )
-    commands.add_parser("list", parents=[common], help="list modules (also: --list)")
+    p.add_argument("--staged", action="store_true", help="hide it from clients until published")
+    commands.add_parser(
+        "list", parents=[common], help="list modules, staged and removed ones too (also: --list)"
+    )
     p = commands.add_parser("remove", parents=[common], help="remove modules (also: --remove)")
     p.add_argument("ids", nargs="+", type=object_id, metavar="ID")
     p.add_argument("--force", action="store_true", help="kill their running tasks first")
+    p.add_argument("--purge", action="store_true", help="forget their tasks and outputs too")
+    for name, text in (("publish", "show a staged module to clients"),
+                       ("stage", "hide a module from clients until published")):  # fmt: skip
+        p = commands.add_parser(name, parents=[common], help=text)
+        p.add_argument("id", type=object_id, metavar="ID")
+    p = commands.add_parser("prune", parents=[common], help="forget old ended tasks and files")
+    p.add_argument(
+        "--older-than", type=float, metavar="DAYS", dest="older_than",
+        help="ended more than DAYS ago (default: ORCHESTRA_TASK_RETENTION_DAYS)",
+    )  # fmt: skip
     p = commands.add_parser(
         "clear", parents=[common], help="remove every module and task (also: --clear)"
     )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask to confirm")
     p = commands.add_parser("show", parents=[common], help="show one module")
     p.add_argument("id", type=object_id, metavar="ID")
-    p = commands.add_parser("update", parents=[common], help="re-install a module from its source")
+    p = commands.add_parser(
+        "update", parents=[common], help="re-install a module from its source or a new zip"
+    )
     p.add_argument("id", type=object_id, metavar="ID")
     p.add_argument("--ref", help="git branch, tag or commit to move to")
+    p.add_argument("--zip", metavar="FILE", help="install this zip archive as the new version")
     p = commands.add_parser("serve", parents=[common], help="serve the REST API and run tasks")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on")

@@ -41,8 +41,19 @@ def modules_table(modules: Sequence[ModuleSummary]) -> str:
     """The module list."""
     if not modules:
         return "no modules"
-    rows = [(m.id, m.name, m.version, m.status, m.output_type, m.description) for m in modules]
+    rows = [
+        (m.id, m.name, m.version, m.status + " (staged)" * m.staged, m.output_type, m.description)
+        for m in modules
+    ]
     return table(("ID", "NAME", "VERSION", "STATUS", "OUTPUT", "DESCRIPTION"), rows)
+
+
+def _module_of(task: TaskInfo) -> str:
+    """The task's module id, with its name (and ``removed`` once it was)."""
+    if not task.module_name:
+        return str(task.module)
+    removed = ", removed" if task.module_status == "removed" else ""
+    return f"{task.module} ({task.module_name}{removed})"
 
 
 def module_details(module: ModuleInfo) -> str:
@@ -52,7 +63,7 @@ def module_details(module: ModuleInfo) -> str:
         ("id", module.id),
         ("name", module.name),
         ("version", module.version),
-        ("status", module.status),
+        ("status", module.status + " (staged: hidden from clients)" * module.staged),
         ("output", module.output_type),
         ("arguments", _inputs(metadata.get("args"))),
         ("hyperparameters", _inputs(metadata.get("hyperparameters"))),
@@ -115,7 +126,7 @@ def task_details(task: TaskInfo) -> str:
     text = fields(
         [
             ("id", task.id),
-            ("module", task.module),
+            ("module", _module_of(task)),
             ("status", task.status),
             ("arguments", _args(task.args)),
             ("created", _time(plain["created"])),

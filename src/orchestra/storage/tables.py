@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 1
-_LIVE_NAME = "status != 'error'"  # the modules whose name is taken
+# the modules whose name is taken: not a failed one, nor a removed one kept for its history
+_LIVE_NAME = "status NOT IN ('error', 'removed')"
 
 
 class Base(DeclarativeBase):
@@ -31,7 +32,7 @@ class ModuleRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # NULL while the metadata has not been read yet (an API registration just accepted)
     name: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))  # installing | installed | error
+    status: Mapped[str] = mapped_column(String(16))  # installing | installed | error | removed
     description: Mapped[str] = mapped_column(Text, default="")
     version: Mapped[str | None] = mapped_column(String(100))
     output_type: Mapped[str | None] = mapped_column(String(100))
@@ -47,6 +48,8 @@ class ModuleRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # the process installing it while status is installing, so recovery can tell it is gone
     installer_pid: Mapped[int | None] = mapped_column(Integer)
+    # hidden from clients' module list until published (operators see it)
+    staged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[datetime] = mapped_column()
     updated: Mapped[datetime] = mapped_column()
 
