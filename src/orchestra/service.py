@@ -363,7 +363,7 @@ class Service:
         return {
             "status": "ok",
             "version": __version__,
-            "modules": len(self.registry.list()),
+            "modules": len(self.registry.list(everything=True)),
             "tasks": self.tasks.counts(),
             "sandbox": self._sandbox().describe(),
         }
