@@ -3,8 +3,8 @@
 What is fuzzed, and why: a real ``serve`` process on a fresh data folder holding one harmless
 module (it writes its arguments to a file) and one finished task. Every read is fuzzed, and so
 are the changing routes that stay inside that folder: running the module, killing and deleting
-tasks. Registering (``POST /modules``), updating and removing modules are left out: a fuzzer choosing
-sources would clone and build environments for minutes, and removing the one module would
+tasks. Registering (``POST /modules``), updating and removing modules are left out: a fuzzer
+choosing sources would clone and build environments for minutes, and removing the one module would
 leave every later run case answering 404. Those routes are covered by the hostile-input
 catalogue instead.
 """

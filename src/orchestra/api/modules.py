@@ -148,7 +148,7 @@ def update_module(module_id: int) -> Response:
     if upload is None:
         info = svc.update_in_background(module_id, ref=ref)
     else:
-        archive = _save_upload(upload, svc.settings.uploads_dir)
+        archive = save_upload(upload, svc.settings.uploads_dir)
         try:
             info = svc.update_in_background(module_id, ref=ref, archive=archive)
         except BaseException:

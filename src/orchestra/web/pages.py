@@ -59,7 +59,7 @@ def _partial() -> bool:
 @bp.get("/")
 def modules() -> str:
     """Every module with its status."""
-    return render_template("modules.html", modules=service().list_modules())
+    return render_template("modules.html", modules=service().list_modules(everything=True))
 
 
 def _run_fields(module: ModuleInfo) -> list[dict[str, Any]]:
@@ -155,7 +155,7 @@ def tasks() -> str:
     page = svc.list_tasks(
         status=status, module=module_id, limit=PAGE_SIZE, cursor=inputs.query_text("cursor")
     )
-    names = {m.id: m.name for m in svc.list_modules()}
+    names = {m.id: m.name for m in svc.list_modules(everything=True)}
     context = {"page": page, "names": names, "status": status, "module_id": module_id}
     if _partial():
         return render_template("task_rows.html", **context)
