@@ -223,7 +223,8 @@ def test_deleting_a_module_with_a_running_task_needs_force(
     refused = client.delete(f"/module/{sleeper}")
     assert refused.status_code == 409 and "task" in refused.json["error"]
     assert client.delete(f"/module/{sleeper}?force=1").status_code == 204
-    assert client.get(f"/task/{task_id}").status_code == 404
+    kept = client.get(f"/task/{task_id}").json  # killed, and kept with its removed module
+    assert (kept["status"], kept["module_status"]) == ("killed", "removed")
 
 
 def test_the_task_list_filters_and_pages_newest_first(

@@ -245,12 +245,14 @@ def test_a_deleted_task_is_gone_with_its_folder(server: Service) -> None:
         server.get_task(running.id)
 
 
-def test_removing_a_module_kills_and_forgets_its_tasks(server: Service) -> None:
+def test_removing_a_module_kills_its_tasks_and_forgets_them_when_purged(server: Service) -> None:
     module = _register(server, "sleeps")
     task = server.run(module, {"seconds": 600})
     with pytest.raises(WrongState):
         server.remove(module)
     server.remove(module, force=True)
+    assert server.get_task(task.id).status == "killed"  # kept, with its removed module
+    server.remove(module, purge=True)
     assert _task_rows(server) == 0
     assert not (server.settings.tasks_dir / str(task.id)).exists()
 

@@ -17,10 +17,11 @@ def _live_name_index_sql(dialect: object) -> str:
     return str(CreateIndex(index).compile(dialect=dialect))  # type: ignore[arg-type]
 
 
-def test_a_failed_module_leaves_its_name_free_on_sqlite_and_postgresql() -> None:
-    assert _live_name_index_sql(sqlite.dialect()).endswith("WHERE status != 'error'")
+def test_a_failed_or_removed_module_leaves_its_name_free_on_sqlite_and_postgresql() -> None:
+    where = "WHERE status NOT IN ('error', 'removed')"
+    assert _live_name_index_sql(sqlite.dialect()).endswith(where)
     add_postgresql_options()
-    assert _live_name_index_sql(postgresql.dialect()).endswith("WHERE status != 'error'")
+    assert _live_name_index_sql(postgresql.dialect()).endswith(where)
 
 
 def test_loading_the_schema_does_not_load_the_postgresql_dialect() -> None:
