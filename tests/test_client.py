@@ -19,6 +19,7 @@ from orchestra.errors import (
     SourceError,
     TooLarge,
     Unauthorized,
+    Unreachable,
     WrongState,
 )
 from orchestra.records import ModuleInfo, OutputFile, TaskInfo, TaskPage
@@ -60,6 +61,18 @@ def test_an_error_answer_becomes_the_error_a_service_raises(
     assert error.message.startswith("what went wrong")
 
 
+@pytest.mark.parametrize(
+    "kind", [k for k in OrchestraError.__subclasses__() if k.http_status != 400]
+)
+def test_every_status_of_the_family_comes_back_as_its_own_kind(
+    kind: type[OrchestraError],
+) -> None:
+    body = json.dumps(kind("server's words").to_dict()).encode()
+    error = client.error_from_answer(kind.http_status, "Reason", body)
+    assert type(error) is kind and error.exit_code == kind.exit_code
+    assert error.message.startswith("server's words")
+
+
 def test_install_and_metadata_errors_keep_their_own_words() -> None:
     install = InstallError("environment", "uv said no", log="full log")
     error = client.error_from_answer(400, "Bad Request", json.dumps(install.to_dict()).encode())
@@ -72,7 +85,10 @@ def test_install_and_metadata_errors_keep_their_own_words() -> None:
 
 def test_an_answer_that_is_not_ours_names_its_status() -> None:
     error = client.error_from_answer(502, "Bad Gateway", b"<html>proxy</html>")
-    assert error.message == "the server answered 502 Bad Gateway" and error.exit_code == 1
+    assert error.message == "the server answered 502 Bad Gateway"
+    assert isinstance(error, Unreachable) and error.exit_code == 7  # a proxy without its server
+    error = client.error_from_answer(418, "I'm a teapot", b"")
+    assert error.message == "the server answered 418 I'm a teapot" and error.exit_code == 1
 
 
 @pytest.mark.parametrize(

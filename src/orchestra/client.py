@@ -35,8 +35,6 @@ from orchestra.errors import (
     NotFound,
     OrchestraError,
     SourceError,
-    TooLarge,
-    Unauthorized,
     Unreachable,
     WrongState,
 )
@@ -49,13 +47,6 @@ POLL_INTERVAL = 0.5  # seconds between looks at a module that installs on the se
 PROGRESS_EVERY = 10.0  # seconds between "still installing" notes
 _CHUNK = 256 * 1024  # bytes sent or received at a time
 _BUSY = frozenset({"installing", "updating"})  # module states that end by themselves
-_BY_STATUS: dict[int, type[OrchestraError]] = {
-    400: InvalidInput,
-    401: Unauthorized,
-    404: NotFound,
-    409: WrongState,
-    413: TooLarge,
-}
 _STEP_FAILED = re.compile(r"(?P<step>[\w][\w .-]{0,40}?) failed: (?P<rest>.*)", re.DOTALL)
 
 
@@ -182,6 +173,19 @@ def _unreachable(url: str, exc: OSError, timeout: float) -> Unreachable:
 
 
 # -- errors --------------------------------------------------------------------------------
+
+
+def _kinds_by_status() -> dict[int, type[OrchestraError]]:
+    """Each HTTP status to the first error kind of the family that answers with it."""
+    # several kinds share 400 (bad input, a source, an install): the first, InvalidInput,
+    # stands for the status; the others are told apart by their answer's body below
+    kinds: dict[int, type[OrchestraError]] = {}
+    for kind in OrchestraError.__subclasses__():
+        kinds.setdefault(kind.http_status, kind)
+    return kinds
+
+
+_BY_STATUS = _kinds_by_status()
 
 
 def error_from_answer(status: int, reason: str, body: bytes) -> OrchestraError:
