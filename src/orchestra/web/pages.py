@@ -9,9 +9,19 @@ after waiting up to ``?wait=`` seconds for a task to end.
 from __future__ import annotations
 
 import logging
+from pathlib import PurePosixPath
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from werkzeug.wrappers import Response as BaseResponse
 
 from orchestra.api import inputs
@@ -220,10 +230,6 @@ def output_file(task_id: int, name: str) -> Response:
 
 
 def _inline_image(task_id: int, name: str) -> Response:
-    from pathlib import PurePosixPath
-
-    from flask import send_file
-
     mimetype = IMAGE_TYPES.get(PurePosixPath(name).suffix.lower())
     if mimetype is None:  # only raster images: an SVG or HTML page could carry script
         raise InvalidInput(f"{name[:100]!r} is not an image that can be shown", key="name")
