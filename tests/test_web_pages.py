@@ -65,8 +65,11 @@ def test_a_module_page_shows_its_inputs_with_types_and_defaults(
     assert 'type="number" step="1" name="spacing_hours" value="6"' in html
     assert 'type="number" step="any" name="min_score" value="0.0"' in html
     assert "<em>events</em>" in html  # the description's Markdown, rendered
-    assert client.get("/ui/module/2").status_code == 404
-    assert "Not found" in client.get("/ui/module/2").get_data(as_text=True)
+    for path in ("/ui/module/2", "/ui/module/abc", "/ui/no-such-page"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.mimetype == "text/html", path
+        assert "Not found" in answer.get_data(as_text=True)
+    assert client.get("/module/abc").mimetype == "application/json"  # the API's stay JSON
 
 
 def test_a_hostile_description_and_name_are_escaped_or_sanitised(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from orchestra.errors import OrchestraError, disk_full, is_disk_full
@@ -13,6 +15,7 @@ _LOGGER = logging.getLogger(__name__)
 
 # headers of a werkzeug answer worth keeping on the JSON one (405 names the allowed methods)
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+_PAGES = "orchestra_error_pages"  # app.extensions: (path prefix, renderer) pairs
 
 
 def init_app(app: Flask) -> None:
@@ -39,7 +42,16 @@ def _orchestra_error(exc: OrchestraError) -> Response:
     return response
 
 
-def _http_error(exc: HTTPException) -> Response:
+def pages_under(app: Flask, prefix: str, render: Callable[[HTTPException], Any]) -> None:
+    """Let ``render`` answer the HTTP errors of paths under ``prefix`` (HTML for people)."""
+    app.extensions.setdefault(_PAGES, []).append((prefix, render))
+
+
+def _http_error(exc: HTTPException) -> Any:
+    # a page URL that matched no route (or a bad id in one) is a person's: answer a page
+    for prefix, render in current_app.extensions.get(_PAGES, ()):
+        if request.path.startswith(prefix):
+            return render(exc)
     status = exc.code or 500
     response = error_response(status, exc.description or exc.name)
     for key, value in exc.get_headers():

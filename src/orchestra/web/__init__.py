@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 def init_app(app: Flask) -> None:
     """Add the dashboard, its security headers, its sign-in check and the metrics to ``app``."""
     from orchestra.api.auth import guards_itself
-    from orchestra.web import filters, headers, metrics, pages, site
+    from orchestra.api.errors import pages_under
+    from orchestra.web import errors, filters, headers, metrics, pages, site
 
     metrics.init_app(app)
     headers.init_app(app)
@@ -19,3 +20,4 @@ def init_app(app: Flask) -> None:
     for blueprint in (pages.bp, site.bp):
         guards_itself(app, blueprint.name)
         app.register_blueprint(blueprint)
+    pages_under(app, "/ui/", errors.http_error_page)

@@ -15,7 +15,7 @@ _LOGGER = logging.getLogger(__name__)
 def init_blueprint(bp: Blueprint) -> None:
     """Render every error raised by ``bp``'s pages as an HTML page with the right status."""
     bp.register_error_handler(OrchestraError, _orchestra_error)
-    bp.register_error_handler(HTTPException, _http_error)
+    bp.register_error_handler(HTTPException, http_error_page)
 
 
 def _page(status: int, message: str) -> tuple[str, int]:
@@ -27,5 +27,6 @@ def _orchestra_error(exc: OrchestraError) -> tuple[str, int]:
     return _page(exc.http_status, exc.message)
 
 
-def _http_error(exc: HTTPException) -> tuple[str, int]:
+def http_error_page(exc: HTTPException) -> tuple[str, int]:
+    """An HTTP error (a bad form, or an unknown page under /ui/) as a page."""
     return _page(exc.code or 500, exc.description or exc.name)

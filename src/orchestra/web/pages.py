@@ -48,7 +48,7 @@ STATUSES = tuple(s.value for s in TaskStatus)
 FINAL = frozenset(s.value for s in TaskStatus if s.is_final)
 
 
-@bp.context_processor
+@bp.app_context_processor  # app-wide: error pages for unmatched /ui/ paths use it too
 def _page_globals() -> dict[str, Any]:
     token_set = bool(service().settings.api_token)
     return {"token_set": token_set, "signed_in": guard.signed_in(), "final_statuses": FINAL}
