@@ -184,7 +184,8 @@ def _slow_package(folder: Path, flag: Path, seconds: float) -> Path:
 def test_a_registration_killed_half_way_leaves_nothing_half_made(
     tmp_path: Path, uv_cache: Path
 ) -> None:
-    flag = tmp_path / "building.flag"
+    # in the installer cache: a build in the sandbox writes nowhere else outside its scratch
+    flag = uv_cache / f"{tmp_path.name}-building.flag"
     package = _slow_package(tmp_path / "slowpkg", flag, seconds=6)
     module = tmp_path / "module"
     for path in NAPPER.rglob("*"):

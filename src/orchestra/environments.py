@@ -37,6 +37,7 @@ import uv
 
 from orchestra import bytecode
 from orchestra.errors import InstallError, InvalidInput
+from orchestra.executors import sandbox
 from orchestra.process import clean_env, run_checked
 
 if TYPE_CHECKING:
@@ -289,11 +290,13 @@ def _env_version(env_dir: Path, cwd: Path) -> str:
 def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log: Log) -> None:
     listing = cwd / "requirements.txt"
     listing.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    python = env_dir / "bin" / "python"
-    argv = _uv(
-        "pip", "install", "--python", str(python), "--no-python-downloads", "-r", "requirements.txt"
-    )
+    argv = _uv("pip", "install", "--python", str(env_dir / "bin" / "python"),
+               "--no-python-downloads", "-r", "requirements.txt")  # fmt: skip
     log("requirements: " + ", ".join(lines))
+    confined = sandbox.detect(settings.sandbox).active
+    # in the sandbox's presence, nothing from outside runs here: wheels only (a source
+    # package is built in the sandbox first, below, and its wheel then comes from the cache)
+    argv += ["--no-build"] if confined else []
     if settings.prefer_cached:
         # resolving from the cache alone skips the index round trips (half of a warm
         # install) and reuses the versions other modules already link; whatever the cache
@@ -303,7 +306,28 @@ def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log
             return
         except InstallError:
             log("the cache does not hold everything: resolving online")
-    _run_uv(argv, settings, cwd, log)
+    try:
+        _run_uv(argv, settings, cwd, log)
+    except InstallError:
+        if not confined:
+            raise
+        log("some requirement needs building from source: building it in the sandbox")
+        _build_in_sandbox(env_dir, settings, cwd, log)
+        _run_uv([*argv, "--offline"], settings, cwd, log)
+
+
+def _build_in_sandbox(env_dir: Path, settings: Settings, cwd: Path, log: Log) -> None:
+    """Install the requirements into a scratch environment in the sandbox, filling the cache."""
+    interpreter = str((env_dir / "bin" / "python").resolve())
+    scratch = cwd / "build-env"
+    argv = _uv("venv", "--python", interpreter, "--no-python-downloads", str(scratch))
+    run_checked(argv, step="install", cwd=cwd, env=uv_env(settings), timeout=60)
+    install = _uv("pip", "install", "--python", str(scratch / "bin" / "python"),
+                  "--no-python-downloads", "-r", "requirements.txt")  # fmt: skip
+    prefix = sandbox.installer_argv(
+        settings, workdir=cwd, interpreter=interpreter, uv_bin=install[0]
+    )
+    _run_uv([*prefix, *install], settings, cwd, log)
 
 
 def _run_uv(argv: list[str], settings: Settings, cwd: Path, log: Log) -> None:

@@ -36,11 +36,11 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _CHECK_TIMEOUT = 20.0  # seconds the trial run of bubblewrap may take on a busy machine
-# what a module may read of /etc: the loader's cache, time zones, names, certificates
-_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives", "ssl",
-        "ca-certificates", "ca-certificates.conf", "pki", "nsswitch.conf", "passwd", "group",
-        "hosts", "host.conf", "resolv.conf", "gai.conf", "protocols", "services",
-        "mime.types")  # fmt: skip
+# what a module may read of /etc: the loader's cache, the time zone, program links, users;
+# with the network, what names and certificates need. Each bind costs a start some time.
+_ETC = ("ld.so.cache", "localtime", "alternatives", "passwd")
+_ETC_NETWORK = ("ssl", "ca-certificates", "pki", "resolv.conf", "hosts", "host.conf",
+                "nsswitch.conf", "gai.conf", "services", "protocols")  # fmt: skip
 _TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # the supervisor, bubblewrap and its pid 1: processes of a task that its module did not make
 _OVERHEAD_SANDBOXED = 3
@@ -187,28 +187,59 @@ def bwrap_argv(
     """bubblewrap's options for a task of ``install`` writing into ``output``."""
     argv = [state.bwrap, "--unshare-all", *(["--share-net"] if network else []),
             "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # fmt: skip
-    argv += _system_binds()
+    argv += _system_binds(network)
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     # after the tmpfs on /tmp: a data folder below /tmp gets its bind points on it
     prefix = interpreter_prefix(str(install.env))
     if prefix and prefix != "/usr" and not prefix.startswith("/usr/"):
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--ro-bind", str(install.code), str(install.code)]
-    argv += ["--ro-bind", str(install.env), str(install.env)]
+    # the generation (code, environment, its install log) in one bind: each costs a start
+    argv += ["--ro-bind", str(install.root), str(install.root)]
     argv += ["--bind", str(output), str(output)]
     return [*argv, "--chdir", str(install.code)]
 
 
+def installer_argv(
+    settings: Settings, *, workdir: Path, interpreter: str, uv_bin: str
+) -> list[str]:
+    """bubblewrap's options for building a module's source packages (empty: no sandbox).
+
+    The build runs code from outside (``setup.py``, build backends): it reaches the package
+    index and reads the machine's files, but of the data folder it sees only the installer
+    cache and ``workdir``, both writable; no other module, no task, no database.
+    """
+    state = detect(settings.sandbox)
+    if not state.active:
+        return []
+    home, cache = settings.home.resolve(), settings.uv_cache_dir.resolve()
+    argv = [state.bwrap, "--unshare-all", "--share-net", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+            "--tmpfs", str(home)]  # fmt: skip
+    # what the data folder hid and the build needs: the tools (read-only), then the writable
+    for path in (interpreter_prefix_of(interpreter), str(Path(uv_bin).resolve().parent)):
+        if path and Path(path).is_relative_to(home):
+            argv += ["--ro-bind", path, path]
+    argv += ["--bind", str(cache), str(cache), "--bind", str(workdir), str(workdir)]
+    return [*argv, "--chdir", str(workdir), "--setenv", "HOME", str(workdir),
+            "--setenv", "TMPDIR", str(workdir), "--"]  # fmt: skip
+
+
+def interpreter_prefix_of(python: str) -> str:
+    """The installation an interpreter belongs to (the parent of its ``bin``)."""
+    return str(Path(python).resolve().parent.parent)
+
+
 @functools.cache
-def _system_binds() -> tuple[str, ...]:
+def _system_binds(network: bool) -> tuple[str, ...]:
     argv = ["--ro-bind", "/usr", "/usr"]
     for top in _TOP_LEVEL:
         if os.path.islink(top):  # merged /usr: /lib -> usr/lib
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
-    for name in _ETC:
-        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for name in (*_ETC, *(_ETC_NETWORK if network else ())):
+        if os.path.exists(f"/etc/{name}"):  # checked once: a missing one costs no mount try
+            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     return tuple(argv)
 
 
