@@ -215,12 +215,43 @@ def test_register_from_git_at_a_ref_in_a_sub_folder_then_update_and_remove(
     html = client.get("/ui/module/1").get_data(as_text=True)
     assert "From git" in html and "stable" in html and "models/m" in html
     assert "installed" in html and 'action="/ui/module/1/update"' in html
+    before = service.get_module(1).updated.isoformat()
     updated = client.post("/ui/module/1/update", data={"ref": "main"}, headers=HERE)
     assert updated.status_code == 303
+    assert updated.headers["Location"].startswith("/ui/module/1?since=")
+    following = client.get(updated.headers["Location"]).get_data(as_text=True)
+    service.registry.join_background(120)
     assert service.get_module(1).ref == "main"
+    assert service.get_module(1).updated.isoformat() != before
+    if "Updating in the background" in following:  # the page followed, then stops
+        done = client.get(updated.headers["Location"]).get_data(as_text=True)
+        assert "Updating in the background" not in done and "data-live-src" not in done
     removed = client.post("/ui/module/1/remove", headers=HERE)
     assert removed.status_code == 303 and removed.headers["Location"] == "/ui/"
-    assert service.list_modules() == []
+    assert service.list_modules(everything=True) == []  # no task: nothing to keep
+
+
+def test_staged_publish_and_a_removed_module_keeps_its_tasks(
+    service: Service, client: FlaskClient
+) -> None:
+    form = {"source": str(EXAMPLES / "catalog"), "staged": "1"}
+    assert client.post("/ui/register", data=form, headers=HERE).status_code == 303
+    service.registry.join_background(120)
+    assert service.list_modules() == []  # clients do not see it
+    page = client.get("/ui/module/1").get_data(as_text=True)
+    assert 'class="badge staged"' in page and 'action="/ui/module/1/publish"' in page
+    assert client.post("/ui/module/1/publish", headers=HERE).status_code == 303
+    assert [m.name for m in service.list_modules()] == ["Example catalog"]
+    task = service.run(1, {})
+    service.get_task(task.id, wait=60)
+    assert client.post("/ui/module/1/remove", headers=HERE).status_code == 303
+    assert service.get_module(1).status == "removed"
+    listing = client.get("/ui/").get_data(as_text=True)
+    assert "Removed modules (1)" in listing
+    assert "Example catalog" in client.get(f"/ui/task/{task.id}").get_data(as_text=True)
+    purge = client.post("/ui/module/1/remove", data={"purge": "1"}, headers=HERE)
+    assert purge.status_code == 303
+    assert service.list_modules(everything=True) == [] and service.list_tasks().total == 0
 
 
 def test_a_failed_task_shows_why_and_its_log(service: Service, client: FlaskClient) -> None:

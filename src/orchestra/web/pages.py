@@ -9,7 +9,7 @@ after waiting up to ``?wait=`` seconds for a task to end.
 from __future__ import annotations
 
 import logging
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from flask import (
@@ -94,10 +94,13 @@ def module(module_id: int) -> str:
     """One module: metadata, description, run form, install log, its latest tasks."""
     svc = service()
     info = svc.get_module(module_id)
+    since = inputs.query_text("since")
     context = {
         "module": info,
         "fields": _run_fields(info),
         "tasks": svc.list_tasks(module=module_id, limit=MODULE_TASKS).tasks,
+        "since": since,
+        "updating": since is not None and info.updated.isoformat() == since,
     }
     template = "module_main.html" if _partial() else "module.html"
     return render_template(template, **context)
@@ -111,17 +114,49 @@ def run(module_id: int) -> BaseResponse:
     return _see("web.task", task_id=task.id)
 
 
+def _uploaded_archive() -> Path | None:
+    """The zip a form uploaded as ``file``, kept under a fresh name; None without one."""
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return None
+    return save_upload(upload, service().settings.uploads_dir)
+
+
 @bp.post("/module/<module_id:module_id>/update")
 def update(module_id: int) -> BaseResponse:
-    """Re-install from the recorded source, at another ref if given."""
-    service().update(module_id, ref=request.form.get("ref") or None)
+    """Re-install in the background, from the source (at another ref) or a new zip."""
+    archive = _uploaded_archive()
+    try:
+        before = service().update_in_background(
+            module_id, ref=request.form.get("ref") or None, archive=archive
+        )
+    except BaseException:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
+        raise
+    # the page follows the module until its record changes (the new version, or why not)
+    return _see("web.module", module_id=module_id, since=before.updated.isoformat())
+
+
+@bp.post("/module/<module_id:module_id>/publish")
+def publish(module_id: int) -> BaseResponse:
+    """Show a staged module to clients."""
+    service().publish(module_id)
+    return _see("web.module", module_id=module_id)
+
+
+@bp.post("/module/<module_id:module_id>/stage")
+def stage(module_id: int) -> BaseResponse:
+    """Hide a module from clients' lists again."""
+    service().stage(module_id)
     return _see("web.module", module_id=module_id)
 
 
 @bp.post("/module/<module_id:module_id>/remove")
 def remove(module_id: int) -> BaseResponse:
-    """Remove a module (``force`` kills its running tasks first)."""
-    service().remove(module_id, force=request.form.get("force") == "1")
+    """Remove a module (``force`` kills its tasks; ``purge`` forgets them too)."""
+    form = request.form
+    service().remove(module_id, force=form.get("force") == "1", purge=form.get("purge") == "1")
     return _see("web.modules")
 
 
@@ -135,21 +170,21 @@ def register() -> str:
 def register_post() -> BaseResponse:
     """Accept a registration; the module's page then shows the install's progress."""
     svc = service()
-    subdir = request.form.get("subdir") or None
-    upload = request.files.get("file")
-    if upload is not None and upload.filename:
-        archive = save_upload(upload, svc.settings.uploads_dir)
+    form = request.form
+    subdir, staged = form.get("subdir") or None, form.get("staged") == "1"
+    archive = _uploaded_archive()
+    if archive is not None:
         try:
-            info = svc.register_in_background(archive=archive, subdir=subdir)
+            info = svc.register_in_background(archive=archive, subdir=subdir, staged=staged)
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
     else:
-        source = (request.form.get("source") or "").strip()
+        source = (form.get("source") or "").strip()
         if not source:
             raise InvalidInput("give a git URL or folder, or choose a zip archive", key="source")
-        ref = request.form.get("ref") or None
-        info = svc.register_in_background(source, ref=ref, subdir=subdir)
+        ref = form.get("ref") or None
+        info = svc.register_in_background(source, ref=ref, subdir=subdir, staged=staged)
     return _see("web.module", module_id=info.id)
 
 
