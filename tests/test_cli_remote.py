@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra.config import Settings
-from tests.support.gitserver import GitDaemon
+from tests.support.gitserver import GitDaemon, git, make_repo
 from tests.support.helpers import free_port, run_cli, wait_for, write_module
 from tests.support.paths import DATA, EXAMPLES, ROOT
 
@@ -229,3 +229,55 @@ def test_the_installed_command_reads_orchestra_url_and_the_token(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["registered"][0]["name"] == "Example catalog"
     assert not (tmp_path / "laptop").exists()
+
+
+def _served_module(git_daemon: GitDaemon, tmp_path: Path, version: str) -> Path:
+    """A served git repository holding a tiny module at ``version`` (tagged so)."""
+    module = write_module(tmp_path / version, name="Versioned", code="pass")
+    metadata = json.loads((module / "metadata.json").read_text())
+    (module / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
+    files = {str(p.relative_to(module)): p.read_bytes() for p in module.rglob("*") if p.is_file()}
+    repo = git_daemon.new_repo(files)
+    git(repo, "tag", version)
+    return repo
+
+
+def test_update_through_the_api_moves_to_a_ref_or_fails_as_locally(
+    remote: Settings, settings: Settings, git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    repo = _served_module(git_daemon, tmp_path, "1.0")
+    ok(["register", git_daemon.url(repo.name), "--ref", "1.0"], remote)
+    make_repo(repo, {"metadata.json": (repo / "metadata.json").read_text().replace("1.0", "2.0")})
+    git(repo, "tag", "2.0")
+    code, out, err = run_cli(["update", "1", "--ref", "2.0"], remote)
+    assert code == 0, err
+    assert out == "updated module 1: Versioned (installed)\n" and "updated Versioned" in err
+    assert ok(["--json", "show", "1"], remote) == ok(["--json", "show", "1"], settings)
+    assert json.loads(ok(["--json", "show", "1"], remote))["version"] == "2.0"
+    code, out, err = run_cli(["update", "1", "--ref", "9.9"], remote)
+    assert code == 5 and _error_lines(err) == [
+        f"orchestra: error: ref '9.9' not found in {git_daemon.url(repo.name)}"
+    ]
+    assert json.loads(ok(["--json", "show", "1"], remote))["version"] == "2.0"  # still serving
+
+
+def test_update_from_a_zip_publish_stage_prune_and_purge_through_the_api(
+    remote: Settings, settings: Settings, live_server: LiveServer, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "m", name="Zipped", code="(out / 'a.txt').write_text('a')")
+    ok(["register", "--staged", str(module)], remote)
+    assert "installed (staged)" in ok(["list"], remote)
+    assert json.loads(ok(["--json", "publish", "1"], remote))["staged"] is False
+    assert ok(["stage", "1"], remote) == "staged module 1: Zipped\n"
+    new = tmp_path / "new.zip"
+    with zipfile.ZipFile(new, "w") as zipped:
+        for path in sorted(p for p in module.rglob("*") if p.is_file()):
+            text = path.read_text().replace('"0.1"', '"0.2"')
+            zipped.writestr(path.relative_to(module).as_posix(), text)
+    assert ok(["update", "1", "--zip", str(new)], remote).startswith("updated module 1: Zipped")
+    assert live_server.service.get_module(1).version == "0.2"
+    ok(["run", "1", "--wait"], remote)
+    pruned = json.loads(ok(["--json", "prune", "--older-than", "1"], remote))
+    assert pruned == json.loads(ok(["--json", "prune", "--older-than", "1"], settings))
+    ok(["remove", "1", "--purge"], remote)
+    assert live_server.service.list_tasks().total == 0

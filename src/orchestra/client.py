@@ -46,6 +46,7 @@ TIMEOUT = 60.0  # seconds an answer may take, on top of any ?wait= the request a
 POLL_INTERVAL = 0.5  # seconds between looks at a module that installs on the server
 PROGRESS_EVERY = 10.0  # seconds between "still installing" notes
 _CHUNK = 256 * 1024  # bytes sent or received at a time
+_UPDATE_FAILED = "update failed: "  # how the server records a failed update of a serving module
 _BUSY = frozenset({"installing", "updating"})  # module states that end by themselves
 _STEP_FAILED = re.compile(r"(?P<step>[\w][\w .-]{0,40}?) failed: (?P<rest>.*)", re.DOTALL)
 
@@ -448,8 +449,10 @@ class Client:
                 started = time.monotonic()
             time.sleep(POLL_INTERVAL)
             module = self.get_module(module_id)
-        if module.status == "error" or (module.error or "").startswith("update failed"):
-            raise _failed_install(module)
+        if module.status == "error" or (module.error or "").startswith(_UPDATE_FAILED):
+            # the old version still serves; the server prefixes what a local update raises
+            error = (module.error or "").removeprefix(_UPDATE_FAILED)
+            raise _failed_install(dataclasses.replace(module, error=error or None))
         report(f"updated {module.name} (module {module_id})")
         return module
 
