@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MB = 1024 * 1024
+LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")  # as in manifest.py
 # seconds between two sums of what a task with an output limit wrote: often while it grows,
 # less and less often while it does not, and never costing the supervisor over a tenth of a
 # core (a sum over many files takes longer)
@@ -61,6 +62,7 @@ class _Group:
         self.path = os.path.join(base, f"orchestra-task-{os.getpid()}")
 
     def create(self, settings: dict[str, int]) -> None:
+        """Make the group with ``settings`` (file name: value) and move this process into it."""
         try:
             os.mkdir(self.path)
         except FileExistsError:  # left by a supervisor that died with this pid
@@ -80,6 +82,7 @@ class _Group:
             return {}
 
     def remove(self) -> None:
+        """Move this process back to the parent group and remove this one."""
         try:
             _write(os.path.join(self.base, "cgroup.procs"), str(os.getpid()))
             os.rmdir(self.path)
@@ -99,8 +102,7 @@ class Guard:
     """The limits of one task: set up before its start, watched, read after its end."""
 
     def __init__(self, limits: dict[str, Any], task_dir: str) -> None:
-        self.values = {k: int(limits.get(k) or 0) for k in ("memory_mb", "cpu_seconds",
-                                                          "output_mb", "processes")}  # fmt: skip
+        self.values = {key: int(limits.get(key) or 0) for key in LIMIT_KEYS}
         self.task_dir = task_dir
         self._memory_base = str(limits.get("memory_cgroup") or "")
         self._pids_base = str(limits.get("pids_cgroup") or "")
