@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.paths import DATA
 from tests.support.server import ServerProcess
@@ -25,6 +26,20 @@ FLOOD = DATA / "modules" / "flood"
 MARKER = DATA / "modules" / "marker"
 RSS_BOUND_KIB = 100 * 1024  # the growth the server may show while it handles a fault
 T = TypeVar("T")
+
+
+@pytest.fixture
+def unsandboxed(settings: Settings) -> Iterator[Service]:
+    """A service whose tasks run outside the sandbox.
+
+    The marker module reports every run into one shared file outside its task folder, which
+    is how a test sees all runs at once; the sandbox (tests/test_sandbox.py) would hide it.
+    """
+    svc = Service(settings.with_overrides(sandbox="off"))
+    try:
+        yield svc
+    finally:
+        svc.close()
 
 
 @pytest.fixture
@@ -124,8 +139,9 @@ def test_a_module_flooding_standard_output_leaves_server_memory_bounded(
 
 @pytest.mark.slow
 def test_many_threads_submitting_and_reading_at_once_never_see_a_locked_database(
-    service: Service, tmp_path: Path
+    unsandboxed: Service, tmp_path: Path
 ) -> None:
+    service = unsandboxed
     module = service.register(str(MARKER)).id
     shared = tmp_path / "markers.log"
     failures: list[BaseException] = []

@@ -25,8 +25,14 @@ MAX_RUNNING = 2
 
 @pytest.fixture
 def server(tmp_path: Path, uv_cache: Path) -> Iterator[ServerProcess]:
-    """A real server on a fresh data folder, two tasks at a time."""
-    process = ServerProcess(tmp_path / "home", uv_cache, max_running=str(MAX_RUNNING))
+    """A real server on a fresh data folder, two tasks at a time, tasks unsandboxed.
+
+    The marker module appends each run to one shared file outside its task folder: that file
+    is how this test sees every run at once, and the sandbox (tests/test_sandbox.py) hides it.
+    """
+    process = ServerProcess(
+        tmp_path / "home", uv_cache, max_running=str(MAX_RUNNING), sandbox="off"
+    )
     try:
         process.start()
         yield process
