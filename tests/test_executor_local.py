@@ -14,14 +14,28 @@ from typing import Any
 
 import pytest
 
+from orchestra.config import Settings
+from orchestra.executors.base import TaskSpec
 from orchestra.executors.local import LocalExecutor
 from tests.support.processes import TREE, alive, wait_for_file
 
 
 @pytest.fixture
-def executor(tmp_path: Path) -> Iterator[LocalExecutor]:
+def local(settings: Settings) -> Settings:
+    """Settings with a short kill grace period."""
+    return settings.with_overrides(kill_grace=1.0)
+
+
+@pytest.fixture
+def task_dir(local: Settings) -> Path:
+    """The folder of task 1, which every test here starts."""
+    return local.tasks_dir / "1"
+
+
+@pytest.fixture
+def executor(local: Settings) -> Iterator[LocalExecutor]:
     """An executor with its launcher and exit watcher running, as in a server."""
-    ex = LocalExecutor(log_dir=tmp_path)
+    ex = LocalExecutor(local)
     ex.open()
     try:
         yield ex
@@ -30,7 +44,9 @@ def executor(tmp_path: Path) -> Iterator[LocalExecutor]:
 
 
 def _spec(code: str, *args: str, **extra: Any) -> dict[str, Any]:
+    """A spec with the paths resolved, as the first release stored them (still honoured)."""
     return {
+        "task_id": 1,
         "argv": [sys.executable, "-c", code, *args],
         "cwd": "/",
         "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -45,10 +61,9 @@ def _result(task_dir: Path) -> dict[str, Any]:
 
 
 def test_the_watcher_hears_at_once_that_a_task_ended(
-    executor: LocalExecutor, tmp_path: Path
+    executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    task_dir = tmp_path / "t1"
-    handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec("import sys; sys.exit(0)"))
+    handle = executor.start(_spec("import sys; sys.exit(0)"))
     ended = threading.Event()
     assert executor.watch(handle, ended.set)
     assert ended.wait(20)
@@ -56,12 +71,11 @@ def test_the_watcher_hears_at_once_that_a_task_ended(
     assert not executor.is_alive(handle)
 
 
-def test_without_a_server_a_task_starts_as_a_detached_supervisor(tmp_path: Path) -> None:
-    executor = LocalExecutor()  # never opened: the command line's way
-    task_dir = tmp_path / "t1"
-    handle = executor.start(
-        task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(0.5)")
-    )
+def test_without_a_server_a_task_starts_as_a_detached_supervisor(
+    local: Settings, task_dir: Path
+) -> None:
+    executor = LocalExecutor(local)  # never opened: the command line's way
+    handle = executor.start(_spec("import time; time.sleep(0.5)"))
     assert executor.is_alive(handle)
     assert not executor.watch(handle, lambda: None)
     wait_for_file(task_dir / "result.json")
@@ -73,31 +87,30 @@ def test_without_a_server_a_task_starts_as_a_detached_supervisor(tmp_path: Path)
 
 
 def test_kill_stops_the_module_its_child_and_a_detached_grandchild(
-    executor: LocalExecutor, tmp_path: Path
+    executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    task_dir, pid_file = tmp_path / "t1", tmp_path / "pids.json"
-    handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec(TREE, str(pid_file)))
+    pid_file = tmp_path / "pids.json"
+    handle = executor.start(_spec(TREE, str(pid_file)))
     ended = threading.Event()
     executor.watch(handle, ended.set)
     wait_for_file(pid_file)
     pids = json.loads(pid_file.read_text())
     assert len(alive(pids)) == 3
-    executor.kill(handle, grace=1.0)
+    executor.kill(handle)
     assert ended.wait(1.0 + 2.0)
     assert _result(task_dir)["reason"] == "killed"
     assert alive(pids) == []
 
 
 def test_a_new_executor_adopts_a_live_supervisor_and_sees_its_real_exit_code(
-    tmp_path: Path,
+    local: Settings, task_dir: Path
 ) -> None:
-    first = LocalExecutor(log_dir=tmp_path)
+    first = LocalExecutor(local)
     first.open()
-    task_dir = tmp_path / "t1"
     code = "import sys, time; time.sleep(1.0); sys.exit(7)"
-    handle = json.loads(json.dumps(first.start(task_id=1, task_dir=task_dir, spec=_spec(code))))
+    handle = json.loads(json.dumps(first.start(_spec(code))))
     first.close()  # the old server is gone; its supervisor is not
-    second = LocalExecutor(log_dir=tmp_path)
+    second = LocalExecutor(local)
     second.open()
     try:
         assert second.is_alive(handle)
@@ -110,12 +123,9 @@ def test_a_new_executor_adopts_a_live_supervisor_and_sees_its_real_exit_code(
 
 
 def test_kill_without_a_supervisor_stops_the_module_tree_directly(
-    executor: LocalExecutor, tmp_path: Path
+    executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    task_dir = tmp_path / "t1"
-    handle = executor.start(
-        task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(600)")
-    )
+    handle = executor.start(_spec("import time; time.sleep(600)"))
     wait_for_file(task_dir / "supervisor.json")
     module_pid = json.loads((task_dir / "supervisor.json").read_text())["module_pid"]
     os.kill(handle["pid"], signal.SIGKILL)
@@ -124,15 +134,15 @@ def test_kill_without_a_supervisor_stops_the_module_tree_directly(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert alive([module_pid]) == [module_pid]
-    executor.kill(handle, grace=0.5)
+    executor.kill(handle)
     assert alive([module_pid]) == []
     assert not (task_dir / "result.json").exists()
 
 
 def test_a_pid_reused_by_another_process_does_not_look_alive(
-    executor: LocalExecutor, tmp_path: Path
+    executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    handle = executor.start(task_id=1, task_dir=tmp_path / "t1", spec=_spec("pass"))
+    handle = executor.start(_spec("pass"))
     impostor = {**handle, "pid": os.getpid()}  # a live pid with another start time
     assert not executor.is_alive(impostor)
 
@@ -146,41 +156,40 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_launched_supervisor_leaves_logs_and_one_record_and_nothing_else(
-    executor: LocalExecutor, tmp_path: Path
+    executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    task_dir = tmp_path / "t1"
     spec = _spec("print('hi')")
-    handle = executor.start(task_id=1, task_dir=task_dir, spec=spec)
+    handle = executor.start(spec)
     ended = threading.Event()
     executor.watch(handle, ended.set)
     assert ended.wait(20)
     assert _result(task_dir)["exit_code"] == 0
     assert (task_dir / "stdout.log").read_text() == "hi\n"
     # the spec lives in the task's row; the identity and the result share one file
-    assert sorted(p.name for p in task_dir.iterdir()) == ["result.json", "stderr.log", "stdout.log"]
+    names = sorted(p.name for p in task_dir.iterdir())
+    assert names == ["output", "result.json", "stderr.log", "stdout.log"]
     identity = json.loads((task_dir / "result.json").read_text().splitlines()[0])
     assert identity["pid"] == handle["pid"]
 
 
 def test_the_handle_is_found_from_the_task_folder_by_another_executor(
-    executor: LocalExecutor, tmp_path: Path
+    executor: LocalExecutor, task_dir: Path, local: Settings
 ) -> None:
-    task_dir = tmp_path / "t1"
-    assert LocalExecutor().find(task_dir) is None  # nothing started there
-    handle = executor.start(task_id=1, task_dir=task_dir, spec=_spec("import time; time.sleep(30)"))
+    assert LocalExecutor(local).find(1) is None  # nothing started there
+    handle = executor.start(_spec("import time; time.sleep(30)"))
     wait_for_file(task_dir / "supervisor.json")
-    other = LocalExecutor()  # another process's executor: nothing in memory
-    found = other.find(task_dir)
+    other = LocalExecutor(local)  # another process's executor: nothing in memory
+    found = other.find(1)
     assert found is not None
     assert (found["pid"], found["start"]) == (handle["pid"], handle["start"])
     assert other.is_alive(found)
-    other.kill(found, grace=0.5)
+    other.kill(found)
     wait_for_file(task_dir / "result.json")
     assert _result(task_dir)["reason"] == "killed"
 
 
-def test_the_waiting_supervisor_exits_with_the_launcher(tmp_path: Path) -> None:
-    executor = LocalExecutor(log_dir=tmp_path)
+def test_the_waiting_supervisor_exits_with_the_launcher(local: Settings) -> None:
+    executor = LocalExecutor(local)
     executor.open()
     launcher = executor._launcher
     assert launcher is not None and launcher._proc is not None
@@ -195,3 +204,29 @@ def test_the_waiting_supervisor_exits_with_the_launcher(tmp_path: Path) -> None:
     while alive(waiting):
         assert time.monotonic() < deadline, "a waiting supervisor outlived its launcher"
         time.sleep(0.02)
+
+
+def test_a_spec_naming_a_generation_runs_its_module_with_its_interpreter_and_code(
+    executor: LocalExecutor, local: Settings, task_dir: Path
+) -> None:
+    install = local.installs_dir / "gen-1"
+    (install / "env" / "bin").mkdir(parents=True)
+    (install / "env" / "bin" / "python").symlink_to(sys.executable)
+    (install / "code" / "mod").mkdir(parents=True)
+    main = "import os, sys; print(os.getcwd(), os.environ['VIRTUAL_ENV'], sys.argv[1:])"
+    (install / "code" / "mod" / "__main__.py").write_text(main)
+    spec = TaskSpec(1, 5, "gen-1", "mod", ("--start", "a b"), timeout=30, grace=1.0)
+    handle = executor.start(spec.to_json())
+    ended = threading.Event()
+    assert executor.watch(handle, ended.set)
+    assert ended.wait(20)
+    out = (task_dir / "stdout.log").read_text().strip()
+    output = task_dir / "output"
+    assert out == f"{install / 'code'} {install / 'env'} {[str(output), '--start', 'a b']}"
+    outcome = executor.outcome(1, spec.to_json())
+    assert outcome is not None and outcome.status == "done"
+
+
+def test_a_spec_that_is_not_one_cannot_start(executor: LocalExecutor) -> None:
+    with pytest.raises(OSError, match="not a task spec"):
+        executor.start({"task_id": 1, "generation": "g"})

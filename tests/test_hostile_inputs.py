@@ -29,6 +29,7 @@ import pytest
 
 from orchestra.api import create_app
 from orchestra.config import Settings, load_settings
+from orchestra.limits import MAX_PAGE
 from orchestra.service import Service
 from tests.support.gitserver import git
 from tests.support.helpers import free_port, http, run_cli
@@ -59,7 +60,7 @@ class World:
         """What must not change: module and task records, install and task folders."""
         svc = self.service
         modules = [svc.get_module(m.id).to_dict() for m in svc.list_modules()]
-        tasks = [t.to_dict() for t in svc.list_tasks(limit=1000).tasks]
+        tasks = [t.to_dict() for t in svc.list_tasks(limit=MAX_PAGE).tasks]
         return {
             "modules": modules,
             "tasks": tasks,

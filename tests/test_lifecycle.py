@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
 from orchestra.config import Settings
 from orchestra.storage.db import Database
-from orchestra.storage.files import TaskFolder
-from orchestra.storage.tables import ModuleRow
-from orchestra.tasks import lifecycle
-from orchestra.tasks.lifecycle import Outcome
-from orchestra.tasks.status import TaskStatus
+from orchestra.storage.tables import ModuleRow, TaskRow
+from orchestra.tasks import lifecycle, workers
+from orchestra.tasks.lifecycle import NewTask
+from orchestra.tasks.status import Outcome, TaskStatus
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["returning", "no-returning"])
-def update_returning(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Both ways to claim and finish: UPDATE … RETURNING, and the reads of older databases."""
-    monkeypatch.setattr(SQLiteDialect, "update_returning", request.param)
-    return bool(request.param)
+@pytest.fixture(params=["sqlite", "sqlite-no-returning", "postgresql"])
+def url(request: pytest.FixtureRequest, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each database and each way to move a task: UPDATE … RETURNING, and older SQLite's reads."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    monkeypatch.setattr(SQLiteDialect, "update_returning", request.param == "sqlite")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings.db_url
 
 
 @pytest.fixture
-def db(settings: Settings) -> Database:
+def db(url: str) -> Iterator[Database]:
     """A fresh database holding one module row for tasks to point at."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    database = Database(settings.db_url)
+    database = Database(url)
     database.create_schema()
     with database.write() as session:
         session.add(
@@ -42,15 +45,13 @@ def db(settings: Settings) -> Database:
                 updated=lifecycle.now(),
             )  # fmt: skip
         )
-    return database
+    yield database
+    database.dispose()
 
 
 def _queue(db: Database, count: int) -> list[int]:
     rows = [
-        lifecycle.create(
-            db, module_id=1, args={}, timeout=10, install_dir=None, build_spec=lambda i: {"id": i}
-        )[0]
-        for _ in range(count)
+        lifecycle.create(db, NewTask(1, {}, 10, None, lambda i: {"id": i}))[0] for _ in range(count)
     ]
     return [row.id for row in rows]
 
@@ -63,11 +64,9 @@ def test_a_created_task_is_queued_with_its_spec(db: Database) -> None:
     assert claimed.spec == {"id": task_id}
 
 
-def test_claims_from_many_connections_never_exceed_the_limit(
-    db: Database, settings: Settings
-) -> None:
+def test_claims_from_many_connections_never_exceed_the_limit(db: Database, url: str) -> None:
     _queue(db, 20)
-    others = [Database(settings.db_url) for _ in range(4)]  # as separate processes would
+    others = [Database(url) for _ in range(4)]  # as separate processes would
     claimed: list[int] = []
 
     def claim(database: Database) -> None:
@@ -83,6 +82,33 @@ def test_claims_from_many_connections_never_exceed_the_limit(
         thread.join()
     assert len(claimed) == 3 and len(set(claimed)) == 3
     assert sorted(claimed) == [1, 2, 3]  # oldest first
+
+
+def test_submissions_claiming_from_many_connections_never_exceed_the_limit(
+    db: Database, url: str
+) -> None:
+    others = [Database(url) for _ in range(6)]  # as several servers would
+    barrier = threading.Barrier(len(others))
+
+    def submit(database: Database) -> None:
+        barrier.wait()
+        for _ in range(8):
+            new = NewTask(1, {}, 10, None, lambda i: {"id": i})
+            lifecycle.create(database, new, max_running=2, worker="server")
+            lifecycle.claim_next(database, 2, "server")
+
+    threads = [threading.Thread(target=submit, args=(d,)) for d in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with db.connect() as connection:
+        statuses = dict(
+            connection.execute(select(TaskRow.status, func.count()).group_by(TaskRow.status)).all()
+        )
+    assert statuses == {"running": 2, "queued": 46}
+    for database in others:
+        database.dispose()
 
 
 def test_only_one_of_two_observers_settles_a_task(db: Database) -> None:
@@ -123,41 +149,80 @@ def test_killing_a_queued_task_drops_it_and_a_running_one_is_flagged(db: Databas
     assert flagged is not None and flagged.kill_requested and flagged.status == "running"
 
 
-def test_outputs_are_regular_files_inside_the_folder_only(tmp_path: Path) -> None:
-    out = tmp_path / "output"
-    (out / "sub").mkdir(parents=True)
-    (out / "a.txt").write_text("aa")
-    (out / "sub" / "b.txt").write_text("b")
-    (tmp_path / "secret").write_text("outside")
-    (out / "leak").symlink_to(tmp_path / "secret")
-    (out / "alias").symlink_to(out / "a.txt")
-    (out / "dirlink").symlink_to(tmp_path)
-    names = [(f["name"], f["size"]) for f in lifecycle.scan_outputs(out)]
-    assert names == [("a.txt", 2), ("alias", 2), ("sub/b.txt", 1)]
+def test_a_worker_claims_a_given_queued_task_once_and_never_a_killed_one(db: Database) -> None:
+    first, second = _queue(db, 2)
+    claimed = lifecycle.claim(db, first, "w1")
+    assert claimed is not None and (claimed.status, claimed.worker) == ("running", "w1")
+    assert claimed.heartbeat is not None and claimed.started is not None
+    assert lifecycle.claim(db, first, "w2") is None  # already running under w1
+    assert lifecycle.request_kill(db, second) == TaskStatus.QUEUED
+    assert lifecycle.claim(db, second, "w1") is None  # killed while queued: never starts
+    assert lifecycle.claim(db, 999, "w1") is None
 
 
-def test_the_stderr_tail_keeps_the_last_lines_only(tmp_path: Path) -> None:
-    folder = TaskFolder(tmp_path, 1)
-    folder.root.mkdir()
-    folder.stderr.write_text("x" * 100_000 + "\n" + "".join(f"line {n}\n" for n in range(50)))
-    tail = lifecycle.stderr_tail(folder).splitlines()
-    assert tail == [f"line {n}" for n in range(30, 50)]
+def test_of_many_workers_claiming_one_task_exactly_one_wins(db: Database, url: str) -> None:
+    (task_id,) = _queue(db, 1)
+    others = [Database(url) for _ in range(4)]
+    winners: list[str] = []
+
+    def claim(database: Database, name: str) -> None:
+        if lifecycle.claim(database, task_id, name) is not None:
+            winners.append(name)
+
+    threads = [threading.Thread(target=claim, args=(d, f"w{n}")) for n, d in enumerate(others)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    row = lifecycle.read(db, task_id)
+    assert row is not None and row.worker == winners[0]
 
 
-@pytest.mark.parametrize(
-    ("result", "status", "error"),
-    [
-        ({"reason": "exited", "exit_code": 2}, "error", "exited with status 2"),
-        ({"reason": "exited", "signal": 11}, "error", "killed by signal 11 (SIGSEGV)"),
-        ({"reason": "timeout", "signal": 15}, "error", "timed out after 7 s"),
-        ({"reason": "killed", "signal": 15}, "killed", "killed on request"),
-        ({"reason": "start_failed", "error": "No such file"}, "error", "could not start: No such"),
-    ],
-)
-def test_each_way_of_ending_is_explained(
-    tmp_path: Path, result: dict[str, object], status: str, error: str
-) -> None:
-    folder = TaskFolder(tmp_path, 1)
-    outcome = lifecycle.outcome_from_result(folder, result, {"timeout": 7})
-    assert outcome.status == status
-    assert (outcome.error or "").startswith(error)
+def test_a_late_result_from_a_worker_never_revives_a_settled_task(db: Database) -> None:
+    (task_id,) = _queue(db, 1)
+    assert lifecycle.claim(db, task_id, "w1") is not None
+    assert lifecycle.finish(db, task_id, Outcome(TaskStatus.DONE, 0), worker="w2") is None
+    final = lifecycle.finish(db, task_id, Outcome(TaskStatus.ERROR, None, "lost"))
+    assert final is not None and final.status == "error"
+    assert lifecycle.finish(db, task_id, Outcome(TaskStatus.DONE, 0), worker="w1") is None
+    row = lifecycle.read(db, task_id)
+    assert row is not None and (row.status, row.error) == ("error", "lost")
+
+
+def test_a_task_whose_lease_ran_out_ends_in_error_naming_its_worker(db: Database) -> None:
+    stale, fresh, local = _queue(db, 3)
+    assert lifecycle.claim(db, stale, "w-gone") is not None
+    assert lifecycle.claim(db, fresh, "w-alive") is not None
+    assert lifecycle.claim_next(db, 5, "server:1") is not None  # local: no lease
+    with db.begin_write() as connection:
+        connection.execute(
+            update(TaskRow)
+            .where(TaskRow.id == stale)
+            .values(heartbeat=lifecycle.now() - timedelta(seconds=120))
+        )
+    settled = lifecycle.settle_lost(db, 60)
+    assert [(r.id, r.status) for r in settled] == [(stale, "error")]
+    assert settled[0].error == "worker w-gone lost: no heartbeat for 60 s"
+    assert lifecycle.settle_lost(db, 60) == []
+    statuses = [getattr(lifecycle.read(db, t), "status", None) for t in (fresh, local)]
+    assert statuses == ["running", "running"]
+    assert lifecycle.finish(db, stale, Outcome(TaskStatus.DONE, 0), worker="w-gone") is None
+
+
+def test_renewing_a_workers_lease_keeps_its_tasks_and_names_those_to_kill(db: Database) -> None:
+    first, second = _queue(db, 2)
+    workers.register(db, "w1", queues=["default", "gpu"], concurrency=2, hostname="h")
+    for task_id in (first, second):
+        assert lifecycle.claim(db, task_id, "w1") is not None
+    old = lifecycle.now() - timedelta(seconds=120)
+    with db.begin_write() as connection:
+        connection.execute(update(TaskRow).values(heartbeat=old))
+    assert lifecycle.request_kill(db, second) == TaskStatus.RUNNING
+    assert workers.renew(db, "w1") == [second]
+    assert lifecycle.settle_lost(db, 60) == []  # renewed just now
+    (info,) = workers.list_workers(db)
+    assert (info.name, info.queues, info.concurrency) == ("w1", ("default", "gpu"), 2)
+    assert info.heartbeat > old
+    workers.forget(db, "w1")
+    assert workers.list_workers(db) == []

@@ -24,8 +24,9 @@ from orchestra.records import TaskInfo
 from orchestra.service import Service
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
-from orchestra.tasks.runner import LAUNCH_WINDOW
+from orchestra.tasks.lifecycle import NewTask
 from orchestra.tasks.status import TaskStatus
+from orchestra.tasks.watching import LAUNCH_WINDOW
 from tests.support.paths import DATA
 from tests.support.processes import alive, host_pid, wait_for_file
 
@@ -422,8 +423,7 @@ def test_a_claimed_task_whose_supervisor_never_appeared_fails_after_the_launch_w
     # a claim whose launching process died before starting anything
     claimed = [
         lifecycle.create(
-            service.db, module_id=module, args={}, timeout=10, install_dir=None,
-            build_spec=lambda i: {"task_id": i}, max_running=2,
+            service.db, NewTask(module, {}, 10, None, lambda i: {"task_id": i}), max_running=2
         )[0]
         for _ in range(2)
     ]  # fmt: skip
@@ -447,4 +447,4 @@ def test_waiting_on_tasks_that_have_ended_leaves_nothing_behind(server: Service)
         assert server.get_task(task.id, wait=30).status == "done"
     for task in tasks:  # already final: answered at once, no waiting state kept
         assert server.get_task(task.id, wait=30).status == "done"
-    assert server.tasks._events == {}
+    assert server.tasks.waiters._events == {}

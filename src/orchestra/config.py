@@ -52,6 +52,8 @@ class Settings:
     compile_bytecode: bool = True  # compile the environment's .pyc in the background
     prefer_cached: bool = True  # resolve requirements from the installer cache when it can
     poll_interval: float = 1.0  # seconds between the runner's sweeps of the database
+    executor: str = "local"  # where tasks run: local (this machine) or celery (workers)
+    worker_lease: float = 60.0  # seconds without a heartbeat before a worker counts as lost
     uv_cache: str = ""  # the installer's cache folder; empty means home/cache/uv
     url: str = ""  # a server's REST API that the command line drives; empty means this machine
     sandbox: str = "auto"  # auto (where the machine allows) | required (refuse without) | off

@@ -461,7 +461,12 @@ def bind_arguments(
 
 def command_args(executable: str, output_dir: str, bound: Mapping[str, str]) -> list[str]:
     """The argv after the interpreter: ``-m executable output_dir --name value ...``."""
-    argv = ["-m", executable, output_dir]
+    return ["-m", executable, output_dir, *argument_tail(bound)]
+
+
+def argument_tail(bound: Mapping[str, str]) -> list[str]:
+    """The argv after the output folder: ``--name value`` for each bound argument."""
+    tail: list[str] = []
     for name, text in bound.items():
-        argv += [f"--{name}", text]
-    return argv
+        tail += [f"--{name}", text]
+    return tail

@@ -99,6 +99,7 @@ class TaskInfo(_Record):
     # the module's name and status as they are now: a removed module keeps its name
     module_name: str | None = None
     module_status: str | None = None
+    worker: str | None = None  # the server process or remote worker that ran it
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from orchestra import environments, installer
 from orchestra.errors import InstallError, InvalidInput, NotFound, OrchestraError, WrongState
 from orchestra.installer import Built
+from orchestra.limits import MAX_ID
 from orchestra.manifest import Manifest, parse_manifest
 from orchestra.records import ModuleInfo, ModuleSummary
 from orchestra.sources import SourceSpec, precheck
@@ -41,7 +42,6 @@ _LOGGER = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 INSTALLING, INSTALLED, ERROR, REMOVED = "installing", "installed", "error", "removed"
 _NAME_CACHE_SECONDS = 2.0  # how long a task's module name may lag behind a change elsewhere
-_MAX_ID = 2**63 - 1
 _ACTIVE_TASKS = ("queued", "running")
 # prepared once: asked on every run request
 _RUNNABLE = select(ModuleRow.status, ModuleRow.install_dir).where(
@@ -580,7 +580,7 @@ def _log_progress(message: str) -> None:
 def _check_id(module_id: object) -> None:
     if isinstance(module_id, bool) or not isinstance(module_id, int):
         raise NotFound(f"no module {module_id!r}")
-    if not 0 < module_id <= _MAX_ID:
+    if not 0 < module_id <= MAX_ID:
         raise NotFound(f"no module {module_id}")
 
 

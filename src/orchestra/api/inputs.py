@@ -14,13 +14,11 @@ from typing import Any
 
 from flask import request
 
-from orchestra.api.routing import MAX_ID
 from orchestra.errors import InvalidInput
+from orchestra.limits import MAX_ID, MAX_WAIT
 
 _LOGGER = logging.getLogger(__name__)
 
-MAX_WAIT = 60.0  # seconds a ``?wait=`` may hold a request
-MAX_PAGE = 500  # tasks in one page of the list
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 _TRUE = {"1", "true", "yes", "on"}

@@ -16,7 +16,7 @@ from werkzeug.routing import Rule
 
 from orchestra import __version__
 from orchestra.api.auth import changes_state_view, needs_token_view
-from orchestra.api.routing import MAX_ID
+from orchestra.limits import MAX_ID
 
 _LOGGER = logging.getLogger(__name__)
 _ARG = re.compile(r"<(?:([a-z_]+)(?:\([^)]*\))?:)?([a-z_]+)>")
@@ -177,6 +177,10 @@ SCHEMAS: dict[str, Any] = {
             "module_status": {
                 "type": ["string", "null"],
                 "description": "the module's status now: removed once it was removed",
+            },
+            "worker": {
+                "type": ["string", "null"],
+                "description": "the server process (host:pid) or the worker that ran it",
             },
         },
     },

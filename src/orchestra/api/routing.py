@@ -9,10 +9,11 @@ from flask import Blueprint, Flask, current_app
 from werkzeug.exceptions import NotFound as HttpNotFound
 from werkzeug.routing import BaseConverter
 
+from orchestra.limits import MAX_ID
+
 if TYPE_CHECKING:
     from orchestra.service import Service
 
-MAX_ID = 2**63 - 1  # the largest integer a database column holds (SQLite, PostgreSQL BIGINT)
 _MAX_ID_DIGITS = len(str(MAX_ID))
 
 

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Sequence
 
 from orchestra import __version__
+from orchestra.limits import MAX_ID
 from orchestra.tasks.status import TaskStatus
 
 _LOGGER = logging.getLogger(__name__)
 PROG = "orchestra"
-MAX_ID = 2**63 - 1
 FLAG_COMMANDS = {
     "--register": "register",
     "--list": "list",

@@ -5,14 +5,25 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from orchestra.errors import InvalidInput
+
 if TYPE_CHECKING:
     from orchestra.config import Settings
     from orchestra.executors.base import Executor
 
+EXECUTORS = ("local", "celery")  # the values ORCHESTRA_EXECUTOR takes
+
 
 @functools.cache
 def get_executor(settings: Settings) -> Executor:
-    """The executor for these settings (only "local" so far), one per settings value."""
-    from orchestra.executors.local import LocalExecutor
+    """The executor that ``settings.executor`` names, one per settings value."""
+    if settings.executor == "local":
+        from orchestra.executors.local import LocalExecutor
 
-    return LocalExecutor(log_dir=settings.home)
+        return LocalExecutor(settings)
+    if settings.executor == "celery":
+        from orchestra.executors.celery import CeleryExecutor  # type: ignore[import-not-found]
+
+        return CeleryExecutor(settings)  # type: ignore[no-any-return]
+    allowed = ", ".join(EXECUTORS)
+    raise InvalidInput(f"executor: {settings.executor!r} is not one of {allowed}", key="executor")

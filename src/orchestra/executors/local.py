@@ -1,4 +1,9 @@
-"""The local executor: one detached supervisor process per task, on this machine."""
+"""The local executor: one detached supervisor process per task, on this machine.
+
+It resolves a task's spec (module generation, arguments) into the supervisor's launch
+request (argv, working directory, environment) in this data folder; the supervisor's own
+files are read back by ``executors.outcomes``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,19 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from orchestra.executors import proctree
-from orchestra.executors.base import Handle
+from orchestra.errors import OrchestraError
+from orchestra.executors import outcomes, proctree, sandbox
+from orchestra.executors.base import Handle, TaskSpec
+from orchestra.process import clean_env
+from orchestra.storage.files import InstallFolder, TaskFolder
+from orchestra.tasks.status import Outcome
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
 
 _LOGGER = logging.getLogger(__name__)
 _HERE = Path(__file__).resolve().parent
@@ -28,9 +40,10 @@ class LocalExecutor:
     """Starts supervisors (forked by a launcher while a server runs), watches and kills them."""
 
     name = "local"
+    runs_here = True
 
-    def __init__(self, log_dir: Path | None = None) -> None:
-        self._log_dir = log_dir
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._lock = threading.Lock()
         self._users = 0
         self._launcher: _Launcher | None = None
@@ -41,7 +54,7 @@ class LocalExecutor:
         with self._lock:
             self._users += 1
             if self._users == 1:
-                self._launcher = _Launcher(self._log_dir)
+                self._launcher = _Launcher(self._settings.home)
                 self._watcher = _ExitWatcher()
 
     def close(self) -> None:
@@ -55,24 +68,70 @@ class LocalExecutor:
         launcher.close()
         watcher.stop()
 
-    def start(self, *, task_id: int, task_dir: Path, spec: dict[str, Any]) -> Handle:
-        """Start a supervisor for ``spec`` in its own session."""
-        task_dir.mkdir(parents=True, exist_ok=True)
+    def send(self, spec: TaskSpec) -> None:
+        """Nothing to send: the server that claims a task starts it."""
+
+    def reconcile(self) -> None:
+        """Nothing of its own: the runner settles local tasks from their folders."""
+
+    def signal_kill(self, task_id: int, worker: str | None) -> None:
+        """Stop the task's supervisor if it can be found now."""
+        handle = self.find(task_id)
+        if handle is not None:
+            self.kill(handle)
+
+    def folder(self, task_id: int) -> TaskFolder:
+        """The task's folder in this data folder."""
+        return TaskFolder(self._settings.tasks_dir, task_id)
+
+    def start(self, spec: Mapping[str, Any]) -> Handle:
+        """Start a supervisor for the task in its own session."""
+        task_id = int(spec["task_id"])
+        task_dir = self.folder(task_id).root
+        request = self._launch_request(task_id, spec)
+        (task_dir / "output").mkdir(parents=True, exist_ok=True)  # made at submit when queued
         launcher = self._launcher
         reply: dict[str, Any] | None = None
         if launcher is not None:
             try:
-                # the spec travels with the request (the task's row keeps it): no file
-                reply = launcher.launch(task_dir, spec)
+                # the request travels through the pipe (the task's row keeps the spec): no file
+                reply = launcher.launch(task_dir, request)
             except OSError as exc:
                 _LOGGER.warning("launcher failed (%s); starting task %s directly", exc, task_id)
         if reply is None:
-            (task_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+            (task_dir / "spec.json").write_text(json.dumps(request), encoding="utf-8")
             reply = _start_detached(task_dir)
         return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
 
-    def find(self, task_dir: Path) -> Handle | None:
+    def _launch_request(self, task_id: int, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """What the supervisor runs: the spec resolved in this data folder."""
+        if "argv" in spec:  # queued by the first release, with the paths already resolved
+            return dict(spec)
+        try:
+            task = TaskSpec.from_json(spec)
+        except ValueError as exc:
+            raise OSError(str(exc)) from exc
+        install = InstallFolder(self._settings.installs_dir, task.generation)
+        output = self.folder(task_id).output
+        env_bin = install.env / "bin"
+        env = clean_env(
+            {"PATH": f"{env_bin}:{clean_env()['PATH']}", "VIRTUAL_ENV": str(install.env),
+             "ORCHESTRA_TASK_ID": str(task_id)}
+        )  # fmt: skip
+        argv = [str(install.python), "-m", task.executable, str(output), *task.args]
+        request = {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
+                   "timeout": task.timeout, "grace": task.grace}  # fmt: skip
+        try:
+            return sandbox.confine(
+                request, settings=self._settings, install=install, output=output,
+                network=task.network, limits=task.limits,
+            )  # fmt: skip
+        except OrchestraError as exc:  # ORCHESTRA_SANDBOX=required and none here
+            raise OSError(str(exc)) from exc
+
+    def find(self, task_id: int) -> Handle | None:
         """The supervisor's handle from its record; None before it wrote one."""
+        task_dir = self.folder(task_id).root
         data = _supervisor_file(task_dir)
         try:
             return {"pid": int(data["pid"]), "start": data.get("start"), "task_dir": str(task_dir)}
@@ -83,7 +142,7 @@ class LocalExecutor:
         """True while the supervisor behind ``handle`` runs."""
         return proctree.is_alive(int(handle.get("pid", 0)), handle.get("start"))
 
-    def kill(self, handle: Handle, *, grace: float) -> None:
+    def kill(self, handle: Handle) -> None:
         """SIGTERM the supervisor (it kills the tree); without one, kill the module's tree."""
         pid, start = int(handle.get("pid", 0)), handle.get("start")
         if proctree.is_alive(pid, start):
@@ -94,7 +153,7 @@ class LocalExecutor:
                 pass
         module = _module_identity(Path(handle.get("task_dir", "")))
         if module is not None:
-            proctree.kill_tree_direct(module[0], module[1], grace)
+            proctree.kill_tree_direct(module[0], module[1], self._settings.kill_grace)
 
     def watch(self, handle: Handle, on_exit: Callable[[], None]) -> bool:
         """Call ``on_exit`` from the watcher thread when the supervisor ends."""
@@ -103,6 +162,16 @@ class LocalExecutor:
             return False
         watcher.add(int(handle.get("pid", 0)), handle.get("start"), on_exit)
         return True
+
+    def outcome(self, task_id: int, spec: Mapping[str, Any]) -> Outcome | None:
+        """How the task ended, from the supervisor's result; None while it has none."""
+        folder = self.folder(task_id)
+        result = outcomes.read_result(folder)
+        return None if result is None else outcomes.outcome_from_result(folder, result, spec)
+
+    def orphan_outcome(self, task_id: int, handle: Handle | None, kill_requested: bool) -> Outcome:
+        """A running task whose supervisor is gone without a result."""
+        return outcomes.orphan_outcome(handle, kill_requested)
 
 
 def _supervisor_file(task_dir: Path) -> dict[str, Any]:

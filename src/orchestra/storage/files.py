@@ -8,6 +8,18 @@ from pathlib import Path
 from orchestra.errors import NotFound
 
 
+def tail_text(path: Path, max_bytes: int) -> str:
+    """The end of a text file, at most ``max_bytes`` of it, never loading the whole file."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")
+
+
 def safe_join(base: Path, relative: str) -> Path:
     """``base/relative`` with symlinks resolved; NotFound when it would leave ``base``."""
     if not relative or "\x00" in relative or os.path.isabs(relative):

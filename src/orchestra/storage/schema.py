@@ -78,14 +78,6 @@ def _create(connection: Connection) -> None:
     Base.metadata.create_all(connection)
     connection.execute(text(_CREATE_VERSION_TABLE))
     connection.execute(text(f"INSERT INTO {VERSION_TABLE} VALUES (:head)"), {"head": HEAD})
-    _fill_schema_info(connection)
-
-
-def _fill_schema_info(connection: Connection) -> None:
-    from orchestra.storage.tables import SCHEMA_VERSION
-
-    connection.execute(text("INSERT INTO schema_info (id, version) VALUES (1, :v)"),
-                       {"v": SCHEMA_VERSION})  # fmt: skip
 
 
 def upgrade(connection: Connection, *, stamp: str | None = None, target: str = "head") -> None:

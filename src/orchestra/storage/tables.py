@@ -8,21 +8,12 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
 # the modules whose name is taken: not a failed one, nor a removed one kept for its history
 _LIVE_NAME = "status NOT IN ('error', 'removed')"
 
 
 class Base(DeclarativeBase):
     """Declarative base for Orchestra's tables."""
-
-
-class SchemaInfo(Base):
-    """One row: the schema version this database was created with."""
-
-    __tablename__ = "schema_info"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
 
 
 class ModuleRow(Base):
@@ -50,6 +41,9 @@ class ModuleRow(Base):
     installer_pid: Mapped[int | None] = mapped_column(Integer)
     # hidden from clients' module list until published (operators see it)
     staged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the exact package versions resolved at registration ({"python": …, "packages": […]}),
+    # which every worker installs
+    lock: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column()
     updated: Mapped[datetime] = mapped_column()
 
@@ -80,6 +74,11 @@ class TaskRow(Base):
     # what the executor runs (argv, cwd, env, timeout, declared outputs), fixed at submit
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     kill_requested: Mapped[bool] = mapped_column(default=False)
+    # who runs it: the server process (local) or the worker (remote) that claimed it
+    worker: Mapped[str | None] = mapped_column(String(200))
+    # the lease: renewed by whoever runs it; NULL for the local executor, whose tasks are
+    # watched through their supervisors instead
+    heartbeat: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (
         # the primary key alone, so that paging deep into the list scans a narrow index
@@ -88,6 +87,18 @@ class TaskRow(Base):
         Index("ix_tasks_status_id", "status", "id"),
         Index("ix_tasks_module_id", "module_id", "id"),
     )
+
+
+class WorkerRow(Base):
+    """A worker process of a remote executor, as it announced itself; renewed by heartbeats."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    hostname: Mapped[str] = mapped_column(String(255))
+    started: Mapped[datetime] = mapped_column()
+    heartbeat: Mapped[datetime] = mapped_column()
 
 
 def add_postgresql_options() -> None:

@@ -1,8 +1,10 @@
-"""Task status values and the moves allowed between them."""
+"""Task status values, and the outcome that ends a task."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class TaskStatus(StrEnum):
@@ -22,10 +24,12 @@ class TaskStatus(StrEnum):
 
 FINAL = frozenset({TaskStatus.DONE, TaskStatus.ERROR, TaskStatus.KILLED})
 
-ALLOWED_MOVES: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.ERROR}),
-    TaskStatus.RUNNING: FINAL,
-    TaskStatus.DONE: frozenset(),
-    TaskStatus.ERROR: frozenset(),
-    TaskStatus.KILLED: frozenset(),
-}
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task ended, as the side that ran it tells: what ``lifecycle.finish`` writes."""
+
+    status: TaskStatus
+    exit_code: int | None = None
+    error: str | None = None
+    output: list[dict[str, Any]] | None = None

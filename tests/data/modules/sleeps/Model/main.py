@@ -20,8 +20,10 @@ if opts.get("--tree") == "true":
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
     pids["child"] = proc.pid
     pids["grandchild"] = int(proc.stdout.readline())
-with open(os.path.join(out, "pids.json"), "w") as handle:
+# written whole, then renamed: a test that sees the file may read it at once
+with open(os.path.join(out, "pids.json.part"), "w") as handle:
     json.dump(pids, handle)
+os.replace(os.path.join(out, "pids.json.part"), os.path.join(out, "pids.json"))
 start = time.time()
 time.sleep(seconds)
 with open(os.path.join(out, "times.json"), "w") as handle:
