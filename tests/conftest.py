@@ -24,13 +24,27 @@ def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("uv-cache")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str:
+    """Each database Orchestra supports: a test file that names this fixture (usually with
+    ``pytestmark = pytest.mark.usefixtures("database")``) runs on both; the URL, "" for SQLite."""
+    if request.param == "sqlite":
+        return ""
+    return str(request.getfixturevalue("orchestra_postgres_url"))
+
+
 @pytest.fixture
-def settings(tmp_path: Path, uv_cache: Path) -> Settings:
-    """Settings on a fresh data folder, ignoring the caller's ORCHESTRA_* variables."""
+def settings(request: pytest.FixtureRequest, tmp_path: Path, uv_cache: Path) -> Settings:
+    """Settings on a fresh data folder, ignoring the caller's ORCHESTRA_* variables.
+
+    The database is SQLite in that folder, or the ``database`` fixture's where a test uses it.
+    """
+    url = str(request.getfixturevalue("database")) if "database" in request.fixturenames else ""
     return load_settings(
-        {"home": tmp_path / "home", "uv_cache": str(uv_cache), "max_running": 2},
+        {"home": tmp_path / "home", "uv_cache": str(uv_cache), "max_running": 2,
+         "database_url": url},
         environ={},
-    )
+    )  # fmt: skip
 
 
 @pytest.fixture

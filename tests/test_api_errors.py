@@ -117,6 +117,7 @@ def test_a_body_over_the_upload_limit_is_a_413(small_client: FlaskClient) -> Non
     assert upload.status_code == 413 and upload.is_json
 
 
+@pytest.mark.usefixtures("database")  # the filters reach the database: both kinds
 @pytest.mark.parametrize(
     ("query", "key"),
     [

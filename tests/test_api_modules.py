@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
     from tests.support.server import LiveServer
 
+# every test here runs on SQLite and on PostgreSQL
+pytestmark = pytest.mark.usefixtures("database")
+
 SUMMARY_KEYS = {"id", "name", "description", "version", "status", "output_type", "staged"}
 
 

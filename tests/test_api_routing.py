@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
     from tests.support.server import LiveServer
 
+# the tests whose ids reach the database run on SQLite and PostgreSQL (the others never do)
+on_both = pytest.mark.usefixtures("database")
+
 ID_ROUTES = [
     ("GET", "/module/{id}"),
     ("DELETE", "/module/{id}"),
@@ -48,6 +51,7 @@ def _plural(path: str) -> str:
     return f"/{head}s/{tail}"
 
 
+@on_both
 @pytest.mark.parametrize(("method", "template"), ID_ROUTES)
 def test_an_unknown_id_is_a_json_404_in_both_spellings_and_they_agree(
     client: FlaskClient, method: str, template: str
@@ -72,6 +76,7 @@ def test_an_invalid_id_is_a_json_404_naming_it(
         assert answer.json["error"].startswith(("no module", "no task"))
 
 
+@on_both
 def test_the_largest_database_id_reaches_the_service_and_is_simply_unknown(
     client: FlaskClient,
 ) -> None:
@@ -100,6 +105,7 @@ def test_a_real_server_answers_json_404s_for_invalid_ids(
             assert "error" in answer.json()
 
 
+@on_both
 def test_a_real_server_answers_json_404s_for_unknown_ids_in_both_spellings(
     live_server: LiveServer,
 ) -> None:

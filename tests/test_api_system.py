@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import pytest
+
 from orchestra import __version__
 from orchestra.api import create_app
 from orchestra.api.openapi import OPERATIONS, is_documented, openapi_path
@@ -13,6 +15,9 @@ from orchestra.service import Service
 if TYPE_CHECKING:
     from flask import Flask
     from flask.testing import FlaskClient
+
+# every test here runs on SQLite and on PostgreSQL
+pytestmark = pytest.mark.usefixtures("database")
 
 _SKIPPED = {"HEAD", "OPTIONS"}
 

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
     from tests.support.server import LiveServer
 
+# every test here runs on SQLite and on PostgreSQL
+pytestmark = pytest.mark.usefixtures("database")
+
 FINAL = {"done", "error", "killed"}
 CATALOG_ARGS = {"start": "2020-01-01T00:00:00", "stop": "2020-01-02T00:00:00"}
 

@@ -17,7 +17,8 @@ from orchestra.config import Settings
 from orchestra.service import Service
 from orchestra.storage.files import TaskFolder
 from orchestra.tasks import lifecycle
-from orchestra.tasks.status import TaskStatus
+from orchestra.tasks.lifecycle import NewTask
+from orchestra.tasks.status import Outcome, TaskStatus
 from tests.support.paths import DATA
 
 if TYPE_CHECKING:
@@ -40,11 +41,8 @@ def guarded(settings: Settings) -> Iterator[tuple[Service, FlaskClient]]:
 
 def _running_task(service: Service) -> int:
     """A task row moved to running with no process behind it: as a worker's claim leaves it."""
-    row, _ = lifecycle.create(
-        service.db, module_id=1, args={}, timeout=60.0, install_dir=None,
-        build_spec=lambda task_id: {},
-    )  # fmt: skip
-    claimed = lifecycle.claim_next(service.db, 10)
+    row, _ = lifecycle.create(service.db, NewTask(1, {}, 60.0, None, lambda task_id: {}))
+    claimed = lifecycle.claim(service.db, row.id, "worker-1")
     assert claimed is not None and claimed.id == row.id
     return row.id
 
@@ -136,7 +134,7 @@ def test_uploads_need_the_token_and_a_running_task(guarded):
     task_id = _running_task(service)
     plain = client.put(f"/task/{task_id}/output/x", data=b"x")
     assert plain.status_code == 401
-    lifecycle.finish(service.db, task_id, lifecycle.Outcome(TaskStatus.ERROR, None, "lost"))
+    lifecycle.finish(service.db, task_id, Outcome(TaskStatus.ERROR, None, "lost"))
     assert _put(client, task_id, "x", b"x").status_code == 409
 
 

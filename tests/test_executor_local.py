@@ -44,9 +44,8 @@ def executor(local: Settings) -> Iterator[LocalExecutor]:
 
 
 def _spec(code: str, *args: str, **extra: Any) -> dict[str, Any]:
-    """A spec with the paths resolved, as the first release stored them (still honoured)."""
+    """A launch request: what the supervisor runs, with its paths resolved."""
     return {
-        "task_id": 1,
         "argv": [sys.executable, "-c", code, *args],
         "cwd": "/",
         "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -63,7 +62,7 @@ def _result(task_dir: Path) -> dict[str, Any]:
 def test_the_watcher_hears_at_once_that_a_task_ended(
     executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    handle = executor.start(_spec("import sys; sys.exit(0)"))
+    handle = executor.launch(1, _spec("import sys; sys.exit(0)"))
     ended = threading.Event()
     assert executor.watch(handle, ended.set)
     assert ended.wait(20)
@@ -75,7 +74,7 @@ def test_without_a_server_a_task_starts_as_a_detached_supervisor(
     local: Settings, task_dir: Path
 ) -> None:
     executor = LocalExecutor(local)  # never opened: the command line's way
-    handle = executor.start(_spec("import time; time.sleep(0.5)"))
+    handle = executor.launch(1, _spec("import time; time.sleep(0.5)"))
     assert executor.is_alive(handle)
     assert not executor.watch(handle, lambda: None)
     wait_for_file(task_dir / "result.json")
@@ -90,7 +89,7 @@ def test_kill_stops_the_module_its_child_and_a_detached_grandchild(
     executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "pids.json"
-    handle = executor.start(_spec(TREE, str(pid_file)))
+    handle = executor.launch(1, _spec(TREE, str(pid_file)))
     ended = threading.Event()
     executor.watch(handle, ended.set)
     wait_for_file(pid_file)
@@ -108,7 +107,7 @@ def test_a_new_executor_adopts_a_live_supervisor_and_sees_its_real_exit_code(
     first = LocalExecutor(local)
     first.open()
     code = "import sys, time; time.sleep(1.0); sys.exit(7)"
-    handle = json.loads(json.dumps(first.start(_spec(code))))
+    handle = json.loads(json.dumps(first.launch(1, _spec(code))))
     first.close()  # the old server is gone; its supervisor is not
     second = LocalExecutor(local)
     second.open()
@@ -125,7 +124,7 @@ def test_a_new_executor_adopts_a_live_supervisor_and_sees_its_real_exit_code(
 def test_kill_without_a_supervisor_stops_the_module_tree_directly(
     executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    handle = executor.start(_spec("import time; time.sleep(600)"))
+    handle = executor.launch(1, _spec("import time; time.sleep(600)"))
     wait_for_file(task_dir / "supervisor.json")
     module_pid = json.loads((task_dir / "supervisor.json").read_text())["module_pid"]
     os.kill(handle["pid"], signal.SIGKILL)
@@ -142,7 +141,7 @@ def test_kill_without_a_supervisor_stops_the_module_tree_directly(
 def test_a_pid_reused_by_another_process_does_not_look_alive(
     executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
-    handle = executor.start(_spec("pass"))
+    handle = executor.launch(1, _spec("pass"))
     impostor = {**handle, "pid": os.getpid()}  # a live pid with another start time
     assert not executor.is_alive(impostor)
 
@@ -159,7 +158,7 @@ def test_a_launched_supervisor_leaves_logs_and_one_record_and_nothing_else(
     executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
     spec = _spec("print('hi')")
-    handle = executor.start(spec)
+    handle = executor.launch(1, spec)
     ended = threading.Event()
     executor.watch(handle, ended.set)
     assert ended.wait(20)
@@ -176,7 +175,7 @@ def test_the_handle_is_found_from_the_task_folder_by_another_executor(
     executor: LocalExecutor, task_dir: Path, local: Settings
 ) -> None:
     assert LocalExecutor(local).find(1) is None  # nothing started there
-    handle = executor.start(_spec("import time; time.sleep(30)"))
+    handle = executor.launch(1, _spec("import time; time.sleep(30)"))
     wait_for_file(task_dir / "supervisor.json")
     other = LocalExecutor(local)  # another process's executor: nothing in memory
     found = other.find(1)
@@ -230,3 +229,27 @@ def test_a_spec_naming_a_generation_runs_its_module_with_its_interpreter_and_cod
 def test_a_spec_that_is_not_one_cannot_start(executor: LocalExecutor) -> None:
     with pytest.raises(OSError, match="not a task spec"):
         executor.start({"task_id": 1, "generation": "g"})
+
+
+def test_a_spec_stored_by_the_first_release_runs_in_this_data_folder(
+    executor: LocalExecutor, local: Settings
+) -> None:
+    old = "/elsewhere/home/installs/gen-7"
+    spec = {
+        "task_id": 3,
+        "argv": [f"{old}/env/bin/python", "-m", "Model", "/elsewhere/out", "--a", "1"],
+        "cwd": f"{old}/code", "env": {}, "timeout": 60, "grace": 1.0, "outputs": ["r.csv"],
+    }  # fmt: skip
+    request = executor.launch_request(3, spec)
+    install = local.installs_dir / "gen-7"
+    output = local.tasks_dir / "3" / "output"
+    assert request["argv"] == [
+        str(install / "env/bin/python"),
+        "-m",
+        "Model",
+        str(output),
+        "--a",
+        "1",
+    ]
+    assert request["cwd"] == str(install / "code")
+    assert TaskSpec.from_json(spec).outputs == ("r.csv",)

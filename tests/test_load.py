@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import Answer, http, wait_for
+from tests.support.helpers import Answer, http, most_at_once, wait_for
 from tests.support.paths import DATA
 from tests.support.server import ServerProcess
 
@@ -38,15 +38,6 @@ def server(tmp_path: Path, uv_cache: Path) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.close()
-
-
-def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 @pytest.mark.slow
@@ -87,7 +78,7 @@ def test_two_hundred_simultaneous_runs_are_all_answered_and_each_runs_exactly_on
     wall = time.monotonic() - began
     lines = [line.split() for line in shared.read_text().splitlines()]
     markers = [marker for _, marker, _, _ in lines]
-    peak = _max_overlap([(float(start), float(end)) for _, _, start, end in lines])
+    peak = most_at_once([(float(start), float(end)) for _, _, start, end in lines])
     figures = {
         "requests": REQUESTS, "answered_202": len(accepted), "distinct_tasks": len(task_ids),
         "done": final["done"], "runs_logged": len(lines), "distinct_runs": len(set(markers)),

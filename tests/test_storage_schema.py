@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,11 +12,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from orchestra.config import Settings
 from orchestra.storage import schema
 from orchestra.storage.db import Database
 from orchestra.storage.migrations import BASELINE, HEAD
 from orchestra.storage.tables import Base, add_postgresql_options
-from tests.support.paths import ROOT
+from tests.support.paths import DATA, ROOT
+
+RELEASE_1 = DATA / "release-1" / "home"  # made by tests/data/release-1/make.sh
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -137,3 +141,44 @@ def test_a_start_on_an_up_to_date_database_does_not_load_alembic(tmp_path: Path)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert found.stdout.strip() == "False"
+
+
+def test_a_data_folder_of_the_first_release_upgrades_in_place_and_keeps_serving(
+    settings: Settings,
+) -> None:
+    from uv import find_uv_bin
+
+    from orchestra.service import Service
+
+    shutil.copytree(RELEASE_1, settings.home)
+    # the module's environment is machine-specific, so the fixture has none: build it again
+    (generation,) = (settings.home / "installs").iterdir()
+    subprocess.run(
+        [find_uv_bin(), "venv", "--quiet", "--python", sys.executable, str(generation / "env")],
+        check=True,
+    )
+    service = Service(settings)
+    try:
+        service.start()
+        with service.db.connect() as connection:
+            assert schema.stored_revision(connection) == HEAD
+        (module,) = service.list_modules()
+        assert (module.id, module.name, module.status) == (1, "release-one", "installed")
+        done, failed, killed = (service.get_task(n) for n in (1, 2, 3))
+        assert (done.status, [f.name for f in done.output or ()]) == ("done", ["result.csv"])
+        assert (
+            "start,2024-01-01\nstop,2024-01-02"
+            in service.task_output_file(1, "result.csv").read_text()
+        )
+        assert service.task_log(1)["stdout"] == "release one ran\n"
+        assert (failed.status, failed.exit_code) == ("error", 3)
+        assert "a line on standard error" in (failed.error or "")
+        assert killed.status == "killed"
+        # queued by the release with its paths of the day: it runs here, where the folder is now
+        queued = service.get_task(4, wait=30)
+        assert queued.status == "done", queued.error
+        assert service.task_output_file(4, "result.csv").read_text().startswith("code,0\n")
+        new = service.get_task(service.run(1, {"start": "x"}).id, wait=30)
+        assert (new.id, new.status) == (5, "done")
+    finally:
+        service.close()

@@ -56,6 +56,16 @@ def wait_for_status(
     )
 
 
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

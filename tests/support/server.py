@@ -52,8 +52,11 @@ def serve_in_thread(service: Service) -> Iterator[LiveServer]:
 class ServerProcess:
     """``python -m orchestra serve`` on one data folder; may be stopped and started again."""
 
-    def __init__(self, home: Path, uv_cache: Path, **settings: str) -> None:
+    def __init__(
+        self, home: Path, uv_cache: Path, *, label: str = "server", **settings: str
+    ) -> None:
         self.home = home
+        self.label = label  # names its logs: several servers may share one data folder
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
         self.env.update(
             ORCHESTRA_HOME=str(home), ORCHESTRA_UV_CACHE=str(uv_cache),
@@ -68,7 +71,7 @@ class ServerProcess:
         """Start a server and wait until it answers /health."""
         port = free_port()
         self.starts += 1
-        log = (self.home.parent / f"server-{self.starts}.log").open("wb")
+        log = (self.home.parent / f"{self.label}-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "orchestra", "serve", "--port", str(port)],
             env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -89,7 +92,7 @@ class ServerProcess:
 
     def log(self) -> str:
         """The current server's log."""
-        return (self.home.parent / f"server-{self.starts}.log").read_text(errors="replace")
+        return (self.home.parent / f"{self.label}-{self.starts}.log").read_text(errors="replace")
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         """Send ``signum`` and wait for the server to end; its exit status."""

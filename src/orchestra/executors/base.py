@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from orchestra.tasks.status import Outcome
@@ -64,7 +65,9 @@ class TaskSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TaskSpec:
-        """The spec from its stored form; ValueError for anything else."""
+        """The spec from its stored form (or the first release's); ValueError for anything else."""
+        if "argv" in data and "generation" not in data:
+            return cls._from_first_release(data)
         try:
             outputs = data.get("outputs")
             return cls(
@@ -78,6 +81,29 @@ class TaskSpec:
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a task spec: {exc}") from exc
+
+    @classmethod
+    def _from_first_release(cls, data: Mapping[str, Any]) -> TaskSpec:
+        """A spec the first release stored with its paths resolved at submit time.
+
+        Its argv is ``<installs>/<generation>/env/bin/python -m <executable> <output> <tail>``
+        and its cwd ``<installs>/<generation>/code``: the names are kept, the paths dropped, so
+        a queued task of that release still starts once the data folder has moved.
+        """
+        try:
+            argv = [str(a) for a in data["argv"]]
+            if len(argv) < 4 or argv[1] != "-m":
+                raise ValueError(f"unexpected argv {argv[:3]}")
+            outputs = data.get("outputs")
+            return cls(
+                task_id=int(data["task_id"]), module_id=int(data.get("module_id") or 0),
+                generation=PurePosixPath(str(data["cwd"])).parent.name, executable=argv[2],
+                args=tuple(argv[4:]), timeout=float(data["timeout"]),
+                grace=float(data["grace"]),
+                outputs=tuple(str(o) for o in outputs) if outputs is not None else None,
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a task spec of the first release: {exc}") from exc
 
 
 class Executor(Protocol):

@@ -85,10 +85,13 @@ class LocalExecutor:
         return TaskFolder(self._settings.tasks_dir, task_id)
 
     def start(self, spec: Mapping[str, Any]) -> Handle:
-        """Start a supervisor for the task in its own session."""
+        """Start a supervisor for the task that ``spec`` (as stored) describes."""
         task_id = int(spec["task_id"])
+        return self.launch(task_id, self.launch_request(task_id, spec))
+
+    def launch(self, task_id: int, request: dict[str, Any]) -> Handle:
+        """Start a supervisor in its own session for a launch request (argv, cwd, env, ...)."""
         task_dir = self.folder(task_id).root
-        request = self._launch_request(task_id, spec)
         (task_dir / "output").mkdir(parents=True, exist_ok=True)  # made at submit when queued
         launcher = self._launcher
         reply: dict[str, Any] | None = None
@@ -103,10 +106,8 @@ class LocalExecutor:
             reply = _start_detached(task_dir)
         return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
 
-    def _launch_request(self, task_id: int, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """What the supervisor runs: the spec resolved in this data folder."""
-        if "argv" in spec:  # queued by the first release, with the paths already resolved
-            return dict(spec)
+    def launch_request(self, task_id: int, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """What the supervisor runs: the spec resolved in this data folder; OSError if none."""
         try:
             task = TaskSpec.from_json(spec)
         except ValueError as exc:

@@ -5,11 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # the modules whose name is taken: not a failed one, nor a removed one kept for its history
 _LIVE_NAME = "status NOT IN ('error', 'removed')"
+# ids are 64-bit everywhere (the API accepts any up to 2**63 - 1): BIGINT on PostgreSQL, whose
+# INTEGER is 32-bit; SQLite's INTEGER already is 64-bit, and must stay INTEGER to be the rowid
+Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -20,7 +34,7 @@ class ModuleRow(Base):
     """A registered module; visible to users once ``status`` is ``installed``."""
 
     __tablename__ = "modules"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     # NULL while the metadata has not been read yet (an API registration just accepted)
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))  # installing | installed | error | removed
@@ -57,8 +71,8 @@ class TaskRow(Base):
     """One run of a module; the lifecycle module is the only writer of ``status``."""
 
     __tablename__ = "tasks"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    module_id: Mapped[int] = mapped_column(ForeignKey("modules.id"))
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    module_id: Mapped[int] = mapped_column(Id, ForeignKey("modules.id"))
     status: Mapped[str] = mapped_column(String(16))  # see tasks.status.TaskStatus
     args: Mapped[dict[str, str]] = mapped_column(JSON)  # the values as passed to the module
     created: Mapped[datetime] = mapped_column()

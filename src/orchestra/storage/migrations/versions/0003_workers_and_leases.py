@@ -1,9 +1,11 @@
-"""Remote workers: who runs a task and its lease, the workers table, a module's lock.
+"""Remote workers: who runs a task and its lease, the workers table, a module's lock; 64-bit ids.
 
 Revision ID: 0003
 Revises: 0002
 
-``schema_info`` (the first release's version record) gives way to ``alembic_version``.
+``schema_info`` (the first release's version record) gives way to ``alembic_version``. On
+PostgreSQL the ids become BIGINT (its INTEGER is 32-bit, SQLite's already 64-bit), their
+sequences too.
 """
 
 from __future__ import annotations
@@ -32,10 +34,24 @@ def upgrade() -> None:
         sa.Column("heartbeat", sa.DateTime, nullable=False),
     )
     op.drop_table("schema_info")
+    if op.get_bind().dialect.name == "postgresql":
+        _ids_to(sa.BigInteger(), sa.Integer(), "bigint")
+
+
+_IDS = (("modules", "id"), ("tasks", "id"), ("tasks", "module_id"))
+
+
+def _ids_to(new: sa.types.TypeEngine, old: sa.types.TypeEngine, sequence_type: str) -> None:
+    for table, column in _IDS:
+        op.alter_column(table, column, type_=new, existing_type=old)
+    for table in ("modules", "tasks"):
+        op.execute(f"ALTER SEQUENCE IF EXISTS {table}_id_seq AS {sequence_type}")
 
 
 def downgrade() -> None:
     """Undo ``upgrade``."""
+    if op.get_bind().dialect.name == "postgresql":
+        _ids_to(sa.Integer(), sa.BigInteger(), "integer")
     op.create_table(
         "schema_info",
         sa.Column("id", sa.Integer, primary_key=True),
