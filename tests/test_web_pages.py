@@ -162,6 +162,10 @@ def test_protected_reads_send_a_browser_to_sign_in(settings: Settings) -> None:
         assert client.get("/metrics").status_code == 302
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert client.get("/metrics", headers=bearer).status_code == 200
+        assert client.get("/docs/openapi.json").status_code == 302
+        client.post("/ui/signin", data={"token": TOKEN}, headers=HERE)
+        assert client.get("/docs/openapi.json").json["openapi"].startswith("3.")  # by cookie
+        assert client.get("/openapi.json").status_code == 401  # the API's own wants the bearer
     finally:
         service.close()
 

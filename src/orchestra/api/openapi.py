@@ -508,6 +508,10 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "This document, browsable (Swagger UI served by Orchestra itself)",
         "responses": {"200": _text("text/html", "the page")},
     },
+    "site.docs_document": {
+        "summary": "This document, as /docs reads it (with the dashboard's sign-in)",
+        "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+    },
     "site.metrics": {
         "summary": "Operational figures in Prometheus' text format",
         "responses": {"200": _text("text/plain", "tasks, queue, durations, requests")},

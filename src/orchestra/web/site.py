@@ -27,6 +27,14 @@ def docs() -> str:
     return render_template("docs.html")
 
 
+@bp.get("/docs/openapi.json")
+def docs_document() -> Response:
+    """The OpenAPI document for the docs page (signed in by cookie where reads need it)."""
+    from orchestra.api.system import openapi
+
+    return openapi()
+
+
 @bp.get("/docs/<name>")
 def swagger_file(name: str) -> Response:
     """One of Swagger UI's own files (a fixed list)."""
