@@ -130,7 +130,9 @@ def test_several_outputs_arrive_as_the_same_zip_as_locally(
         assert [far.read(n) for n in far.namelist()] == [near.read(n) for n in near.namelist()]
 
 
-def test_kill_stops_a_running_task_through_the_api(remote: Settings, tmp_path: Path) -> None:
+def test_kill_stops_a_running_task_through_the_api(
+    remote: Settings, settings: Settings, tmp_path: Path
+) -> None:
     module = write_module(
         tmp_path / "sleeper", name="Sleeper", code="print('up', flush=True)\ntime.sleep(60)"
     )
@@ -140,8 +142,18 @@ def test_kill_stops_a_running_task_through_the_api(remote: Settings, tmp_path: P
         lambda: json.loads(ok(["--json", "log", "1"], remote))["stdout"],
         lambda text: "up" in text, timeout=60, what="task started",
     )  # fmt: skip
+    for argv in (["output", "1"], ["remove", "1"]):  # a running task: the same refusals
+        code, out, err = run_cli(argv, remote)
+        assert code == 4 and (code, _error_lines(err)) == _code_and_error(argv, settings)
     killed = json.loads(ok(["--json", "kill", "1"], remote))
     assert killed["status"] == "killed"
+    code, out, err = run_cli(["kill", "1"], remote)
+    assert code == 4 and (code, _error_lines(err)) == _code_and_error(["kill", "1"], settings)
+
+
+def _code_and_error(argv: list[str], settings: Settings) -> tuple[int, list[str]]:
+    code, _, err = run_cli(argv, settings)
+    return code, _error_lines(err)
 
 
 @pytest.mark.parametrize(
