@@ -17,6 +17,7 @@ from types import ModuleType
 
 import bench_api
 import bench_dashboard
+import bench_celery
 import bench_disk
 import bench_first_run
 import bench_memory
@@ -37,6 +38,7 @@ BENCHES: list[ModuleType] = [
     bench_api,
     bench_memory,
     bench_dashboard,
+    bench_celery,
 ]
 BY_NAME = {bench.NAME: bench for bench in BENCHES}
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -15,7 +15,12 @@ if TYPE_CHECKING:
     from orchestra.service import Service
 
 # session fixtures for real services: a git daemon, a PostgreSQL server
-pytest_plugins = ["tests.support.gitserver", "tests.support.postgres"]
+pytest_plugins = [
+    "tests.support.gitserver",
+    "tests.support.postgres",
+    "tests.support.redis",
+    "tests.support.netns",
+]
 
 
 @pytest.fixture(scope="session")

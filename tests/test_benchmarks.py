@@ -25,7 +25,7 @@ def test_the_quick_run_writes_a_table_with_every_row_and_the_machine(tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
     argv = [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--output", str(output)]
     argv += ["--workdir", str(tmp_path / "work")]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=280)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
     page = output.read_text()
     rows = re.findall(r"^\| (\d) \| (.*)$", page, flags=re.MULTILINE)

@@ -62,6 +62,8 @@ class Settings:
     task_output_mb: int = 0  # MB a task may write, all its files together (0 = no limit)
     task_processes: int = 1024  # processes and threads a task may have at once (0 = no limit)
     min_free_mb: int = 100  # MB free in the data folder below which tasks wait, installs refused
+    broker_url: str = ""  # the Celery broker for the celery executor, e.g. redis://host:6379/0
+    api_url: str = ""  # where a worker reaches the API (packages, outputs, logs)
 
     @property
     def db_url(self) -> str:

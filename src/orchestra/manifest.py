@@ -19,6 +19,7 @@ ALWAYS_OFFERED = ("start", "stop")
 # \Z, not $: "$" also matches before a trailing newline ("start\n" would pass)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}\Z")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # a Celery queue (a Redis key)
 _PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
 LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")
 _TRUE = {"true", "1", "yes", "on"}
@@ -55,6 +56,7 @@ class Manifest:
     requirements_file: str | None = None
     network: bool = False  # whether its tasks may use the network (SPEC section 9)
     limits: dict[str, int] = field(default_factory=dict)  # its own limits, by LIMIT_KEYS
+    queue: str = "default"  # the queue its tasks go to on workers (install.queue)
 
 
 def load_manifest(folder: Path) -> Manifest:
@@ -93,6 +95,7 @@ def parse_manifest(data: Any) -> Manifest:
     requirements = _requirements(install, problems)
     requirements_file = _requirements_file(install, problems)
     python_version = _python_version(install, problems)
+    queue = _queue(install, problems)
     timeout = _timeout(data, problems)
     network, limits = _network(data, problems), _limits(data, problems)
     if problems:
@@ -103,6 +106,7 @@ def parse_manifest(data: Any) -> Manifest:
         output_files=output_files, executable=executable, files=files,
         requirements=requirements, python_version=python_version, timeout=timeout,
         inputs=inputs, requirements_file=requirements_file, network=network, limits=limits,
+        queue=queue,
     )  # fmt: skip
 
 
@@ -320,6 +324,16 @@ def _python_version(install: dict, problems: list[str]) -> str | None:
     if not isinstance(value, str) or not _PYVER.match(value):
         problems.append(f'install.python_version: {value!r} must be a string like "3.10"')
         return None
+    return value
+
+
+def _queue(install: dict, problems: list[str]) -> str:
+    value = install.get("queue", "default")
+    if not isinstance(value, str) or not _QUEUE.match(value):
+        problems.append(
+            f"install.queue: {str(value)[:100]!r} must be a name of letters, digits, '_', '-', '.'"
+        )
+        return "default"
     return value
 
 

@@ -166,13 +166,18 @@ class Forwarder:
         self._thread.join(timeout=5)
 
 
-@pytest.fixture
-def network() -> Iterator[Network]:
-    """A bridge for this test's namespaces, removed afterwards."""
+def require_namespaces() -> None:
+    """Skip (or fail in CI) unless this process may make network namespaces."""
     if os.geteuid() != 0:
         require_service("network namespaces", "ip netns needs root")
     if shutil.which("ip") is None:
         require_service("network namespaces", "iproute2 (ip) is not installed")
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    """A bridge for this test's namespaces, removed afterwards."""
+    require_namespaces()
     net = Network()
     try:
         yield net

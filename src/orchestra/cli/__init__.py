@@ -88,7 +88,7 @@ def _report(err: OrchestraError, *, verbose: bool) -> None:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.INFO if args.verbose or args.command == "serve" else logging.WARNING
+    level = logging.INFO if args.verbose or args.command in ("serve", "worker") else logging.WARNING
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

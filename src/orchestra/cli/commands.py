@@ -213,6 +213,16 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     return run_server(ctx.settings)
 
 
+def worker(ctx: Context, args: argparse.Namespace) -> int:
+    """Take tasks from the queues and run them here, until SIGTERM or Ctrl-C."""
+    from orchestra.distributed.main import default_name, run_worker
+
+    return run_worker(
+        ctx.settings, name=args.name or default_name(), queues=args.queues,
+        concurrency=args.concurrency,
+    )  # fmt: skip
+
+
 # -- tasks ---------------------------------------------------------------------------------
 
 
@@ -360,6 +370,7 @@ COMMANDS: dict[str, Handler] = {
     "stage": stage,
     "prune": prune,
     "serve": serve,
+    "worker": worker,
     "run": run,
     "tasks": tasks,
     "task": task,

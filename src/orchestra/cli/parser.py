@@ -137,6 +137,20 @@ def _module_commands(commands: argparse._SubParsersAction, common: argparse.Argu
         help="allow a non-loopback address without an API token",
     )
 
+    p = commands.add_parser("worker", parents=[common], help="run tasks for a cluster (SPEC §6)")
+    p.add_argument("--concurrency", type=_positive, default=1, help="tasks at once (default 1)")
+    p.add_argument(
+        "--queues", type=_queues, default=["default"], help="queues to take, comma-separated"
+    )
+    p.add_argument("--name", help="this worker's name (default: host name and process id)")
+
+
+def _queues(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one queue name")
+    return names
+
 
 def _task_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = commands.add_parser("run", parents=[common], help="start a task")

@@ -38,16 +38,21 @@ def fetch_archive(
         raise TooLarge(f"archive: larger than {settings.max_upload} bytes", key=_KEY)
     target = workdir / "unpacked"
     try:
-        with _open(archive) as zipped:
-            members = _checked_members(zipped, settings)
-            target.mkdir(parents=True)
-            _unpack(zipped, members, target, settings.max_unpacked)
+        unpack_checked(archive, target, settings)
         base = _content_root(target)
         root = module_root(base, subdir, where="the archive")
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
     return FetchedSource(root=root, kind="archive")
+
+
+def unpack_checked(archive: Path, target: Path, settings: Settings) -> None:
+    """Unpack ``archive`` into a new folder ``target``, refusing anything unsafe or too big."""
+    with _open(archive) as zipped:
+        members = _checked_members(zipped, settings)
+        target.mkdir(parents=True)
+        _unpack(zipped, members, target, settings.max_unpacked)
 
 
 def check_archive(archive: Path, settings: Settings) -> None:

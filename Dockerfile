@@ -1,0 +1,9 @@
+# The image docker-compose.yml runs: Orchestra with its distributed extra, git for sources.
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir '.[distributed]'
+WORKDIR /data

@@ -1,0 +1,236 @@
+"""8. The Celery executor: task overhead, throughput on 2 and 4 workers, many tasks at once."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from context import Context
+from harness import ROOT, BenchError, Row, Stats, alternate, fmt_delta, fmt_stats, fmt_value
+from live import Server, orchestra_env
+
+_LOGGER = logging.getLogger(__name__)
+
+NAME = "celery"
+NUMBER = "8"
+TARGET_OVERHEAD = 0.015  # seconds the Celery executor may add to a no-op task at the median
+TARGET_THROUGHPUT = 0.9  # fraction of the local executor's rate that 2 workers should reach
+WARMUP = 5
+METHOD = (
+    "A real Redis and PostgreSQL started in the scratch folder (the test suite's fixtures), "
+    "`python -m orchestra serve` with ORCHESTRA_EXECUTOR=celery on a fresh database, and "
+    "`python -m orchestra worker` processes (concurrency 1, each its own data folder) on the "
+    "same machine. Overhead: a no-op task from POST /module/<id>/run to the waiting client "
+    "holding `done`, through one worker, interleaved with the same through a local server "
+    "(SQLite). Throughput: N no-op tasks submitted back to back, then awaited; tasks per "
+    "second from the first submission to the last `done`, for 2 workers against a local "
+    "server with ORCHESTRA_MAX_RUNNING=2, then 4 workers. Flood: M tasks submitted at once "
+    "through 4 workers; every task must end `done` and each worker's log must name each task "
+    "it ran once; the submission rate and the server's resident memory at the end."
+)
+
+
+def run_bench(ctx: Context) -> list[Row]:
+    """Start the services once; overhead, throughput and flood on fresh databases."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.postgres import find_binaries, start_server
+    from tests.support.redis import RedisServer
+
+    binaries, redis = find_binaries(), shutil.which("redis-server")
+    if binaries is None or redis is None:
+        raise BenchError("the Celery benchmark needs PostgreSQL's binaries and redis-server")
+    scratch = ctx.folder("celery")
+    postgres = start_server(binaries)
+    broker = RedisServer(redis, scratch / "redis")
+    broker.start()
+    try:
+        module = ctx.prepare("noop", scratch / "module")
+        rows = _overhead(ctx, scratch, module, postgres, broker)
+        rows += _throughput(ctx, scratch, module, postgres, broker)
+        rows.append(_flood(ctx, scratch, module, postgres, broker))
+        return rows
+    finally:
+        broker.stop()
+        postgres.stop()
+
+
+class _Cluster:
+    """A celery API server on a fresh database and its workers, all on this machine."""
+
+    def __init__(self, ctx: Context, root: Path, postgres: object, broker: object) -> None:
+        root.mkdir(parents=True)
+        self.root = root
+        self.database = postgres.new_database()  # type: ignore[attr-defined]
+        self.broker = broker.url()  # type: ignore[attr-defined]
+        common = {"database_url": self.database, "broker_url": self.broker}
+        self.server = Server(
+            orchestra_env(root / "api", ctx.uv_cache, executor="celery", **common),
+            root / "api.log",
+        )
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.worker_env = orchestra_env(
+            root / "w", ctx.uv_cache, api_url=f"http://127.0.0.1:{self.server.port}", **common
+        )
+
+    def add_workers(self, count: int) -> None:
+        """Start ``count`` more workers and wait until each consumes."""
+        for _ in range(count):
+            index = len(self.workers)
+            env = {**self.worker_env, "ORCHESTRA_HOME": str(self.root / f"worker-{index}")}
+            argv = [sys.executable, "-m", "orchestra", "worker", "--name", f"b{index}"]
+            with open(self.root / f"b{index}.log", "ab") as log:
+                self.workers.append(
+                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+                )
+        for index in range(len(self.workers)):
+            self._wait_ready(index)
+
+    def _wait_ready(self, index: int, timeout: float = 120.0) -> None:
+        log = self.root / f"b{index}.log"
+        deadline = time.monotonic() + timeout
+        while " ready." not in log.read_text(errors="replace"):
+            if self.workers[index].poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"worker b{index} did not start: {log.read_text()[-1500:]}")
+            time.sleep(0.05)
+
+    def runs_per_task(self) -> Counter[int]:
+        """How many times the workers' logs say each task ended."""
+        found: Counter[int] = Counter()
+        for index in range(len(self.workers)):
+            text = (self.root / f"b{index}.log").read_text(errors="replace")
+            found.update(int(n) for n in re.findall(r"task (\d+) ended", text))
+        return found
+
+    def close(self) -> None:
+        """Stop the workers, then the server."""
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self.server.stop()
+
+
+def _overhead(
+    ctx: Context, scratch: Path, module: Path, postgres: object, broker: object
+) -> list[Row]:
+    reps = ctx.reps(60, 5)
+    cluster = _Cluster(ctx, scratch / "overhead", postgres, broker)
+    local = Server(orchestra_env(scratch / "overhead-local", ctx.uv_cache), scratch / "local.log")
+    try:
+        cluster.add_workers(1)
+        remote_id, local_id = cluster.server.register(module), local.register(module)
+        sides = [
+            lambda: _timed_task(cluster.server, remote_id),
+            lambda: _timed_task(local, local_id),
+        ]
+        alternate(WARMUP, sides)  # the worker builds its environment at the first task
+        ctx.log(f"celery overhead: {reps} rep(s) of one worker / local")
+        remote, here = alternate(reps, sides, ctx.log if ctx.quick else None)
+    finally:
+        local.stop()
+        cluster.close()
+    mine, theirs = Stats(tuple(remote)), Stats(tuple(here))
+    extra = mine.median - theirs.median
+    return [
+        Row(
+            NUMBER,
+            "celery: no-op task, request to `done`, 1 worker vs local executor",
+            fmt_stats(mine, "s"),
+            fmt_stats(theirs, "s"),
+            f"{fmt_delta(extra)} median",
+            "≤ +15 ms median",
+            extra <= TARGET_OVERHEAD,
+        )  # fmt: skip
+    ]
+
+
+def _timed_task(server: Server, module_id: int) -> float:
+    start = time.perf_counter()
+    server.wait(server.submit(module_id))
+    return time.perf_counter() - start
+
+
+def _rate(server: Server, module_id: int, count: int) -> float:
+    """Tasks per second: ``count`` submitted back to back, from the first to the last done."""
+    start = time.perf_counter()
+    ids = [server.submit(module_id) for _ in range(count)]
+    for task_id in ids:
+        server.wait(task_id, timeout=3600)
+    return count / (time.perf_counter() - start)
+
+
+def _throughput(
+    ctx: Context, scratch: Path, module: Path, postgres: object, broker: object
+) -> list[Row]:
+    count = ctx.count(500, 20)
+    local = Server(
+        orchestra_env(scratch / "rate-local", ctx.uv_cache, max_running="2"),
+        scratch / "rate-local.log",
+    )
+    try:
+        local_rate = _rate(local, local.register(module), count)
+    finally:
+        local.stop()
+    cluster = _Cluster(ctx, scratch / "rate", postgres, broker)
+    try:
+        cluster.add_workers(2)
+        module_id = cluster.server.register(module)
+        _rate(cluster.server, module_id, 4)  # both workers build the environment first
+        two = _rate(cluster.server, module_id, count)
+        cluster.add_workers(2)
+        _rate(cluster.server, module_id, 8)
+        four = _rate(cluster.server, module_id, count)
+    finally:
+        cluster.close()
+    local_text = f"{local_rate:.1f} tasks/s (local, ORCHESTRA_MAX_RUNNING=2)"
+    return [
+        Row(
+            NUMBER, f"celery throughput: {count} no-op tasks, 2 workers × 1",
+            f"{two:.1f} tasks/s", local_text, f"{two / local_rate:.0%}", "≥ 90%",
+            two / local_rate >= TARGET_THROUGHPUT,
+        ),
+        Row(
+            NUMBER, f"celery throughput: {count} no-op tasks, 4 workers × 1 (2 cores)",
+            f"{four:.1f} tasks/s", local_text, f"{four / local_rate:.0%}", "", None,
+        ),
+    ]  # fmt: skip
+
+
+def _flood(ctx: Context, scratch: Path, module: Path, postgres: object, broker: object) -> Row:
+    count = ctx.count(10_000, 50)
+    cluster = _Cluster(ctx, scratch / "flood", postgres, broker)
+    try:
+        cluster.add_workers(4)
+        module_id = cluster.server.register(module)
+        start = time.perf_counter()
+        ids = [cluster.server.submit(module_id) for _ in range(count)]
+        submitted = time.perf_counter() - start
+        ctx.log(f"celery flood: {count} submitted in {submitted:.1f} s; waiting")
+        statuses = Counter(cluster.server.client.get(f"/task/{t}?wait=60")["status"] for t in ids)
+        while statuses.get("queued", 0) + statuses.get("running", 0):
+            statuses = Counter(cluster.server.client.get(f"/task/{t}")["status"] for t in ids)
+            time.sleep(1)
+        total = time.perf_counter() - start
+        rss = cluster.server.rss_bytes()
+        runs = cluster.runs_per_task()
+    finally:
+        cluster.close()
+    twice = sum(1 for task_id in ids if runs[task_id] > 1)
+    lost = sum(1 for task_id in ids if runs[task_id] == 0)
+    ok = statuses == Counter({"done": count}) and not twice and not lost
+    text = (
+        f"{statuses.get('done', 0)}/{count} done, {lost} lost, {twice} twice; submitted at "
+        f"{count / submitted:.0f}/s, all done in {total:.0f} s; server RSS "
+        f"{fmt_value(rss / 2**20, ' MiB')}"
+    )
+    return Row(NUMBER, f"celery: {count} tasks submitted at once, 4 workers", text,
+               target="all done, none lost, none twice", met=ok)  # fmt: skip

@@ -1,0 +1,97 @@
+"""The Celery app, built by a factory (nothing at import time), and how tasks are published.
+
+Celery only carries "run task N" to a worker of the module's queue; the database row decides
+whether it runs (PITFALLS #13): a worker claims the row before it starts anything, so a
+message delivered twice, or one for a task killed while queued, runs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from orchestra.config import Settings
+    from orchestra.distributed.worker import Worker
+
+TASK_NAME = "orchestra.run_task"
+# seconds between two turns of the worker's event loop when nothing else wakes it: a task
+# ends in a pool thread, and its acknowledgement wakes nothing, so without this tick the
+# next message would be fetched only when the loop's own timer fires (up to 2 s later)
+LOOP_TICK = 0.02
+MESSAGE_PREFIX = "orchestra-task-"  # a message's id: the prefix, the task id, a dash, a nonce
+
+
+def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
+    """A Celery app on the configured broker; with ``worker``, it also runs tasks."""
+    from celery import Celery
+
+    app = Celery("orchestra", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(_config(settings))
+    if worker is not None:
+
+        @app.task(name=TASK_NAME, ignore_result=True)
+        def run_task(task_id: int) -> None:
+            worker.run(int(task_id))
+
+        app.steps["worker"].add(_tick_step())
+    return app
+
+
+def _tick_step() -> type:
+    """A worker bootstep that turns the event loop every ``LOOP_TICK`` seconds."""
+    from celery import bootsteps
+
+    class Tick(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = ("celery.worker.components:Hub",)
+
+        def start(self, worker: Any) -> None:
+            if worker.hub is not None:
+                worker.hub.call_repeatedly(LOOP_TICK, _nothing)
+
+    return Tick
+
+
+def _nothing() -> None:
+    """A turn of the loop is all the tick is for."""
+
+
+def _config(settings: Settings) -> dict[str, Any]:
+    return {
+        # acknowledged once run: a worker that dies between the delivery and its claim
+        # leaves the message to be delivered again; any later delivery finds the row
+        # claimed and runs nothing, so a long task redelivered never runs twice
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "broker_transport_options": {"visibility_timeout": max(60.0, 10 * settings.worker_lease)},
+        # one message at a time: a long task must not hold others while a worker idles
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "default",
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        # a publish that fails leaves the row queued; the reconciler sends it again
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+        },  # fmt: skip
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "worker_enable_remote_control": False,
+    }
+
+
+def message_id(task_id: int, nonce: str) -> str:
+    """The id of one message for task ``task_id``."""
+    return f"{MESSAGE_PREFIX}{task_id}-{nonce}"
+
+
+def task_of_message(message_id: str) -> int | None:
+    """The task id a message id names, or None for a message that is not ours."""
+    if not message_id.startswith(MESSAGE_PREFIX):
+        return None
+    number = message_id[len(MESSAGE_PREFIX) :].split("-", 1)[0]
+    return int(number) if number.isdigit() else None

@@ -1,0 +1,87 @@
+"""Starting a worker: check the settings, build the Celery app around a Worker, consume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
+
+from orchestra.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+
+_LOGGER = logging.getLogger(__name__)
+# libpq settings that make a worker notice a dead network in seconds rather than in the
+# kernel's minutes of retransmissions, so that its heartbeats fail and retry promptly
+_RESILIENT = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
+def check_settings(settings: Settings) -> None:
+    """InvalidInput naming each setting a worker needs and lacks."""
+    needed = {
+        "broker_url": "ORCHESTRA_BROKER_URL (e.g. redis://host:6379/0)",
+        "api_url": "ORCHESTRA_API_URL (e.g. http://api-host:8470)",
+        "database_url": "ORCHESTRA_DATABASE_URL (the PostgreSQL database the API uses)",
+    }
+    missing = [text for name, text in needed.items() if not getattr(settings, name)]
+    if missing:
+        raise InvalidInput("a worker needs " + "; ".join(missing), key="worker")
+    if settings.database_url.startswith("sqlite"):
+        raise InvalidInput(
+            "a worker shares the API's database: ORCHESTRA_DATABASE_URL must name a "
+            "server database such as PostgreSQL, not SQLite", key="database_url",
+        )  # fmt: skip
+
+
+def database_url(url: str) -> str:
+    """``url`` with libpq's network timeouts, for PostgreSQL; others unchanged."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("postgresql"):
+        return url
+    extra = {k: v for k, v in _RESILIENT.items() if k not in parsed.query}
+    return parsed.update_query_dict(extra).render_as_string(hide_password=False)
+
+
+def default_name() -> str:
+    """A worker name unique on this machine: the host name and the process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency: int) -> int:
+    """Consume the queues until stopped (SIGTERM or Ctrl-C: Celery's warm shutdown)."""
+    from orchestra.distributed import require_extra
+
+    require_extra()
+    check_settings(settings)
+    from orchestra.distributed.app import make_app
+    from orchestra.distributed.worker import Worker
+    from orchestra.storage.db import Database
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(database_url(settings.database_url))
+    worker = Worker(settings, db, name=name, queues=queues, concurrency=concurrency)
+    worker.start()
+    _LOGGER.info("worker %s takes queue(s) %s, %d at once", name, ",".join(queues), concurrency)
+    try:
+        make_app(settings, worker).worker_main(
+            [
+                "worker", "--pool=threads", f"--concurrency={concurrency}",
+                f"--queues={','.join(queues)}", f"--hostname={name}@%h",
+                "--without-mingle", "--without-gossip", "--loglevel=INFO",
+            ]
+        )  # fmt: skip
+    finally:
+        worker.stop()
+        db.dispose()
+    return 0

@@ -1,0 +1,255 @@
+"""``orchestra worker``: claims tasks from the database, runs them under the local supervisor.
+
+Per task: claim the row (queued -> running under this worker's name, or nothing happens),
+build the module's generation if this worker lacks it, start it with the same executor and
+supervisor as a local task (in the worker's own data folder), send the logs to the API while
+it runs, then the outputs, then record the outcome, conditional on still being the task's
+worker: a task settled meanwhile (its worker counted as lost) stays settled. A heartbeat
+thread renews the worker's leases and stops the tasks whose kill the database asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from orchestra.distributed.client import ApiClient, ApiError
+from orchestra.distributed.modules import WorkerModules
+from orchestra.executors.base import Handle, TaskSpec
+from orchestra.executors.local import LocalExecutor
+from orchestra.storage.files import TaskFolder, safe_join
+from orchestra.storage.tables import TaskRow
+from orchestra.tasks import lifecycle, workers
+from orchestra.tasks.status import Outcome, TaskStatus
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+    from orchestra.storage.db import Database
+    from orchestra.tasks.lifecycle import TaskRecord
+
+_LOGGER = logging.getLogger(__name__)
+LOG_INTERVAL = 1.0  # seconds between two sendings of a running task's new log lines
+LOG_CHUNK = 1024 * 1024  # bytes of one log sent at most per request
+DROP_INTERVAL = 60.0  # seconds between two looks for generations nobody uses any more
+
+
+def heartbeat_interval(lease: float) -> float:
+    """Seconds between heartbeats: five per lease, at most 5 s, at least 0.5 s."""
+    return max(0.5, min(5.0, lease / 5))
+
+
+@dataclass
+class _Running:
+    """One task this worker runs: its supervisor once started, and why it must stop."""
+
+    handle: Handle | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
+    stop: str | None = None  # a kill request, or the row settled elsewhere
+
+
+class Worker:
+    """Runs the tasks Celery hands it, one thread each, under the local supervisor."""
+
+    def __init__(
+        self, settings: Settings, db: Database, *, name: str, queues: list[str], concurrency: int
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.name = name
+        self.queues = queues
+        self.concurrency = concurrency
+        self.client = ApiClient(settings.api_url, settings.api_token, name)
+        self.modules = WorkerModules(settings, self.client)
+        self.executor = LocalExecutor(settings)
+        self._running: dict[int, _Running] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._beats: threading.Thread | None = None
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce the worker, settle what an earlier run of it left, start the heartbeats."""
+        self.executor.open()
+        workers.register(
+            self.db, self.name, queues=self.queues, concurrency=self.concurrency,
+            hostname=socket.gethostname(),
+        )  # fmt: skip
+        self._abandon_earlier()
+        self._stop_orphans()
+        self._beats = threading.Thread(target=self._beat, name="orchestra-heartbeat", daemon=True)
+        self._beats.start()
+
+    def _abandon_earlier(self) -> None:
+        """Tasks still running under this name were run by an earlier process of it: lost."""
+        query = select(TaskRow.id).where(
+            TaskRow.worker == self.name, TaskRow.status == TaskStatus.RUNNING.value
+        )
+        with self.db.read() as session:
+            left = list(session.scalars(query))
+        why = Outcome(TaskStatus.ERROR, None, f"worker {self.name} restarted while it ran")
+        for task_id in left:
+            if lifecycle.finish(self.db, task_id, why, worker=self.name) is not None:
+                _LOGGER.warning("task %s was left running by an earlier run of it", task_id)
+
+    def _stop_orphans(self) -> None:
+        """Kill what an earlier process of this worker left running here, and its folders."""
+        root = self.settings.tasks_dir
+        if not root.is_dir():
+            return
+        for child in root.iterdir():
+            handle = self.executor.find(int(child.name)) if child.name.isdigit() else None
+            if handle is not None and self.executor.is_alive(handle):
+                _LOGGER.warning("stopping task %s, left running by an earlier run", child.name)
+                self.executor.kill(handle)
+            shutil.rmtree(child, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Stop the heartbeats and say goodbye; the executor's helpers stop too."""
+        self._stopping.set()
+        if self._beats is not None:
+            self._beats.join(timeout=10)
+        try:
+            workers.forget(self.db, self.name)
+        except Exception as exc:  # the database may be gone: the lease runs out anyway
+            _LOGGER.warning("could not remove worker %s from the database: %s", self.name, exc)
+        self.executor.close()
+
+    # -- one task -----------------------------------------------------------------------------
+
+    def run(self, task_id: int) -> None:
+        """Run task ``task_id`` if this worker wins its row; otherwise do nothing."""
+        entry = _Running()
+        with self._lock:
+            if task_id in self._running:
+                return  # a second delivery while this worker runs it
+            self._running[task_id] = entry
+        try:
+            row = lifecycle.claim(self.db, task_id, self.name)
+            if row is None:
+                _LOGGER.info("task %s is not queued any more: nothing to run", task_id)
+                return
+            self._settle(row, self._outcome(row, entry))
+        finally:
+            with self._lock:
+                self._running.pop(task_id, None)
+            shutil.rmtree(TaskFolder(self.settings.tasks_dir, task_id).root, ignore_errors=True)
+
+    def _outcome(self, row: TaskRecord, entry: _Running) -> Outcome:
+        try:
+            spec = dict(row.spec or {})
+            task = TaskSpec.from_json(spec)
+            with self.modules.using(task.module_id, task.generation):
+                if entry.stop:
+                    return Outcome(TaskStatus.KILLED, None, "killed on request before it started")
+                return self._execute(row.id, spec, entry)
+        except Exception as exc:  # whatever it was, the row must say why the task ended
+            _LOGGER.exception("task %s failed on worker %s", row.id, self.name)
+            return Outcome(TaskStatus.ERROR, None, f"worker {self.name} could not run it: {exc}")
+
+    def _execute(self, task_id: int, spec: dict[str, Any], entry: _Running) -> Outcome:
+        folder = TaskFolder(self.settings.tasks_dir, task_id)
+        shutil.rmtree(folder.root, ignore_errors=True)  # a fresh folder: nothing of before
+        folder.output.mkdir(parents=True)
+        entry.handle = self.executor.start(spec)
+        if not self.executor.watch(entry.handle, entry.ended.set):
+            raise RuntimeError("the worker's exit watcher is not running")
+        if entry.stop:  # asked while it was starting
+            self.executor.kill(entry.handle)
+        shipper = _LogShipper(self.client, task_id, folder)
+        while not entry.ended.wait(LOG_INTERVAL):
+            shipper.send()
+        shipper.send()
+        outcome = self.executor.outcome(task_id, spec)
+        if outcome is None:
+            return self.executor.orphan_outcome(task_id, entry.handle, entry.stop is not None)
+        return self._send_outputs(task_id, folder, outcome)
+
+    def _send_outputs(self, task_id: int, folder: TaskFolder, outcome: Outcome) -> Outcome:
+        try:
+            for item in outcome.output or []:
+                name = str(item["name"])
+                self.client.upload_output(task_id, name, safe_join(folder.output, name))
+        except ApiError as exc:
+            return Outcome(TaskStatus.ERROR, outcome.exit_code, f"outputs not delivered: {exc}")
+        return outcome
+
+    def _settle(self, row: TaskRecord, outcome: Outcome) -> None:
+        final = lifecycle.finish(self.db, row.id, outcome, worker=self.name)
+        if final is None:
+            _LOGGER.warning("task %s was settled elsewhere; this late result is dropped", row.id)
+        else:
+            _LOGGER.info("task %s ended: %s", row.id, final.status)
+
+    # -- heartbeats -----------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        interval = heartbeat_interval(self.settings.worker_lease)
+        last_drop = time.monotonic()
+        while not self._stopping.wait(interval):
+            try:
+                self._renew()
+                if time.monotonic() - last_drop > DROP_INTERVAL:
+                    last_drop = time.monotonic()
+                    self.modules.drop_unused(self.db)
+            except Exception as exc:  # the database may be out of reach for a while
+                _LOGGER.warning("heartbeat of %s failed: %s", self.name, exc)
+
+    def _renew(self) -> None:
+        for task_id in workers.renew(self.db, self.name):
+            self._stop(task_id, "kill requested")
+        with self._lock:
+            started = [task_id for task_id, e in self._running.items() if e.handle is not None]
+        for task_id in started:  # settled elsewhere while this worker was out of reach?
+            row = lifecycle.read(self.db, task_id)
+            if row is None or row.status != TaskStatus.RUNNING or row.worker != self.name:
+                self._stop(task_id, "settled elsewhere")
+
+    def _stop(self, task_id: int, why: str) -> None:
+        with self._lock:
+            entry = self._running.get(task_id)
+        if entry is None or entry.stop:
+            return
+        entry.stop = why
+        if entry.handle is not None:
+            _LOGGER.info("stopping task %s: %s", task_id, why)
+            self.executor.kill(entry.handle)
+
+
+class _LogShipper:
+    """Sends what a task's logs gained since the last call, from where the API's copy ends."""
+
+    def __init__(self, client: ApiClient, task_id: int, folder: TaskFolder) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.paths = {"stdout": folder.stdout, "stderr": folder.stderr}
+        self.sent = {"stdout": 0, "stderr": 0}
+
+    def send(self) -> None:
+        """Send every stream's new bytes; a failure is tried again at the next call."""
+        for stream, path in self.paths.items():
+            try:
+                self._send(stream, path)
+            except (ApiError, OSError) as exc:
+                _LOGGER.warning("log of task %s not sent: %s", self.task_id, exc)
+
+    def _send(self, stream: str, path: Path) -> None:
+        if not path.exists():
+            return
+        with open(path, "rb") as log:
+            while True:
+                log.seek(self.sent[stream])
+                data = log.read(LOG_CHUNK)
+                if not data:
+                    return
+                self.sent[stream] = self.client.append_log(
+                    self.task_id, stream, self.sent[stream], data
+                )

@@ -1,0 +1,236 @@
+"""The Celery executor for real: an API server, Redis, PostgreSQL and workers in namespaces.
+
+Each worker is a separate process in its own network namespace with its own data folder;
+the test reads a worker's folder only to find the pids of what it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestra.executors import proctree
+from tests.support.cluster import Cluster, ClusterWorker
+from tests.support.helpers import wait_for, write_module
+from tests.support.netns import Network, require_namespaces
+from tests.support.paths import DATA
+from tests.support.postgres import PostgresServer
+from tests.support.redis import RedisServer, redis_program
+
+pytestmark = pytest.mark.slow
+
+CHATTY = """
+import os, sys
+print("started", args.get("tag"), flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+(out / "result.txt").write_text(f"tag={args.get('tag')} pid={os.getpid()}\\n")
+(out / "more").mkdir()
+(out / "more" / "second.txt").write_text("second\\n")
+time.sleep(float(args.get("seconds", "0.3")))
+print("finished", flush=True)
+"""
+
+
+def _module(root: Path, name: str, queue: str | None = None) -> Path:
+    folder = write_module(
+        root / name, name=name, code=CHATTY, args=[["seconds", "float"], ["tag", "str"]],
+        defaults={"seconds": 0.3, "tag": "x"}, output={"type": "timeseries"},
+    )  # fmt: skip
+    if queue is not None:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        metadata["install"]["queue"] = queue
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[Cluster]:
+    """An API server and two workers on the default queue, for the whole module."""
+    require_namespaces()
+    root = tmp_path_factory.mktemp("cluster")
+    network = Network()
+    redis = RedisServer(redis_program(), root / "redis", bind=("127.0.0.1", network.host_address))
+    redis.start()
+    made = Cluster(root, network, redis, postgres_server)
+    try:
+        made.start_api()
+        made.modules = {  # type: ignore[attr-defined]
+            name: made.register(_module(root / "modules", name, queue))
+            for name, queue in [("chatty", None), ("gpu", "gpu"), ("doomed", "doomed"),
+                                ("island", "island")]
+        }  # fmt: skip
+        made.modules["sleeps"] = made.register(DATA / "modules" / "sleeps")  # type: ignore[attr-defined]
+        made.add_worker()
+        made.add_worker()
+        yield made
+    finally:
+        made.close()
+        redis.stop()
+        network.close()
+
+
+def _module_id(cluster: Cluster, name: str) -> int:
+    return int(cluster.modules[name])  # type: ignore[attr-defined]
+
+
+def _ended_lines(worker: ClusterWorker) -> list[int]:
+    return [int(n) for n in re.findall(r"task (\d+) ended", worker.text())]
+
+
+def _running_on(cluster: Cluster, task_id: int) -> dict[str, Any]:
+    return cluster.wait_status(task_id, {"running", "done", "error", "killed"})
+
+
+def test_twenty_tasks_spread_over_two_workers_with_outputs_and_logs(cluster: Cluster) -> None:
+    chatty = _module_id(cluster, "chatty")
+    ids = [cluster.run(chatty, tag=f"t{i}", seconds=0.3) for i in range(20)]
+    finals = [cluster.wait_status(task_id, {"done", "error", "killed"}) for task_id in ids]
+    assert [t["status"] for t in finals] == ["done"] * 20, finals
+    used = {t["worker"] for t in finals}
+    assert used == {"w0", "w1"}, used
+    first = finals[0]
+    assert {f["name"] for f in first["output"]} == {"result.txt", "more/second.txt"}
+    body = cluster.call("GET", f"/task/{ids[0]}/output/result.txt").body.decode()
+    assert body.startswith("tag=t0 ")
+    whole = cluster.call("GET", f"/task/{ids[0]}/output")
+    assert whole.status == 200 and whole.body[:2] == b"PK"  # a zip of both files
+    log = cluster.call("GET", f"/task/{ids[3]}/log").json()
+    assert log["stdout"] == "started t3\nfinished\n" and log["stderr"] == "to stderr\n"
+    for worker in cluster.workers[:2]:  # none ran twice, nothing stays on a worker
+        assert len(_ended_lines(worker)) == len(set(_ended_lines(worker)))
+        assert not list((worker.home / "tasks").iterdir())
+
+
+def test_a_running_task_shows_its_log_within_seconds(cluster: Cluster) -> None:
+    task_id = cluster.run(_module_id(cluster, "chatty"), tag="live", seconds=60)
+    assert _running_on(cluster, task_id)["status"] == "running"
+    seen = wait_for(
+        lambda: cluster.call("GET", f"/task/{task_id}/log").json()["stdout"],
+        lambda text: "started live" in text, timeout=8, what="the running task's log",
+    )  # fmt: skip
+    assert "finished" not in seen
+    killed = cluster.call("POST", f"/task/{task_id}/kill")
+    assert killed.status == 200
+    assert (
+        cluster.wait_status(task_id, {"done", "error", "killed"}, timeout=30)["status"] == "killed"
+    )
+
+
+def _pids(cluster: Cluster, task_id: int, worker: str) -> list[int]:
+    index = int(worker.lstrip("w"))
+    path = cluster.workers[index].home / "tasks" / str(task_id) / "output" / "pids.json"
+    data = wait_for(
+        lambda: json.loads(path.read_text()) if path.exists() else None,
+        lambda found: found is not None, timeout=30, what="the module's pids",
+    )  # fmt: skip
+    return [int(data[key]) for key in ("module", "child", "grandchild")]
+
+
+def test_a_kill_stops_the_whole_tree_on_the_worker(cluster: Cluster) -> None:
+    task_id = cluster.run(_module_id(cluster, "sleeps"), seconds=120, tree="true")
+    record = wait_for(
+        lambda: cluster.task(task_id), lambda t: t["status"] == "running" and t["worker"],
+        timeout=60, what="the task to run",
+    )  # fmt: skip
+    pids = _pids(cluster, task_id, record["worker"])
+    assert all(proctree.start_time(pid) is not None for pid in pids)
+    assert cluster.call("POST", f"/task/{task_id}/kill").status == 200
+    final = cluster.wait_status(task_id, {"done", "error", "killed"}, timeout=30)
+    assert final["status"] == "killed", final
+    wait_for(
+        lambda: [p for p in pids if proctree.start_time(p) is not None], lambda left: not left,
+        timeout=20, what="the module, its child and its setsid grandchild to be gone",
+    )  # fmt: skip
+
+
+def test_a_killed_queued_task_never_starts(cluster: Cluster) -> None:
+    chatty = _module_id(cluster, "chatty")
+    busy = [cluster.run(chatty, tag="busy", seconds=60) for _ in range(2)]
+    for task_id in busy:
+        wait_for(lambda t=task_id: cluster.task(t)["status"], lambda s: s == "running",
+                 timeout=60, what="both workers to be busy")  # fmt: skip
+    waiting = cluster.run(chatty, tag="never", seconds=0.1)
+    assert cluster.task(waiting)["status"] == "queued"
+    assert cluster.call("POST", f"/task/{waiting}/kill").json()["status"] == "killed"
+    for task_id in busy:
+        cluster.call("POST", f"/task/{task_id}/kill")
+    after = cluster.run(chatty, tag="after", seconds=0.1)  # queued behind the killed one
+    assert cluster.wait_status(after, {"done", "error", "killed"})["status"] == "done"
+    record = cluster.task(waiting)
+    assert record["status"] == "killed" and record["started"] is None and record["worker"] is None
+    for worker in cluster.workers:
+        assert waiting not in _ended_lines(worker)
+
+
+def test_queues_route_tasks_to_the_workers_that_take_them(cluster: Cluster) -> None:
+    gpu_worker = cluster.add_worker(queues="gpu", concurrency=3)
+    gpu = [cluster.run(_module_id(cluster, "gpu"), seconds=0.5) for _ in range(3)]
+    plain = [cluster.run(_module_id(cluster, "chatty"), seconds=0.1) for _ in range(3)]
+    gpu_done = [cluster.wait_status(t, {"done", "error", "killed"}) for t in gpu]
+    plain_done = [cluster.wait_status(t, {"done", "error", "killed"}) for t in plain]
+    assert {t["worker"] for t in gpu_done} == {gpu_worker.name}
+    assert gpu_worker.name not in {t["worker"] for t in plain_done}
+    # three tasks of a module new to this worker, at once: its environment was built once
+    assert gpu_worker.text().count("building the environment of generation") == 1
+
+
+def test_a_sigkilled_worker_loses_its_running_task_and_its_queue_runs_elsewhere(
+    cluster: Cluster,
+) -> None:
+    doomed = _module_id(cluster, "doomed")
+    victim = cluster.add_worker(queues="doomed")
+    running = cluster.run(doomed, tag="victim", seconds=120)
+    wait_for(lambda: cluster.task(running)["status"], lambda s: s == "running", timeout=60,
+             what="the task to run on the doomed worker")  # fmt: skip
+    waiting = cluster.run(doomed, tag="next", seconds=0.1)
+    victim.kill()
+    began = time.monotonic()
+    final = cluster.wait_status(running, {"done", "error", "killed"}, timeout=40)
+    assert final["status"] == "error" and f"worker {victim.name} lost" in final["error"]
+    assert time.monotonic() - began < 5 * 3  # the lease (5 s) and a few sweeps
+    assert cluster.task(waiting)["status"] == "queued"
+    heir = cluster.add_worker(queues="doomed")  # also stops what the dead one left running
+    assert cluster.wait_status(waiting, {"done", "error", "killed"})["worker"] == heir.name
+    assert cluster.task(running)["status"] == "error"  # nothing revived it
+
+
+def test_a_worker_cut_off_is_settled_and_its_late_result_is_dropped(cluster: Cluster) -> None:
+    island = cluster.add_worker(queues="island")
+    task_id = cluster.run(_module_id(cluster, "island"), tag="cut", seconds=12)
+    wait_for(lambda: cluster.task(task_id)["status"], lambda s: s == "running", timeout=60,
+             what="the task to run on the island")  # fmt: skip
+    island.namespace.cut()
+    try:
+        final = cluster.wait_status(task_id, {"done", "error", "killed"}, timeout=40)
+        assert final["status"] == "error" and f"worker {island.name} lost" in final["error"]
+    finally:
+        island.namespace.restore()
+    wait_for(island.text, lambda text: "settled elsewhere" in text, timeout=60,
+             what="the worker to learn that its task was settled")  # fmt: skip
+    record = cluster.task(task_id)
+    assert record["status"] == "error" and record["output"] is None
+
+
+def test_a_broker_restart_loses_no_queued_task(cluster: Cluster) -> None:
+    chatty = _module_id(cluster, "chatty")
+    busy = [cluster.run(chatty, tag="busy", seconds=3) for _ in range(2)]
+    for task_id in busy:
+        wait_for(lambda t=task_id: cluster.task(t)["status"], lambda s: s == "running",
+                 timeout=60, what="both workers to be busy")  # fmt: skip
+    queued = [cluster.run(chatty, tag=f"q{i}", seconds=0.1) for i in range(6)]
+    cluster.redis.restart()  # no persistence: every queued message is gone
+    finals = [
+        cluster.wait_status(t, {"done", "error", "killed"}, timeout=120) for t in busy + queued
+    ]
+    assert [t["status"] for t in finals] == ["done"] * 8, finals
+    ended = _ended_lines(cluster.workers[0]) + _ended_lines(cluster.workers[1])
+    for task_id in busy + queued:
+        assert ended.count(task_id) == 1, task_id

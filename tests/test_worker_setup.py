@@ -1,0 +1,87 @@
+"""What a worker checks before it starts, and how its messages and settings are formed."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestra.config import Settings
+from orchestra.distributed.app import message_id, task_of_message
+from orchestra.distributed.main import database_url
+from orchestra.errors import InvalidMetadata
+from orchestra.manifest import parse_manifest
+from tests.support.helpers import run_cli
+from tests.support.paths import DATA
+
+BASE = {
+    "name": "m", "description": "d", "args": [], "output": {"type": "image"},
+    "install": {"executable": "m", "files": ["m"]},
+}  # fmt: skip
+
+
+def test_a_worker_without_its_settings_names_each_missing_one(settings: Settings) -> None:
+    code, _out, err = run_cli(["worker"], settings)
+    assert code == 2
+    for name in ("ORCHESTRA_BROKER_URL", "ORCHESTRA_API_URL", "ORCHESTRA_DATABASE_URL"):
+        assert name in err
+    assert "Traceback" not in err
+
+
+def test_a_worker_refuses_a_sqlite_database(settings: Settings) -> None:
+    local = settings.with_overrides(
+        broker_url="redis://127.0.0.1:1/0", api_url="http://127.0.0.1:1",
+        database_url=f"sqlite:///{settings.home / 'x.db'}",
+    )  # fmt: skip
+    code, _out, err = run_cli(["worker"], local)
+    assert code == 2 and "PostgreSQL" in err
+
+
+@pytest.mark.parametrize("queues", ["", ",", " , "])
+def test_a_worker_needs_a_queue_name(settings: Settings, queues: str) -> None:
+    code, _out, err = run_cli(["worker", "--queues", queues], settings)
+    assert code == 2 and "queue" in err
+
+
+def test_a_worker_reaches_postgresql_with_network_timeouts() -> None:
+    url = database_url("postgresql+psycopg://u:p%40ss@db:5432/orchestra?connect_timeout=3")
+    assert url.startswith("postgresql+psycopg://u:p%40ss@db:5432/orchestra?")
+    assert "connect_timeout=3" in url and "tcp_user_timeout=15000" in url
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_message_ids_name_their_task() -> None:
+    assert task_of_message(message_id(42, "abc")) == 42
+    assert task_of_message("someone-else-7") is None
+    assert task_of_message("orchestra-task-x-1") is None
+
+
+def test_install_queue_routes_a_module_and_defaults_to_default() -> None:
+    assert parse_manifest(BASE).queue == "default"
+    routed = {**BASE, "install": {**BASE["install"], "queue": "gpu"}}  # type: ignore[dict-item]
+    assert parse_manifest(routed).queue == "gpu"
+
+
+@pytest.mark.parametrize("queue", ["", "has space", "../x", 7, "a" * 65, "new\nline"])
+def test_a_bad_install_queue_is_named(queue: object) -> None:
+    bad = {**BASE, "install": {**BASE["install"], "queue": queue}}  # type: ignore[dict-item]
+    with pytest.raises(InvalidMetadata, match="install.queue"):
+        parse_manifest(bad)
+
+
+def test_a_worker_drops_the_generations_nobody_names(settings: Settings) -> None:
+    from orchestra.distributed.client import ApiClient
+    from orchestra.distributed.modules import WorkerModules
+    from orchestra.service import Service
+
+    service = Service(settings)  # the database, with one module installed
+    try:
+        info = service.register(str(DATA / "modules" / "sleeps"))
+        current = service.registry.runnable(info.id)[1].root.name
+        stale, foreign = "a" * 32, "not-a-generation"
+        for name in (current, stale, foreign):
+            (settings.installs_dir / name).mkdir(parents=True, exist_ok=True)
+        modules = WorkerModules(settings, ApiClient("http://127.0.0.1:9", "", "w"))
+        assert modules.drop_unused(service.db) == [stale]
+        left = {p.name for p in settings.installs_dir.iterdir()}
+        assert current in left and foreign in left and stale not in left
+    finally:
+        service.close()
