@@ -65,10 +65,10 @@ def test_registration_records_the_exact_versions_installed(settings: Settings, t
     service = Service(settings)
     try:
         info = service.register(str(module))
-        assert info.lock is not None and len(info.lock) == 1
-        assert info.lock[0].startswith("six==")
+        assert info.lock is not None and info.lock["python"] == info.python_version
+        assert len(info.lock["packages"]) == 1 and info.lock["packages"][0].startswith("six==")
         client = create_app(service=service).test_client()
-        assert client.get(f"/module/{info.id}").get_json()["lock"] == list(info.lock)
+        assert client.get(f"/module/{info.id}").get_json()["lock"] == info.lock
     finally:
         service.close()
 
@@ -155,3 +155,17 @@ def test_log_chunks_append_once_even_when_sent_again(guarded):
     )
     log = client.get(f"/task/{task_id}/log").get_json()
     assert log["stdout"] == "line 1\nline 2\n" and log["stderr"] == ""
+
+
+def test_files_from_another_worker_than_the_tasks_are_refused(guarded):
+    service, client = guarded
+    task_id = _running_task(service)  # claimed by worker-1
+    headers = {**AUTH, "X-Orchestra-Worker": "worker-2"}
+    log = client.post(f"/task/{task_id}/log/stdout?offset=0", data=b"x", headers=headers)
+    assert log.status_code == 409 and "worker-1" in log.get_json()["error"]
+    digest = hashlib.sha256(b"x").hexdigest()
+    put = client.put(
+        f"/task/{task_id}/output/x", data=b"x", headers={**headers, "X-Orchestra-Sha256": digest}
+    )
+    assert put.status_code == 409
+    assert not (TaskFolder(service.settings.tasks_dir, task_id).output / "x").exists()

@@ -139,9 +139,8 @@ def _running(db: Database, task_id: int, worker: str | None) -> None:
         raise NotFound(f"no task {task_id}")
     if row.status != TaskStatus.RUNNING:
         raise WrongState(f"task {task_id} is {row.status}: its files can no longer change")
-    owner = getattr(row, "worker", None)
-    if worker and owner and owner != worker:
-        raise WrongState(f"task {task_id} runs on worker {owner}, not {worker}")
+    if worker and row.worker and row.worker != worker:
+        raise WrongState(f"task {task_id} runs on worker {row.worker}, not {worker}")
 
 
 def check_output_name(name: str) -> list[str]:

@@ -58,7 +58,8 @@ class ModuleInfo(_Record):
     updated: datetime
     error: str | None
     install_log: str
-    lock: tuple[str, ...] | None = None  # the exact package versions its environment holds
+    # the exact versions its registration resolved: {"python": …, "packages": ["name==1.0", …]}
+    lock: dict[str, Any] | None = None
     staged: bool = False  # hidden from clients' list until published
 
     def to_dict(self) -> dict[str, Any]:

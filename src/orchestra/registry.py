@@ -95,7 +95,7 @@ class Registry:
             raise
         installer.completed(built, self.settings)
         (progress or _log_progress)(f"installed {built.manifest.name} as module {row.id}")
-        return _info(row, tuple(built.lock))  # as written: no second read
+        return _info(row)  # as written: no second read
 
     def _write_installed(self, built: Built, module_id: int | None, staged: bool) -> ModuleRow:
         try:
@@ -488,15 +488,7 @@ class Registry:
 
     def get(self, module_id: int) -> ModuleInfo:
         """One module's full record."""
-        row = self._row(module_id)
-        return _info(row, self._lock_of(row))
-
-    def _lock_of(self, row: ModuleRow) -> tuple[str, ...] | None:
-        """The installed generation's lock (None before one is installed or recorded)."""
-        if not row.install_dir:
-            return None
-        lock = InstallFolder(self.settings.installs_dir, row.install_dir).read_lock()
-        return None if lock is None else tuple(lock)
+        return _info(self._row(module_id))
 
     def runnable(self, module_id: int) -> tuple[Manifest, InstallFolder]:
         """What the task runner needs to start a task; WrongState unless installed."""
@@ -615,18 +607,21 @@ def _apply(row: ModuleRow, built: Built) -> None:
     row.source_kind = built.fetched.kind
     row.commit = built.fetched.commit
     row.python_version = built.python_version
+    # what every worker installs: the exact versions this registration resolved
+    row.lock = {"python": built.python_version, "packages": list(built.lock)}
     row.install_log = built.log
     row.error = None
     row.updated = _now()
 
 
-def _info(row: ModuleRow, lock: tuple[str, ...] | None = None) -> ModuleInfo:
+def _info(row: ModuleRow) -> ModuleInfo:
     return ModuleInfo(
         id=row.id, name=row.name, description=row.description or "", version=row.version,
         status=row.status, output_type=row.output_type, metadata=row.meta, source=row.source,
         source_kind=row.source_kind, ref=row.ref, subdir=row.subdir, commit=row.commit,
         python_version=row.python_version, created=row.created, updated=row.updated,
-        error=row.error, install_log=row.install_log or "", lock=lock, staged=bool(row.staged),
+        error=row.error, install_log=row.install_log or "", lock=row.lock,
+        staged=bool(row.staged),
     )  # fmt: skip
 
 

@@ -91,9 +91,12 @@ SCHEMAS: dict[str, Any] = {
             "error": _STRING_OR_NULL,
             "install_log": {"type": "string"},
             "lock": {
-                "type": ["array", "null"],
-                "items": {"type": "string"},
-                "description": "the exact package versions its environment holds (name==version)",
+                "type": ["object", "null"],
+                "description": "the exact versions resolved at registration, which workers install",
+                "properties": {
+                    "python": _STRING_OR_NULL,
+                    "packages": {"type": "array", "items": {"type": "string"}},
+                },
             },
             "staged": _STAGED,
         },

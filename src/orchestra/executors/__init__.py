@@ -22,8 +22,8 @@ def get_executor(settings: Settings) -> Executor:
 
         return LocalExecutor(settings)
     if settings.executor == "celery":
-        from orchestra.executors.celery import CeleryExecutor  # type: ignore[import-not-found]
+        from orchestra.executors.celery import CeleryExecutor
 
-        return CeleryExecutor(settings)  # type: ignore[no-any-return]
+        return CeleryExecutor(settings)
     allowed = ", ".join(EXECUTORS)
     raise InvalidInput(f"executor: {settings.executor!r} is not one of {allowed}", key="executor")

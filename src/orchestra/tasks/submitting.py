@@ -68,5 +68,5 @@ class Submitter:
             executable=manifest.executable, args=tuple(argument_tail(bound)), timeout=timeout,
             grace=self.settings.kill_grace, outputs=manifest.output_files,
             catalog=catalogs.header_facts(manifest), network=manifest.network,
-            limits=manifest.limits or None,
+            limits=manifest.limits or None, queue=manifest.queue,
         )  # fmt: skip
