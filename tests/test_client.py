@@ -118,7 +118,7 @@ def _module(**changes: object) -> ModuleInfo:
 
 
 def test_records_read_back_from_json_render_the_same_json() -> None:
-    module = _module(lock=("numpy==2.1.0",))
+    module = _module(lock={"python": "3.11.7", "packages": ["numpy==2.1.0"]})
     task = TaskInfo(7, 3, {"start": "x"}, "done", WHEN, WHEN, None, 0, None, (OutputFile("a", 1),))
     page = TaskPage((task,), total=9, limit=1, offset=0, next_cursor="c")
     sent = json.loads(json.dumps(module.to_dict()))
