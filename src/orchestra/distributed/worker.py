@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from orchestra.distributed.client import ApiClient, ApiError
 from orchestra.distributed.modules import WorkerModules
 from orchestra.executors.base import Handle, TaskSpec
+from orchestra.executors.celery import NOTIFY_CHANNEL
 from orchestra.executors.local import LocalExecutor
 from orchestra.storage.files import TaskFolder, safe_join
 from orchestra.storage.tables import TaskRow
@@ -39,6 +40,7 @@ _LOGGER = logging.getLogger(__name__)
 LOG_INTERVAL = 1.0  # seconds between two sendings of a running task's new log lines
 LOG_CHUNK = 1024 * 1024  # bytes of one log sent at most per request
 DROP_INTERVAL = 60.0  # seconds between two looks for generations nobody uses any more
+_NOTIFY = text("SELECT pg_notify(:channel, :task)")
 
 
 def heartbeat_interval(lease: float) -> float:
@@ -186,8 +188,13 @@ class Worker:
         final = lifecycle.finish(self.db, row.id, outcome, worker=self.name)
         if final is None:
             _LOGGER.warning("task %s was settled elsewhere; this late result is dropped", row.id)
-        else:
-            _LOGGER.info("task %s ended: %s", row.id, final.status)
+            return
+        _LOGGER.info("task %s ended: %s", row.id, final.status)
+        try:  # whoever waits on an API server hears of it at once, not at its next look
+            with self.db.begin_write() as connection:
+                connection.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "task": str(row.id)})
+        except Exception as exc:  # only a hint: waiters look at the row anyway
+            _LOGGER.info("could not announce the end of task %s: %s", row.id, exc)
 
     # -- heartbeats -----------------------------------------------------------------------------
 

@@ -17,11 +17,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from orchestra.executors.base import TaskSpec
 from orchestra.storage.tables import TaskRow
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from orchestra.storage.db import Database
 
 _LOGGER = logging.getLogger(__name__)
+NOTIFY_CHANNEL = "orchestra_tasks"  # workers NOTIFY a task's id here once they have ended it
 BROKER_SCAN = 30.0  # seconds between two comparisons of the queue with the broker's messages
 SETTLE_GRACE = 2.0  # seconds a queued row must be old before a scan may send it again
 _UNACKED = "unacked"  # kombu's Redis hash of delivered, unacknowledged messages
@@ -54,6 +56,7 @@ class CeleryExecutor:
         self._lock = threading.Lock()
         self._broker_run: str | None = None
         self._last_scan = 0.0
+        self._listening = threading.Event()
 
     def _celery(self) -> Celery:
         with self._lock:
@@ -71,8 +74,40 @@ class CeleryExecutor:
 
         require_extra()
 
+    def listen(self, on_ended: Callable[[int], None]) -> None:
+        """Call ``on_ended(task_id)`` when a worker has ended a task (PostgreSQL's NOTIFY).
+
+        Without it, whoever waits for a remote task looks at its row every 50 ms.
+        """
+        if not make_url(self.settings.db_url).drivername.startswith("postgresql"):
+            return
+        self._listening.set()
+        thread = threading.Thread(
+            target=self._listen, args=(on_ended,), name="orchestra-listen", daemon=True
+        )
+        thread.start()
+
+    def _listen(self, on_ended: Callable[[int], None]) -> None:
+        import psycopg
+
+        conninfo = make_url(self.settings.db_url).set(drivername="postgresql")
+        while self._listening.is_set():
+            try:
+                with psycopg.connect(
+                    conninfo.render_as_string(hide_password=False), autocommit=True
+                ) as connection:
+                    connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while self._listening.is_set():
+                        for note in connection.notifies(timeout=1.0):
+                            if note.payload.isdigit():
+                                on_ended(int(note.payload))
+            except Exception as exc:  # the database restarts, the network drops: listen again
+                _LOGGER.warning("listening for ended tasks failed: %s", exc)
+                time.sleep(1.0)
+
     def close(self) -> None:
         """Close the broker connections and the reconciler's database."""
+        self._listening.clear()
         with self._lock:
             app, self._app = self._app, None
             db, self._db = self._db, None

@@ -116,6 +116,9 @@ class TaskRunner:
     def start(self) -> None:
         """Server mode: reconcile, then watch exits and sweep the database periodically."""
         self.watcher.start()
+        listen = getattr(self.executor, "listen", None)
+        if listen is not None:  # remote tasks: wake their waiters when a worker ends one
+            listen(self.waiters.wake)
 
     def stop(self) -> None:
         """Stop the background threads; running tasks go on and are adopted later."""
