@@ -85,3 +85,16 @@ def test_a_worker_drops_the_generations_nobody_names(settings: Settings) -> None
         assert current in left and foreign in left and stale not in left
     finally:
         service.close()
+
+
+def test_a_worker_that_cannot_reach_its_database_says_so(settings: Settings) -> None:
+    from tests.support.helpers import free_port
+
+    port = free_port()  # nothing listens there
+    unreachable = settings.with_overrides(
+        broker_url="redis://127.0.0.1:1/0", api_url="http://127.0.0.1:1",
+        database_url=f"postgresql+psycopg://orchestra:secret@127.0.0.1:{port}/orchestra",
+    )  # fmt: skip
+    code, _out, err = run_cli(["worker"], unreachable)
+    assert code == 7 and "cannot reach the database" in err
+    assert "secret" not in err and "Traceback" not in err

@@ -15,7 +15,7 @@ class MissingExtra(OrchestraError):
     """The optional packages of the distributed executor are not installed."""
 
     http_status = 500
-    exit_code = 7
+    exit_code = 1
 
 
 def require_extra() -> None:

@@ -8,8 +8,9 @@ import socket
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-from orchestra.errors import InvalidInput
+from orchestra.errors import InvalidInput, Unreachable
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
@@ -71,7 +72,12 @@ def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency:
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(database_url(settings.database_url))
     worker = Worker(settings, db, name=name, queues=queues, concurrency=concurrency)
-    worker.start()
+    try:
+        db.create_schema()  # a worker may start first; the schema's lock serialises this
+        worker.start()
+    except OperationalError as exc:
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        raise Unreachable(f"cannot reach the database {where}: {exc.orig}") from exc
     _LOGGER.info("worker %s takes queue(s) %s, %d at once", name, ",".join(queues), concurrency)
     try:
         make_app(settings, worker).worker_main(
