@@ -18,7 +18,7 @@ from live import Server, orchestra_env
 _LOGGER = logging.getLogger(__name__)
 
 NAME = "celery"
-NUMBER = "8"
+NUMBER = "9"
 TARGET_OVERHEAD = 0.015  # seconds the Celery executor may add to a no-op task at the median
 TARGET_THROUGHPUT = 0.9  # fraction of the local executor's rate that 2 workers should reach
 WARMUP = 5
