@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 from orchestra.distributed.client import ApiClient, ApiError
 from orchestra.distributed.modules import WorkerModules
 from orchestra.executors.base import Handle, TaskSpec
-from orchestra.executors.celery import NOTIFY_CHANNEL
+from orchestra.executors.celery import KILL_CHANNEL, NOTIFY_CHANNEL
 from orchestra.executors.local import LocalExecutor
 from orchestra.storage.files import TaskFolder, safe_join
 from orchestra.storage.tables import TaskRow
@@ -89,6 +89,7 @@ class Worker:
         self._stop_orphans()
         self._beats = threading.Thread(target=self._beat, name="orchestra-heartbeat", daemon=True)
         self._beats.start()
+        threading.Thread(target=self._hear_kills, name="orchestra-kills", daemon=True).start()
 
     def _abandon_earlier(self) -> None:
         """Tasks still running under this name were run by an earlier process of it: lost."""
@@ -214,17 +215,46 @@ class Worker:
         for task_id in workers.renew(self.db, self.name):
             self._stop(task_id, "kill requested")
         with self._lock:
-            started = [task_id for task_id, e in self._running.items() if e.handle is not None]
+            started = [
+                task_id
+                for task_id, e in self._running.items()
+                if e.handle is not None and not e.ended.is_set()
+            ]
         for task_id in started:  # settled elsewhere while this worker was out of reach?
             row = lifecycle.read(self.db, task_id)
             if row is None or row.status != TaskStatus.RUNNING or row.worker != self.name:
                 self._stop(task_id, "settled elsewhere")
 
+    def _hear_kills(self) -> None:
+        """Act on kills announced on the broker at once; the heartbeat reads the flags anyway."""
+        import redis
+
+        while not self._stopping.is_set():
+            try:
+                client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5)
+                with client.pubsub(ignore_subscribe_messages=True) as channel:
+                    channel.subscribe(KILL_CHANNEL)
+                    while not self._stopping.is_set():
+                        message = channel.get_message(timeout=1.0)
+                        if message and str(message["data"], "ascii", "replace").isdigit():
+                            self._check_kill(int(message["data"]))
+            except Exception as exc:  # the broker restarts or is out of reach: listen again
+                _LOGGER.info("not hearing kills for a moment: %s", exc)
+                self._stopping.wait(1.0)
+
+    def _check_kill(self, task_id: int) -> None:
+        with self._lock:
+            mine = task_id in self._running
+        if mine:  # the row says whether the kill is real: the channel is only a prompt
+            row = lifecycle.read(self.db, task_id)
+            if row is not None and row.kill_requested and row.worker == self.name:
+                self._stop(task_id, "kill requested")
+
     def _stop(self, task_id: int, why: str) -> None:
         with self._lock:
             entry = self._running.get(task_id)
-        if entry is None or entry.stop:
-            return
+        if entry is None or entry.stop or entry.ended.is_set():
+            return  # unknown here, already stopping, or already over
         entry.stop = why
         if entry.handle is not None:
             _LOGGER.info("stopping task %s: %s", task_id, why)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "orchestra_tasks"  # workers NOTIFY a task's id here once they have ended it
+KILL_CHANNEL = "orchestra-kill"  # the broker's pub/sub channel that kills are announced on
 BROKER_SCAN = 30.0  # seconds between two comparisons of the queue with the broker's messages
 SETTLE_GRACE = 2.0  # seconds a queued row must be old before a scan may send it again
 _UNACKED = "unacked"  # kombu's Redis hash of delivered, unacknowledged messages
@@ -138,7 +139,11 @@ class CeleryExecutor:
         return True
 
     def signal_kill(self, task_id: int, worker: str | None) -> None:
-        """Nothing to send: the worker reads the kill flag at its next heartbeat."""
+        """Tell the workers at once (Redis pub/sub); the flag reaches them at a heartbeat anyway."""
+        try:
+            self._client().publish(KILL_CHANNEL, str(task_id))
+        except Exception as exc:  # only a prompt: the database flag is what counts
+            _LOGGER.info("could not announce the kill of task %s: %s", task_id, exc)
 
     # -- reconciling ----------------------------------------------------------------------------
 
