@@ -16,8 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 import bench_api
-import bench_dashboard
 import bench_celery
+import bench_dashboard
 import bench_disk
 import bench_first_run
 import bench_memory
