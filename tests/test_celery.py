@@ -21,6 +21,7 @@ from tests.support.helpers import wait_for, write_module
 from tests.support.netns import Network, require_namespaces
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.postgres import PostgresServer
+from tests.support.processes import host_pid
 from tests.support.redis import RedisServer, redis_program
 
 pytestmark = pytest.mark.slow
@@ -143,7 +144,10 @@ def _pids(cluster: Cluster, task_id: int, worker: str) -> list[int]:
         lambda: json.loads(path.read_text()) if path.exists() else None,
         lambda found: found is not None, timeout=30, what="the module's pids",
     )  # fmt: skip
-    return [int(data[key]) for key in ("module", "child", "grandchild")]
+    # the pids as this machine knows them: the sandbox gives a task a pid namespace
+    pids = [host_pid(int(data[key]), path.parent) for key in ("module", "child", "grandchild")]
+    assert all(pid > 0 for pid in pids), pids
+    return pids
 
 
 def test_a_kill_stops_the_whole_tree_on_the_worker(cluster: Cluster) -> None:
