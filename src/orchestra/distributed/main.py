@@ -67,8 +67,11 @@ def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency:
     check_settings(settings)
     from orchestra.distributed.app import make_app
     from orchestra.distributed.worker import Worker
+    from orchestra.executors import sandbox
     from orchestra.storage.db import Database
 
+    state = sandbox.require(settings)  # refuses here when it is required and does not work
+    _LOGGER.info("task sandbox: %s (%s)", "on" if state.active else "off", state.detail)
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(database_url(settings.database_url))
     worker = Worker(settings, db, name=name, queues=queues, concurrency=concurrency)
