@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestra.config import Settings
@@ -98,3 +100,41 @@ def test_a_worker_that_cannot_reach_its_database_says_so(settings: Settings) -> 
     code, _out, err = run_cli(["worker"], unreachable)
     assert code == 7 and "cannot reach the database" in err
     assert "secret" not in err and "Traceback" not in err
+
+
+def test_an_upload_that_fails_is_sent_again_whole(tmp_path: Path) -> None:
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from orchestra.distributed import client as api_client
+
+    received: list[tuple[int, bytes, str]] = []
+
+    class FlakyApi(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = 503 if not received else 201  # the first attempt fails
+            received.append((status, body, self.headers["X-Orchestra-Sha256"]))
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        data = tmp_path / "out.bin"
+        data.write_bytes(b"x" * 300_000)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        api_client.ApiClient(url, "", "w1").upload_output(7, "sub dir/out.bin", data)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert [status for status, _, _ in received] == [503, 201]
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    assert all(body == data.read_bytes() and sha == digest for _, body, sha in received)
