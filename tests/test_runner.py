@@ -27,8 +27,9 @@ from orchestra.tasks import lifecycle
 from orchestra.tasks.lifecycle import NewTask
 from orchestra.tasks.status import TaskStatus
 from orchestra.tasks.watching import LAUNCH_WINDOW
+from tests.support.helpers import wait_for
 from tests.support.paths import DATA
-from tests.support.processes import alive, host_pid, wait_for_file
+from tests.support.processes import alive, host_pid, naming, wait_for_file
 
 MODULES = DATA / "modules"
 
@@ -329,6 +330,8 @@ def test_a_task_whose_supervisor_died_is_an_error_with_the_reason(server: Servic
     assert info.status == "error"
     assert "supervisor died" in (info.error or "")
     assert alive([recorded["module_pid"]]) == []  # nothing of the task runs on
+    output = server.settings.tasks_dir / str(task.id) / "output"  # in its sandbox included
+    wait_for(lambda: naming(output), lambda left: not left, timeout=10, what="its processes")
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from orchestra.service import Service
 from tests.support.helpers import http, wait_for
 from tests.support.paths import DATA
 from tests.support.postgres import require_service
+from tests.support.processes import naming
 from tests.support.server import LiveServer
 
 MODULES = DATA / "modules"
@@ -31,26 +31,16 @@ def settings(tmp_path: Path, uv_cache: Path) -> Settings:
     )  # fmt: skip
 
 
-def _left_behind(output: Path) -> list[str]:
-    """Processes still running whose command line names the task's output folder."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(output).encode() in cmdline:
-                found.append(f"{entry.name}: {cmdline[:200]!r}")
-    return found
-
-
 def _supervisor_groups(task_dir: Path) -> list[str]:
-    """The cgroups the task's supervisor made, if they are still there."""
+    """The cgroups the task's supervisor made that still hold a process."""
     identity = json.loads((task_dir / "result.json").read_text().splitlines()[0])
-    bases = [b for b in (STATE.memory_cgroup, STATE.pids_cgroup) if b]
-    paths = [os.path.join(b, f"orchestra-task-{identity['pid']}") for b in bases]
-    return [p for p in paths if os.path.exists(p)]
+    bases = [Path(b) for b in (STATE.memory_cgroup, STATE.pids_cgroup) if b]
+    groups = [g for b in bases for g in b.glob(f"orchestra-task-{identity['pid']}-*")]
+    return [
+        str(g)
+        for g in groups
+        if (g / "cgroup.procs").exists() and (g / "cgroup.procs").read_text().strip()
+    ]
 
 
 CASES = [
@@ -77,7 +67,7 @@ def test_a_task_over_its_limit_ends_in_error_naming_it(
     assert task["status"] == "error", task
     assert task["error"].startswith(message), task["error"]
     task_dir = service.settings.tasks_dir / str(task_id)
-    wait_for(lambda: _left_behind(task_dir / "output"), lambda left: not left, timeout=10,
+    wait_for(lambda: naming(task_dir / "output"), lambda left: not left, timeout=10,
              what="the task's processes")  # fmt: skip
     assert not _supervisor_groups(task_dir)
     health = http("GET", f"{url}/health")

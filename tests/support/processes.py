@@ -80,3 +80,8 @@ def _nspids(status: str) -> list[int]:
         if line.startswith("NSpid:"):
             return [int(pid) for pid in line.split()[1:]]
     return []
+
+
+def naming(text: Path) -> list[str]:
+    """Processes whose command line contains ``text`` (a task's output folder, say)."""
+    return [f"{cmdline[:200]!r}" for _, _, cmdline in _processes() if bytes(text) in cmdline]

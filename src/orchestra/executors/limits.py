@@ -40,6 +40,9 @@ LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")  # as in man
 WATCH_MIN, WATCH_MAX = 0.005, 1.0
 _CPU_MARGIN = 2  # seconds between SIGXCPU (which a process may catch) and SIGKILL
 _MEMORY_ERROR_TAIL = 4096  # bytes of standard error looked at for a MemoryError
+_PREFIX = "orchestra-task-"  # the name of a task's cgroups: prefix, supervisor pid, time
+_REMOVE_TRIES, _REMOVE_PAUSE = 20, 0.005  # a group can stay busy for a moment after its end
+_STALE_AFTER = 60.0  # seconds after which a leftover group is swept (it is not starting)
 _DISK_FULL_BYTES = MB  # free space under which a failed task is said to have filled the disk
 
 
@@ -59,18 +62,20 @@ class _Group:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.path = os.path.join(base, f"orchestra-task-{os.getpid()}")
+        # pid and time: a group left behind never has the name of a later one
+        self.path = os.path.join(base, f"{_PREFIX}{os.getpid()}-{time.time_ns()}")
 
     def create(self, settings: dict[str, int]) -> None:
         """Make the group with ``settings`` (file name: value) and move this process into it."""
+        _sweep(self.base)
+        os.mkdir(self.path)
         try:
-            os.mkdir(self.path)
-        except FileExistsError:  # left by a supervisor that died with this pid
-            os.rmdir(self.path)
-            os.mkdir(self.path)
-        for name, value in settings.items():
-            _write(os.path.join(self.path, name), str(value))
-        _write(os.path.join(self.path, "cgroup.procs"), str(os.getpid()))
+            for name, value in settings.items():
+                _write(os.path.join(self.path, name), str(value))
+            _write(os.path.join(self.path, "cgroup.procs"), str(os.getpid()))
+        except OSError:
+            self.remove()
+            raise
 
     def read(self, name: str) -> dict[str, int]:
         """A flat-keyed cgroup file (``key value`` lines) as a dict."""
@@ -85,9 +90,32 @@ class _Group:
         """Move this process back to the parent group and remove this one."""
         try:
             _write(os.path.join(self.base, "cgroup.procs"), str(os.getpid()))
-            os.rmdir(self.path)
         except OSError:
-            pass  # still busy: a process that would not die; the kernel keeps the group
+            pass
+        for _ in range(_REMOVE_TRIES):
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # EBUSY: the sandbox's last process is still being torn down
+                time.sleep(_REMOVE_PAUSE)
+        # left for a later supervisor's sweep, once empty
+
+
+def _sweep(base: str) -> None:
+    """Remove the empty groups earlier tasks left behind (old enough not to be starting)."""
+    horizon = time.time() - _STALE_AFTER
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.stat().st_mtime < horizon:
+                os.rmdir(entry.path)  # refused while a process is in it
+        except OSError:
+            pass
 
 
 def _write(path: str, text: str) -> None:

@@ -46,9 +46,7 @@ def outcome_from_result(
         return Outcome(TaskStatus.ERROR, None, f"could not start: {result.get('error')}")
     if reason == "limit":
         return Outcome(TaskStatus.ERROR, code, _with_tail(str(result.get("error")), folder))
-    if code != 0 and _out_of_space(folder, result):
-        home = folder.root.parent.parent
-        why = f"no space left on the disk of the data folder ({home}): the task could not write"
+    if code != 0 and (why := _out_of_space(folder, result)):
         return Outcome(TaskStatus.ERROR, code, _with_tail(why, folder))
     if signum:
         why = f"killed by signal {signum} ({_signal_name(signum)})"
@@ -58,13 +56,16 @@ def outcome_from_result(
     return _done(folder, spec.get("outputs"), spec.get("catalog"))
 
 
-def _out_of_space(folder: TaskFolder, result: Mapping[str, Any]) -> bool:
-    """True when a failed task died for lack of disk space, as far as can be told."""
-    if result.get("disk_full"):
-        return True
-    # Python exits with 120 when flushing its output at exit fails (ENOSPC here, usually)
+def _out_of_space(folder: TaskFolder, result: Mapping[str, Any]) -> str | None:
+    """Why a failed task died for lack of space, as far as can be told, or None."""
+    if result.get("disk_full"):  # the supervisor found the disk full when the task failed
+        # (Python exits with 120 when its last flush fails: often nothing else is said)
+        home = folder.root.parent.parent
+        return f"no space left on the disk of the data folder ({home}): the task could not write"
     tail = tail_text(folder.stderr, TAIL_BYTES)
-    return "No space left on device" in tail or "[Errno 28]" in tail
+    if "No space left on device" in tail or "[Errno 28]" in tail:
+        return "the task ran out of space (no space left on device)"  # its /tmp, or freed since
+    return None
 
 
 def orphan_outcome(handle: Mapping[str, Any] | None, kill_requested: bool) -> Outcome:

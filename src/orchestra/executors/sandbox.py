@@ -185,8 +185,11 @@ def bwrap_argv(
     state: SandboxState, *, install: InstallFolder, output: Path, network: bool
 ) -> list[str]:
     """bubblewrap's options for a task of ``install`` writing into ``output``."""
+    # no --die-with-parent: the sandbox's pid 1 ignores the parent-death signal (the kernel
+    # spares a namespace's init), so it would outlive a killed supervisor unseen; without
+    # it the tree stays below bubblewrap, where the server finds and kills it
     argv = [state.bwrap, "--unshare-all", *(["--share-net"] if network else []),
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]  # fmt: skip
+            "--new-session", "--cap-drop", "ALL"]  # fmt: skip
     argv += _system_binds(network)
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     # after the tmpfs on /tmp: a data folder below /tmp gets its bind points on it
