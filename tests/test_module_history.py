@@ -89,6 +89,8 @@ def test_a_staged_module_is_hidden_until_published_through_the_api(
 def test_staging_from_the_command_line(settings: Settings, tmp_path: Path) -> None:
     folder = str(_module(tmp_path / "m"))
     assert run_cli(["register", "--staged", folder], settings)[0] == 0
+    code, _, err = run_cli(["register", "--skip-existing", folder], settings)
+    assert code == 0 and "already installed" in err  # a staged module's name is taken
     code, out, _ = run_cli(["list"], settings)
     assert code == 0 and "installed (staged)" in out
     assert json.loads(run_cli(["--json", "publish", "1"], settings)[1])["staged"] is False

@@ -104,7 +104,8 @@ def register(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _installed_names(ctx: Context) -> set[str]:
-    return {m.name for m in ctx.service.list_modules() if m.name and m.status != "error"}
+    modules = ctx.service.list_modules(everything=True)  # a staged module's name is taken too
+    return {m.name for m in modules if m.name and m.status not in ("error", "removed")}
 
 
 def _local_module_name(source: str, subdir: str | None) -> str | None:
@@ -139,7 +140,7 @@ def remove(ctx: Context, args: argparse.Namespace) -> int:
 
 def clear(ctx: Context, args: argparse.Namespace) -> int:
     """Remove every module and task, after a confirmation."""
-    count = len(ctx.service.list_modules())
+    count = len(ctx.service.list_modules(everything=True))
     if not args.yes and not _confirm(ctx, f"remove all {count} module(s) and every task?"):
         ctx.note("cancelled; nothing removed")
         return 1

@@ -56,7 +56,7 @@ class _TaskCollector(Collector):
 
     def _module_counts(self) -> dict[str, int]:
         counts = {"installing": 0, "installed": 0, "error": 0}
-        for module in self._service.list_modules():
+        for module in self._service.list_modules(everything=True):  # staged ones count too
             counts[module.status] = counts.get(module.status, 0) + 1
         return counts
 
