@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from orchestra import catalogs
-from tests.support.helpers import FINAL_TASK, wait_for_status, write_module
+from tests.support.helpers import FINAL_TASK, run_cli, wait_for_status, write_module
 from tests.support.paths import DATA
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
     from orchestra.service import Service
+    from tests.support.server import LiveServer
 
 AMDA = DATA / "amda"
 COLUMNS = [
@@ -178,3 +179,26 @@ def test_declared_column_types_are_enforced(tmp_path: Path) -> None:
     facts = {"kind": "catalog", "columns": [{"name": "n", "type": "int"}]}
     reason = catalogs.finish_outputs(tmp_path, ["c.txt"], facts)
     assert reason == "c.txt is not a valid catalog: line 1: column 3 ('1.5') is not int"
+
+
+def test_the_cli_saves_a_catalog_as_a_votable_locally_and_through_url(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    from astropy.io.votable import parse_single_table
+
+    from orchestra.config import Settings
+
+    service = live_server.service
+    output = {"type": "catalog", "filename": "events.txt", "columns": COLUMNS}
+    module = service.register(str(_copying_module(tmp_path / "m", AMDA / "ascii_cat.txt", output)))
+    task = service.get_task(service.run(module.id, {}).id, wait=60)
+    assert task.status == "done", task.error
+    local, remote = tmp_path / "local.xml", tmp_path / "remote.xml"
+    argv = ["output", str(task.id), "--votable", "-o"]
+    assert run_cli([*argv, str(local)], service.settings)[0] == 0
+    laptop = Settings(home=tmp_path / "laptop", url=live_server.url)
+    code, _, err = run_cli([*argv, str(remote)], laptop)
+    assert code == 0, err
+    assert remote.read_bytes() == local.read_bytes()
+    table = parse_single_table(str(local)).to_table(use_names_over_ids=True)
+    assert table.colnames[2:] == ["Col 1", "Col 2", "Col 3", "Col 4"] and len(table) == 3

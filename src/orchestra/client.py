@@ -532,6 +532,14 @@ class Client:
         finished = task.finished or task.created
         return [(f.name, RemoteFile(self, task_id, f, finished)) for f in task.output or ()]
 
+    def task_votable(self, task_id: int, name: str | None = None) -> tuple[str, bytes]:
+        """A done task's catalog or time table as a VOTable, converted by the server."""
+        path = f"/task/{task_id}/output" + (f"/{quote(name)}" if name else "")
+        response = self._answer("GET", path, query={"format": "votable"}, headers={"Accept": "*/*"})
+        disposition = response.getheader("Content-Disposition") or ""
+        found = re.search(r'filename="([^"/]+)"', disposition)
+        return (found.group(1) if found else f"task-{task_id}.xml"), _read(response)
+
     def open_output(self, task_id: int, name: str) -> http.client.HTTPResponse:
         """One output file's bytes as they arrive."""
         path = f"/task/{task_id}/output/{quote(name)}"

@@ -297,6 +297,21 @@ class Service:
         """One output file, refusing any path that leaves the output folder."""
         return self.tasks.output_file(task_id, name)
 
+    def task_votable(self, task_id: int, name: str | None = None) -> tuple[str, bytes]:
+        """A done task's catalog or time table (its only output, or ``name``) as a VOTable."""
+        if name is None:
+            files = self.task_outputs(task_id)
+            if len(files) != 1:
+                raise WrongState(
+                    f"task {task_id} has {len(files)} output files: name the one to convert",
+                    key="format",
+                )
+            name, path = files[0]
+        else:
+            path = self.task_output_file(task_id, name)
+        stem = Path(name).stem or "output"
+        return f"{stem}.xml", self.catalog_votable(path)
+
     def catalog_votable(self, path: Path) -> bytes:
         """A checked catalog or time table output file as an IVOA VOTable."""
         from orchestra import catalogs

@@ -15,7 +15,7 @@ from orchestra.api import inputs
 from orchestra.api.auth import changes_state
 from orchestra.api.routing import both_forms
 from orchestra.api.routing import current_service as service
-from orchestra.errors import InvalidInput, NotFound, WrongState
+from orchestra.errors import InvalidInput, NotFound
 from orchestra.limits import MAX_PAGE
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,18 +61,11 @@ def task_log(task_id: int) -> Response:
 
 def task_output(task_id: int) -> Response:
     """The output file itself when there is one, a zip of all of them when there are several."""
-    votable = _wants_votable()
+    if _wants_votable():
+        return _send_votable(*service().task_votable(task_id))
     files = service().task_outputs(task_id)
     if not files:
         raise NotFound(f"task {task_id} wrote no output files")
-    if votable:
-        if len(files) != 1:
-            raise WrongState(
-                f"task {task_id} has {len(files)} output files: ask for one of them "
-                "with /output/<name>?format=votable",
-                key="format",
-            )
-        return _send_votable(files[0][1], files[0][0])
     if len(files) == 1:
         name, path = files[0]
         return _send(path, name)
@@ -83,9 +76,9 @@ def task_output(task_id: int) -> Response:
 
 def task_output_file(task_id: int, name: str) -> Response:
     """One output file by its name inside the output folder."""
-    votable = _wants_votable()
-    path = service().task_output_file(task_id, name)
-    return _send_votable(path, name) if votable else _send(path, name)
+    if _wants_votable():
+        return _send_votable(*service().task_votable(task_id, name))
+    return _send(service().task_output_file(task_id, name), name)
 
 
 def _wants_votable() -> bool:
@@ -98,11 +91,9 @@ def _wants_votable() -> bool:
     return True
 
 
-def _send_votable(path: Path, name: str) -> Response:
-    data = service().catalog_votable(path)
-    stem = PurePosixPath(name).stem or "output"
+def _send_votable(download_name: str, data: bytes) -> Response:
     response = Response(data, mimetype="application/x-votable+xml")
-    response.headers["Content-Disposition"] = f'attachment; filename="{stem}.xml"'
+    response.headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
     return response
 
 

@@ -308,6 +308,8 @@ def log(ctx: Context, args: argparse.Namespace) -> int:
 
 def output(ctx: Context, args: argparse.Namespace) -> int:
     """Save a task's output: the file itself, or a zip when there are several."""
+    if args.votable:
+        return _output_votable(ctx, args)
     files = ctx.service.task_outputs(args.id)
     if not files:
         raise NotFound(f"task {args.id} wrote no output files")
@@ -327,6 +329,17 @@ def output(ctx: Context, args: argparse.Namespace) -> int:
         {"path": str(target), "size": size, "files": [name for name, _ in files]},
         f"wrote {target} ({size} bytes)",
     )
+    return 0
+
+
+def _output_votable(ctx: Context, args: argparse.Namespace) -> int:
+    """Save a task's catalog or time table as a VOTable (``output --votable``)."""
+    name, data = ctx.service.task_votable(args.id)
+    target = Path(args.output) if args.output else Path.cwd() / name
+    if not args.output and target.exists():
+        raise WrongState(f"{target} already exists; choose another name with -o FILE", key="output")
+    _write_via_temp(target, lambda handle: handle.write(data))
+    ctx.emit({"path": str(target), "size": len(data)}, f"wrote {target} ({len(data)} bytes)")
     return 0
 
 

@@ -169,6 +169,9 @@ def _task_commands(commands: argparse._SubParsersAction, common: argparse.Argume
     p = commands.add_parser("output", parents=[common], help="save a task's output")
     p.add_argument("id", type=object_id, metavar="ID")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write it")
+    p.add_argument(
+        "--votable", action="store_true", help="a catalog or time table as an IVOA VOTable"
+    )
 
 
 def _positive(text: str) -> int:
