@@ -286,3 +286,28 @@ def test_an_image_is_shown_inline_and_other_files_only_downloaded(
     assert client.get(f"/ui/task/{task.id}/output/page.svg?inline=1").status_code == 400
     download = client.get(f"/ui/task/{task.id}/output/page.svg")
     assert download.headers["Content-Disposition"].startswith("attachment")
+
+
+def test_the_machine_page_and_metrics_show_who_runs_tasks(
+    service: Service, client: FlaskClient
+) -> None:
+    from orchestra.tasks import workers
+
+    workers.register(service.db, "gpu-1", queues=["gpu"], concurrency=3, hostname="node7")
+    module = service.register(str(DATA / "modules" / "sleeps"))
+    service.start()
+    task = service.run(module.id, {"seconds": 60})
+    try:
+        runner = service.get_task(task.id).worker
+        assert runner and service.get_task(task.id).status == "running"
+        html = client.get("/ui/machine").get_data(as_text=True)
+        assert "<code>gpu-1</code>" in html and "node7" in html and "gpu" in html
+        assert f"<code>{runner}</code>" in html
+        text = client.get("/metrics").get_data(as_text=True)
+        assert f'orchestra_worker_running{{worker="{runner}"}} 1.0' in text
+        assert 'orchestra_worker_running{worker="gpu-1"} 0.0' in text
+        assert 'orchestra_worker_concurrency{worker="gpu-1"} 3.0' in text
+        task_page = client.get(f"/ui/task/{task.id}").get_data(as_text=True)
+        assert f"<dt>Worker</dt><dd>{runner}</dd>" in task_page
+    finally:
+        service.kill(task.id)

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,19 @@ class EnvironmentUse(_Record):
 
 
 @dataclass(frozen=True)
+class WorkerLoad(_Record):
+    """Who runs tasks: a remote worker as it announced itself, or a server running its own."""
+
+    name: str
+    running: int
+    hostname: str | None = None  # None for a runner that never announced itself (a server)
+    queues: tuple[str, ...] = ()
+    concurrency: int | None = None
+    heartbeat_age: float | None = None  # seconds since its last heartbeat
+    lost: bool = False  # no heartbeat for longer than the lease
+
+
+@dataclass(frozen=True)
 class MachineInfo(_Record):
     """The machine as Orchestra sees it."""
 
@@ -55,6 +68,7 @@ class MachineInfo(_Record):
     executor: str
     max_running: int
     tasks: dict[str, int]
+    workers: tuple[WorkerLoad, ...] = ()
 
 
 class _SizeCache:
@@ -118,8 +132,44 @@ def installed_folders(db: Database) -> list[tuple[int, str | None, str]]:
         return [(i, n, d) for i, n, d in connection.execute(query) if d]
 
 
+def worker_loads(db: Database, lease: float) -> tuple[WorkerLoad, ...]:
+    """Every announced worker and every other name running tasks, with its running count."""
+    from sqlalchemy import func, select
+
+    from orchestra.storage.tables import TaskRow
+    from orchestra.tasks.workers import list_workers
+
+    query = (
+        select(TaskRow.worker, func.count())
+        .where(TaskRow.status == "running", TaskRow.worker.is_not(None))
+        .group_by(TaskRow.worker)
+    )
+    with db.connect() as connection:
+        running = {str(name): int(count) for name, count in connection.execute(query)}
+    moment = datetime.now(UTC).replace(tzinfo=None)
+    loads = []
+    for worker in list_workers(db):
+        age = max(0.0, (moment - worker.heartbeat).total_seconds())
+        loads.append(
+            WorkerLoad(
+                worker.name,
+                running.pop(worker.name, 0),
+                worker.hostname,
+                worker.queues,
+                worker.concurrency,
+                age,
+                age > lease,
+            )  # fmt: skip
+        )
+    loads += [WorkerLoad(name, count) for name, count in sorted(running.items())]
+    return tuple(loads)
+
+
 def survey(
-    settings: Settings, installed: Iterable[tuple[int, str | None, str]], tasks: dict[str, int]
+    settings: Settings,
+    installed: Iterable[tuple[int, str | None, str]],
+    tasks: dict[str, int],
+    workers: tuple[WorkerLoad, ...] = (),
 ) -> MachineInfo:
     """Free disk, each environment's size, the installer cache and the task load."""
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -135,9 +185,10 @@ def survey(
         environments=environments,
         cache_folder=str(settings.uv_cache_dir),
         cache=_SIZES.size(settings.uv_cache_dir),
-        executor="local",
+        executor=settings.executor,
         max_running=settings.max_running,
         tasks=tasks,
+        workers=workers,
     )
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from orchestra.executors.sandbox import SandboxState
     from orchestra.history import RetentionLoop
-    from orchestra.machine import MachineInfo
+    from orchestra.machine import MachineInfo, WorkerLoad
     from orchestra.registry import Registry
     from orchestra.storage.db import Database
     from orchestra.tasks.runner import TaskRunner
@@ -364,8 +364,15 @@ class Service:
         from orchestra import machine
 
         return machine.survey(
-            self.settings, machine.installed_folders(self.db), self.tasks.counts()
-        )
+            self.settings, machine.installed_folders(self.db), self.tasks.counts(),
+            self.workers(),
+        )  # fmt: skip
+
+    def workers(self) -> tuple[WorkerLoad, ...]:
+        """Remote workers and local runners, each with the tasks it runs now."""
+        from orchestra import machine
+
+        return machine.worker_loads(self.db, self.settings.worker_lease)
 
     def finished_tasks(self, after: datetime | None = None) -> list[tuple[datetime, float]]:
         """(finished, seconds run) of the tasks that ended after ``after``, oldest first."""

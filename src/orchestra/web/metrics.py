@@ -53,6 +53,27 @@ class _TaskCollector(Collector):
         for status, count in self._module_counts().items():
             modules.add_metric([status], count)
         yield modules
+        yield from self._worker_metrics()
+
+    def _worker_metrics(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily(
+            "orchestra_worker_running", "Tasks running, by worker or server", labels=["worker"]
+        )
+        slots = GaugeMetricFamily(
+            "orchestra_worker_concurrency", "Tasks a worker runs at once", labels=["worker"]
+        )
+        age = GaugeMetricFamily(
+            "orchestra_worker_heartbeat_age_seconds",
+            "Seconds since a worker's last heartbeat",
+            labels=["worker"],
+        )
+        for load in self._service.workers():
+            running.add_metric([load.name], load.running)
+            if load.concurrency is not None:
+                slots.add_metric([load.name], load.concurrency)
+            if load.heartbeat_age is not None:
+                age.add_metric([load.name], load.heartbeat_age)
+        yield from (running, slots, age)
 
     def _module_counts(self) -> dict[str, int]:
         counts = {"installing": 0, "installed": 0, "error": 0}
