@@ -97,5 +97,5 @@ def test_two_servers_keep_the_limit_and_run_every_task_once(
     workers = {second.task(task_id)["worker"] for task_id in ids}
     most = most_at_once([r[0] for r in runs.values()])
     print(f"\n{TASKS} tasks on 2 servers, limit {LIMIT}: at most {most} at once, workers {workers}")
+    # which server starts which task is a race (both submit, claim and sweep): not asserted
     assert most <= LIMIT
-    assert len(workers) == 2, "both servers should have started tasks"
