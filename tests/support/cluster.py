@@ -20,6 +20,7 @@ from tests.support.netns import Forwarder, Namespace, Network
 from tests.support.paths import ROOT
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
+from tests.support.server import ApiCalls
 
 TOKEN = "cluster-token"
 LEASE = "5"  # seconds: short, so that lost workers are settled quickly
@@ -65,7 +66,7 @@ class ClusterWorker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-class Cluster:
+class Cluster(ApiCalls):
     """The API server process, Redis, the relayed database, and the workers."""
 
     def __init__(
@@ -150,28 +151,6 @@ class Cluster:
         """One JSON request to the API, with the token."""
         headers = {"Authorization": f"Bearer {TOKEN}"}
         return http(method, self.url + path, json_body=body, timeout=timeout, headers=headers)
-
-    def register(self, folder: Path) -> int:
-        """Register a module folder and wait until it is installed; its id."""
-        answer = self.call("POST", "/modules", {"source": str(folder)})
-        assert answer.status == 202, answer.body
-        module_id = int(answer.json()["id"])
-        module = wait_for(
-            lambda: self.call("GET", f"/module/{module_id}").json(),
-            lambda m: m["status"] != "installing", timeout=180, what="the installation",
-        )  # fmt: skip
-        assert module["status"] == "installed", module.get("error")
-        return module_id
-
-    def run(self, module_id: int, **args: Any) -> int:
-        """Start a task; its id."""
-        answer = self.call("POST", f"/module/{module_id}/run", args)
-        assert answer.status == 202, answer.body
-        return int(answer.json()["task"])
-
-    def task(self, task_id: int) -> dict[str, Any]:
-        """A task's record."""
-        return dict(self.call("GET", f"/task/{task_id}").json())
 
     def wait_status(self, task_id: int, statuses: set[str], timeout: float = 90) -> dict[str, Any]:
         """A task's record once its status is one of ``statuses``."""

@@ -49,7 +49,37 @@ def serve_in_thread(service: Service) -> Iterator[LiveServer]:
         assert not thread.is_alive(), "the live server did not stop"
 
 
-class ServerProcess:
+class ApiCalls:
+    """What tests do through a running API: register a module, run it, read a task."""
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Answer:
+        """One JSON request to the API."""
+        raise NotImplementedError
+
+    def register(self, folder: Path, timeout: float = 180) -> int:
+        """Register a module folder and wait until it is installed; its id."""
+        answer = self.call("POST", "/modules", {"source": str(folder)})
+        assert answer.status == 202, answer.body
+        module_id = int(answer.json()["id"])
+        module = wait_for(
+            lambda: self.call("GET", f"/module/{module_id}").json(),
+            lambda m: m["status"] != "installing", timeout=timeout, what="the installation",
+        )  # fmt: skip
+        assert module["status"] == "installed", module.get("error")
+        return module_id
+
+    def run(self, module_id: int, **args: Any) -> int:
+        """Start a task; its id."""
+        answer = self.call("POST", f"/module/{module_id}/run", args)
+        assert answer.status == 202, answer.body
+        return int(answer.json()["task"])
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """A task's record."""
+        return dict(self.call("GET", f"/task/{task_id}").json())
+
+
+class ServerProcess(ApiCalls):
     """``python -m orchestra serve`` on one data folder; may be stopped and started again."""
 
     def __init__(
@@ -116,28 +146,6 @@ class ServerProcess:
     def call(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Answer:
         """One JSON request to the server."""
         return http(method, self.url + path, json_body=body, timeout=timeout)
-
-    def register(self, folder: Path, timeout: float = 180) -> int:
-        """Register a module folder and wait until it is installed; its id."""
-        answer = self.call("POST", "/modules", {"source": str(folder)})
-        assert answer.status == 202, answer.body
-        module_id = int(answer.json()["id"])
-        module = wait_for(
-            lambda: self.call("GET", f"/module/{module_id}").json(),
-            lambda m: m["status"] != "installing", timeout=timeout, what="the installation",
-        )  # fmt: skip
-        assert module["status"] == "installed", module.get("error")
-        return module_id
-
-    def run(self, module_id: int, **args: Any) -> int:
-        """Start a task; its id."""
-        answer = self.call("POST", f"/module/{module_id}/run", args)
-        assert answer.status == 202, answer.body
-        return int(answer.json()["task"])
-
-    def task(self, task_id: int) -> dict[str, Any]:
-        """A task's record."""
-        return dict(self.call("GET", f"/task/{task_id}").json())
 
     def wait_final(self, task_id: int, timeout: float = 60) -> dict[str, Any]:
         """A task's record once it has ended."""
