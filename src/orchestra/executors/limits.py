@@ -41,7 +41,9 @@ WATCH_MIN, WATCH_MAX = 0.005, 1.0
 _CPU_MARGIN = 2  # seconds between SIGXCPU (which a process may catch) and SIGKILL
 _MEMORY_ERROR_TAIL = 4096  # bytes of standard error looked at for a MemoryError
 _PREFIX = "orchestra-task-"  # the name of a task's cgroups: prefix, supervisor pid, time
-_REMOVE_TRIES, _REMOVE_PAUSE = 20, 0.005  # a group can stay busy for a moment after its end
+# a group can stay busy for a moment after its end; removal happens after the task's end is
+# reported, so waiting up to two seconds holds nothing up
+_REMOVE_TRIES, _REMOVE_PAUSE = 200, 0.01
 _STALE_AFTER = 60.0  # seconds after which a leftover group is swept (it is not starting)
 _DISK_FULL_BYTES = MB  # free space under which a failed task is said to have filled the disk
 
