@@ -20,7 +20,7 @@ from tests.support.cluster import Cluster, ClusterWorker
 from tests.support.helpers import wait_for, write_module
 from tests.support.netns import Network, require_namespaces
 from tests.support.paths import DATA, EXAMPLES
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, require_service
 from tests.support.processes import host_pid
 from tests.support.redis import RedisServer, redis_program
 
@@ -109,6 +109,18 @@ def test_twenty_tasks_spread_over_two_workers_with_outputs_and_logs(cluster: Clu
     for worker in cluster.workers[:2]:  # none ran twice, nothing stays on a worker
         assert len(_ended_lines(worker)) == len(set(_ended_lines(worker)))
         assert not list((worker.home / "tasks").iterdir())
+
+
+def test_a_worker_compiles_the_bytecode_of_what_it_builds(cluster: Cluster) -> None:
+    worker = cluster.workers[0]
+    if "task sandbox: on" not in worker.text():
+        require_service("bubblewrap", "without the sandbox a task writes its own .pyc files")
+    # the sandbox keeps the generation read-only for the task: only the worker compiles it
+    compiled = wait_for(
+        lambda: list((worker.home / "installs").glob("*/code/**/__pycache__/*.pyc")),
+        bool, timeout=60, what="the .pyc files of the worker's generations",
+    )  # fmt: skip
+    assert compiled
 
 
 def test_a_catalog_is_checked_and_given_amdas_header_on_the_worker(cluster: Cluster) -> None:

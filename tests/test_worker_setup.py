@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,47 @@ def test_an_upload_that_fails_is_sent_again_whole(tmp_path: Path) -> None:
     assert [status for status, _, _ in received] == [503, 201]
     digest = hashlib.sha256(data.read_bytes()).hexdigest()
     assert all(body == data.read_bytes() and sha == digest for _, body, sha in received)
+
+
+def test_the_worker_keeps_its_connection_and_replaces_one_the_server_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from orchestra.distributed import client as api_client
+
+    ports: list[int] = []
+
+    class KeepAliveApi(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            ports.append(self.client_address[1])
+            self.send_response(201)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            if len(ports) == 2:
+                self.close_connection = True  # dropped without a word, as an idle timeout does
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    data = tmp_path / "out.txt"
+    data.write_text("result\n")
+    try:
+        client = api_client.ApiClient(f"http://127.0.0.1:{server.server_address[1]}", "", "w1")
+        with caplog.at_level(logging.WARNING, logger="orchestra.distributed.client"):
+            for index in range(4):
+                client.upload_output(7, f"out-{index}.txt", data)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    first, second = ports[0], ports[2]
+    assert ports == [first, first, second, second] and first != second
+    assert "could not" not in caplog.text  # a dropped idle connection is no failed attempt

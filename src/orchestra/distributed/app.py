@@ -7,6 +7,8 @@ message delivered twice, or one for a task killed while queued, runs nothing.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,10 +18,6 @@ if TYPE_CHECKING:
     from orchestra.distributed.worker import Worker
 
 TASK_NAME = "orchestra.run_task"
-# seconds between two turns of the worker's event loop when nothing else wakes it: a task
-# ends in a pool thread, and its acknowledgement wakes nothing, so without this tick the
-# next message would be fetched only when the loop's own timer fires (up to 2 s later)
-LOOP_TICK = 0.02
 MESSAGE_PREFIX = "orchestra-task-"  # a message's id: the prefix, the task id, a dash, a nonce
 
 
@@ -35,26 +33,53 @@ def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
         def run_task(task_id: int) -> None:
             worker.run(int(task_id))
 
-        app.steps["worker"].add(_tick_step())
+        app.conf.worker_pool = waking_pool()
     return app
 
 
-def _tick_step() -> type:
-    """A worker bootstep that turns the event loop every ``LOOP_TICK`` seconds."""
-    from celery import bootsteps
+def waking_pool() -> type:
+    """Celery's thread pool, made to wake the worker's event loop when a task has ended.
 
-    class Tick(bootsteps.StartStopStep):  # type: ignore[misc]
-        requires = ("celery.worker.components:Hub",)
+    The loop sleeps in its poll until a socket or a timer wakes it; a task ends in a pool
+    thread, and the acknowledgement of its message wakes nothing, so the next message would
+    be fetched only at the loop's next timer (up to seconds later). A pipe the loop watches,
+    written to once the message is acknowledged, makes the loop turn at once.
+    """
+    from celery.concurrency.thread import TaskPool
 
-        def start(self, worker: Any) -> None:
-            if worker.hub is not None:
-                worker.hub.call_repeatedly(LOOP_TICK, _nothing)
+    class WakingPool(TaskPool):  # type: ignore[misc]
+        _wake: int | None = None
 
-    return Tick
+        def register_with_event_loop(self, loop: Any) -> None:
+            super().register_with_event_loop(loop)
+            read, self._wake = os.pipe()
+            os.set_blocking(read, False)
+            os.set_blocking(self._wake, False)
+            loop.add_reader(read, _drain, read)
+
+        def on_apply(self, *args: Any, callback: Any = None, **kwargs: Any) -> Any:
+            def then_wake(*result: Any) -> None:
+                try:
+                    if callback is not None:
+                        callback(*result)  # acknowledges the message (task_acks_late)
+                finally:
+                    self.wake()
+
+            return super().on_apply(*args, callback=then_wake, **kwargs)
+
+        def wake(self) -> None:
+            if self._wake is not None:
+                with contextlib.suppress(BlockingIOError):  # a full pipe wakes it already
+                    os.write(self._wake, b"x")
+
+    return WakingPool
 
 
-def _nothing() -> None:
-    """A turn of the loop is all the tick is for."""
+def _drain(fd: int) -> None:
+    """Empty the wake pipe: the turn of the loop it caused is all it is for."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 def _config(settings: Settings) -> dict[str, Any]:

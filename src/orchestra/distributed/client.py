@@ -1,19 +1,20 @@
 """The worker's side of the API: fetch module packages, send outputs and log chunks.
 
-Plain urllib (no extra dependency); every call carries the token, and the ones that change
-something are retried with a growing pause, since the network between machines fails.
+Plain http.client (no extra dependency); every call carries the token, and each is retried
+with a growing pause, since the network between machines fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import logging
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,30 +37,27 @@ class ApiError(Exception):
 
 
 class ApiClient:
-    """Calls the API as worker ``worker``, with the shared token."""
+    """Calls the API as worker ``worker``, with the shared token.
+
+    Each thread keeps one connection open (HTTP keep-alive): a worker sends a few requests
+    per task, and a new connection for each costs both sides more than the request itself.
+    """
 
     def __init__(self, base_url: str, token: str, worker: str) -> None:
-        self.base = base_url.rstrip("/")
+        parts = urllib.parse.urlsplit(base_url.rstrip("/"))
+        self._https = parts.scheme == "https"
+        self._netloc = parts.netloc
+        self._prefix = parts.path
         self.token = token
         self.worker = worker
-
-    def _request(
-        self, method: str, path: str, *, data: Any = None, headers: dict[str, str] | None = None
-    ) -> urllib.request.Request:
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("X-Orchestra-Worker", self.worker)
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        for key, value in (headers or {}).items():
-            request.add_header(key, value)
-        return request
+        self._local = threading.local()
 
     def download_package(self, module_id: int, generation: str, target: Path) -> None:
         """Save a module generation's zip at ``target``, its checksum checked."""
         path = f"/module/{module_id}/package/{generation}"
 
         def attempt() -> None:
-            with urllib.request.urlopen(self._request("GET", path), timeout=TIMEOUT) as answer:
+            with self._exchange("GET", path) as answer:
                 expected = answer.headers.get("X-Orchestra-Sha256", "")
                 digest = hashlib.sha256()
                 with open(target, "wb") as out:
@@ -84,11 +82,8 @@ class ApiClient:
                     "Content-Length": str(size),
                     "Content-Type": "application/octet-stream",
                 }
-                request = self._request(
-                    "PUT", f"/task/{task_id}/output/{quoted}", data=body, headers=headers
-                )
-                with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
-                    answer.read()
+                with self._exchange("PUT", f"/task/{task_id}/output/{quoted}", body, headers):
+                    pass
 
         _retry(attempt, f"upload {name!r} of task {task_id}")
 
@@ -98,11 +93,71 @@ class ApiClient:
 
         def attempt() -> int:
             headers = {"Content-Type": "application/octet-stream"}
-            request = self._request("POST", path, data=data, headers=headers)
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+            with self._exchange("POST", path, data, headers) as answer:
                 return int(json.loads(answer.read())["size"])
 
         return _retry(attempt, f"send the {stream} of task {task_id}", attempts=2)
+
+    @contextlib.contextmanager
+    def _exchange(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Send a request on this thread's connection; the answer, read to its end after.
+
+        ApiError (with the status) for an answer that is not 2xx. A connection the server
+        closed while it was idle is replaced at once, without counting as a failed try.
+        """
+        every = {"X-Orchestra-Worker": self.worker, **(headers or {})}
+        if self.token:
+            every["Authorization"] = f"Bearer {self.token}"
+        kept = getattr(self._local, "connection", None)
+        if kept is not None:
+            try:
+                answer = self._send(kept, method, path, body, every)
+            except (ConnectionError, http.client.HTTPException):
+                self._drop()
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                answer = self._send(self._connection(), method, path, body, every)
+        else:
+            answer = self._send(self._connection(), method, path, body, every)
+        try:
+            if answer.status >= 300:
+                raise ApiError(_error_text(answer), answer.status)
+            yield answer
+            answer.read()  # the rest, so that the connection can carry the next request
+        except BaseException:
+            self._drop()
+            raise
+        if answer.will_close:
+            self._drop()
+
+    def _send(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str],
+    ) -> http.client.HTTPResponse:
+        try:
+            connection.request(method, self._prefix + path, body=body, headers=headers)
+            return connection.getresponse()
+        except BaseException:
+            self._drop()
+            raise
+
+    def _connection(self) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = kind(self._netloc, timeout=TIMEOUT)
+        self._local.connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            connection.close()
 
 
 def _retry(call: Callable[[], T], what: str, *, attempts: int = ATTEMPTS) -> T:
@@ -111,13 +166,11 @@ def _retry(call: Callable[[], T], what: str, *, attempts: int = ATTEMPTS) -> T:
     for attempt in range(1, attempts + 1):
         try:
             return call()
-        except urllib.error.HTTPError as exc:
-            message = _error_text(exc)
-            if exc.code < 500 or attempt == attempts:
-                raise ApiError(f"could not {what}: {message}", exc.code) from exc
-        except (OSError, ApiError) as exc:  # refused, reset, timed out, damaged
-            if attempt == attempts:
-                raise ApiError(f"could not {what}: {exc}") from exc
+        except (OSError, ApiError, http.client.HTTPException) as exc:  # refused, reset, damaged
+            refused = isinstance(exc, ApiError) and exc.status is not None and exc.status < 500
+            if refused or attempt == attempts:
+                status = exc.status if isinstance(exc, ApiError) else None
+                raise ApiError(f"could not {what}: {exc}", status) from exc
             message = str(exc)
         _LOGGER.warning("could not %s (attempt %d): %s", what, attempt, message)
         time.sleep(pause)
@@ -125,8 +178,8 @@ def _retry(call: Callable[[], T], what: str, *, attempts: int = ATTEMPTS) -> T:
     raise AssertionError("unreachable")
 
 
-def _error_text(exc: urllib.error.HTTPError) -> str:
+def _error_text(answer: http.client.HTTPResponse) -> str:
     try:
-        return str(json.loads(exc.read())["error"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return f"HTTP {exc.code}"
+        return str(json.loads(answer.read())["error"])
+    except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
+        return f"HTTP {answer.status}"

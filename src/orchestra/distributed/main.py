@@ -85,7 +85,7 @@ def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency:
     try:
         make_app(settings, worker).worker_main(
             [
-                "worker", "--pool=threads", f"--concurrency={concurrency}",
+                "worker", f"--concurrency={concurrency}",  # the pool: the app's worker_pool
                 f"--queues={','.join(queues)}", f"--hostname={name}@%h",
                 "--without-mingle", "--without-gossip", "--loglevel=INFO",
             ]

@@ -126,6 +126,10 @@ class WorkerModules:
         folder.lock.write_text("".join(line + "\n" for line in lock), encoding="utf-8")
         folder.metadata.write_text(json.dumps(package["metadata"]), encoding="utf-8")
         (folder.root / READY).write_text(generation, encoding="ascii")
+        if self.settings.compile_bytecode:
+            # as on the API server: a sandboxed task cannot write its own .pyc, so without
+            # this every run would compile the module's imports again
+            environments.start_bytecode_compile(folder, self.settings)
 
     def drop_unused(self, db: Database) -> list[str]:
         """Remove the generations nobody names any more (removed or replaced modules)."""

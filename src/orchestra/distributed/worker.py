@@ -15,12 +15,15 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import select, text
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
+from orchestra import environments
 from orchestra.distributed.client import ApiClient, ApiError
 from orchestra.distributed.modules import WorkerModules
 from orchestra.executors.base import Handle, TaskSpec
@@ -37,10 +40,10 @@ if TYPE_CHECKING:
     from orchestra.tasks.lifecycle import TaskRecord
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 LOG_INTERVAL = 1.0  # seconds between two sendings of a running task's new log lines
 LOG_CHUNK = 1024 * 1024  # bytes of one log sent at most per request
 DROP_INTERVAL = 60.0  # seconds between two looks for generations nobody uses any more
-_NOTIFY = text("SELECT pg_notify(:channel, :task)")
 
 
 def heartbeat_interval(lease: float) -> float:
@@ -125,6 +128,7 @@ class Worker:
         except Exception as exc:  # the database may be gone: the lease runs out anyway
             _LOGGER.warning("could not remove worker %s from the database: %s", self.name, exc)
         self.executor.close()
+        environments.stop_own_compiles()
 
     # -- one task -----------------------------------------------------------------------------
 
@@ -136,29 +140,35 @@ class Worker:
                 return  # a second delivery while this worker runs it
             self._running[task_id] = entry
         try:
-            row = lifecycle.claim(self.db, task_id, self.name)
+            steps = _Steps()
+            row = self._persist(lambda: lifecycle.claim(self.db, task_id, self.name))
+            steps.mark("claim")
             if row is None:
                 _LOGGER.info("task %s is not queued any more: nothing to run", task_id)
                 return
-            self._settle(row, self._outcome(row, entry))
+            outcome = self._outcome(row, entry, steps)
+            self._settle(row, outcome, steps)
         finally:
             with self._lock:
                 self._running.pop(task_id, None)
             shutil.rmtree(TaskFolder(self.settings.tasks_dir, task_id).root, ignore_errors=True)
 
-    def _outcome(self, row: TaskRecord, entry: _Running) -> Outcome:
+    def _outcome(self, row: TaskRecord, entry: _Running, steps: _Steps) -> Outcome:
         try:
             spec = dict(row.spec or {})
             task = TaskSpec.from_json(spec)
             with self.modules.using(task.module_id, task.generation):
+                steps.mark("module")
                 if entry.stop:
                     return Outcome(TaskStatus.KILLED, None, "killed on request before it started")
-                return self._execute(row.id, spec, entry)
+                return self._execute(row.id, spec, entry, steps)
         except Exception as exc:  # whatever it was, the row must say why the task ended
             _LOGGER.exception("task %s failed on worker %s", row.id, self.name)
             return Outcome(TaskStatus.ERROR, None, f"worker {self.name} could not run it: {exc}")
 
-    def _execute(self, task_id: int, spec: dict[str, Any], entry: _Running) -> Outcome:
+    def _execute(
+        self, task_id: int, spec: dict[str, Any], entry: _Running, steps: _Steps
+    ) -> Outcome:
         folder = TaskFolder(self.settings.tasks_dir, task_id)
         shutil.rmtree(folder.root, ignore_errors=True)  # a fresh folder: nothing of before
         folder.output.mkdir(parents=True)
@@ -170,11 +180,14 @@ class Worker:
         shipper = _LogShipper(self.client, task_id, folder)
         while not entry.ended.wait(LOG_INTERVAL):
             shipper.send()
+        steps.mark("run")
         shipper.send()
         outcome = self.executor.outcome(task_id, spec)
         if outcome is None:
             return self.executor.orphan_outcome(task_id, entry.handle, entry.stop is not None)
-        return self._send_outputs(task_id, folder, outcome)
+        outcome = self._send_outputs(task_id, folder, outcome)
+        steps.mark("send")
+        return outcome
 
     def _send_outputs(self, task_id: int, folder: TaskFolder, outcome: Outcome) -> Outcome:
         try:
@@ -185,17 +198,36 @@ class Worker:
             return Outcome(TaskStatus.ERROR, outcome.exit_code, f"outputs not delivered: {exc}")
         return outcome
 
-    def _settle(self, row: TaskRecord, outcome: Outcome) -> None:
-        final = lifecycle.finish(self.db, row.id, outcome, worker=self.name)
+    def _settle(self, row: TaskRecord, outcome: Outcome, steps: _Steps) -> None:
+        # announced: whoever waits on an API server hears of it at once, not at its next look
+        final = self._persist(
+            lambda: lifecycle.finish(
+                self.db, row.id, outcome, worker=self.name, announce=NOTIFY_CHANNEL
+            )
+        )
         if final is None:
             _LOGGER.warning("task %s was settled elsewhere; this late result is dropped", row.id)
             return
-        _LOGGER.info("task %s ended: %s", row.id, final.status)
-        try:  # whoever waits on an API server hears of it at once, not at its next look
-            with self.db.begin_write() as connection:
-                connection.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "task": str(row.id)})
-        except Exception as exc:  # only a hint: waiters look at the row anyway
-            _LOGGER.info("could not announce the end of task %s: %s", row.id, exc)
+        steps.mark("finish")
+        _LOGGER.info("task %s ended: %s (%s)", row.id, final.status, steps)
+
+    def _persist(self, write: Callable[[], T]) -> T:
+        """``write()``, tried again while the database is out of reach, for up to a lease.
+
+        A database restart or a network blip must not cost a task its result; past a lease
+        the server has settled the task anyway, and the conditional write changes nothing.
+        """
+        deadline = time.monotonic() + self.settings.worker_lease
+        pause = 0.2
+        while True:
+            try:
+                return write()
+            except DBAPIError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                _LOGGER.warning("database out of reach (%s); trying again", exc.orig or exc)
+            self._stopping.wait(pause)
+            pause = min(pause * 2, 5.0)
 
     # -- heartbeats -----------------------------------------------------------------------------
 
@@ -259,6 +291,23 @@ class Worker:
         if entry.handle is not None:
             _LOGGER.info("stopping task %s: %s", task_id, why)
             self.executor.kill(entry.handle)
+
+
+class _Steps:
+    """How long each step of a task took on this worker, for its log line."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._spent: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        """``step`` ended now."""
+        now = time.perf_counter()
+        self._spent.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in self._spent)
 
 
 class _LogShipper:

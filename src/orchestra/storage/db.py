@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestra.storage import schema
 
 _LOGGER = logging.getLogger(__name__)
+PING_AFTER_IDLE = 1.0  # seconds a pooled connection may lie unused before it is checked
 
 
 class Database:
@@ -21,7 +24,14 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # a server database reads in autocommit: no BEGIN and ROLLBACK round trips around a
+        # read (each statement sees committed data either way, at READ COMMITTED)
+        self._read_engine = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         # writes on SQLite take the write lock up front (BEGIN IMMEDIATE) so that a
         # transaction that read first never fails with "database is locked" on upgrade
         self._write_engine = self.engine.execution_options(sqlite_immediate=True)
@@ -48,7 +58,7 @@ class Database:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A plain connection for short reads: cheaper than a session on hot paths."""
-        with self.engine.connect() as connection:
+        with self._read_engine.connect() as connection:
             yield connection
 
     @contextmanager
@@ -64,7 +74,10 @@ class Database:
 
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # the connection used last is taken first: the busy ones stay warm, the rest idle
+        engine = create_engine(url, pool_use_lifo=True)
+        _ping_when_idle(engine)
+        return engine
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -87,3 +100,28 @@ def _make_engine(url: str) -> Engine:
         driver.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it lay idle for a while.
+
+    A connection in steady use is known to work; pinging it at every checkout (SQLAlchemy's
+    ``pool_pre_ping``) costs a round trip per transaction. One that lay idle may have been
+    cut by a database restart: that one is pinged, and replaced when the ping fails. A
+    restart in the middle of steady use fails one transaction, and SQLAlchemy then renews
+    the whole pool.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info["returned"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        returned = record.info.get("returned")
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE:
+            return  # just made, or just used
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"the database connection is gone: {exc}") from exc

@@ -89,6 +89,7 @@ _CLAIM = _Move(
     .values(status=_RUNNING, started=bindparam("now"), worker=bindparam("worker"),
             heartbeat=bindparam("heartbeat"))
 )  # fmt: skip
+_NOTIFY = text("SELECT pg_notify(:channel, :task)")
 _FINISH_CONDITION = (_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _RUNNING)
 _FINISH_VALUES: dict[str, Any] = {
     "status": bindparam("new_status"), "finished": bindparam("now"),
@@ -284,15 +285,24 @@ def request_kill(db: Database, task_id: int) -> TaskStatus | None:
 
 
 def finish(
-    db: Database, task_id: int, outcome: Outcome, *, worker: str | None = None
+    db: Database,
+    task_id: int,
+    outcome: Outcome,
+    *,
+    worker: str | None = None,
+    announce: str | None = None,
 ) -> TaskRecord | None:
     """Move a running task to its final state; its final row, None if it was not to be had.
 
     With ``worker``, only while the task still runs under that worker's name, so that a
-    result arriving after the task was settled (lost, killed) never revives it.
+    result arriving after the task was settled (lost, killed) never revives it. With
+    ``announce``, PostgreSQL also notifies that channel of the task's id once it commits.
     """
     with db.begin_write() as connection:
-        return _finish(connection, task_id, outcome, worker)
+        final = _finish(connection, task_id, outcome, worker)
+        if final is not None and announce and connection.dialect.name == "postgresql":
+            connection.execute(_NOTIFY, {"channel": announce, "task": str(task_id)})
+        return final
 
 
 def finish_and_claim(

@@ -1,0 +1,91 @@
+"""Connections to a real PostgreSQL that the server cuts: replaced without losing a write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from orchestra.config import Settings, load_settings
+from orchestra.distributed.worker import Worker
+from orchestra.storage.db import PING_AFTER_IDLE, Database
+from tests.support.postgres import PostgresServer
+
+
+@pytest.fixture
+def database(postgres_server: PostgresServer) -> Iterator[Database]:
+    db = Database(postgres_server.orchestra_database())
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+def _cut_connections(server: PostgresServer, db: Database) -> int:
+    """End every server process of the database ``db`` uses, as a restart would; how many."""
+    name = db.engine.url.database
+    import psycopg
+
+    dsn = f"host=127.0.0.1 port={server.port} user={db.engine.url.username} dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        ended = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        ).fetchall()
+    return len(ended)
+
+
+def _count_tasks(db: Database) -> int:
+    with db.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM tasks")).scalar_one())
+
+
+def test_a_connection_cut_while_idle_is_replaced_before_use(
+    postgres_server: PostgresServer, database: Database
+) -> None:
+    assert _count_tasks(database) == 0
+    assert _cut_connections(postgres_server, database) >= 1
+    time.sleep(PING_AFTER_IDLE + 0.2)
+    assert _count_tasks(database) == 0  # checked at checkout and replaced: no error
+
+
+def test_a_connection_cut_in_steady_use_fails_once_then_the_pool_is_renewed(
+    postgres_server: PostgresServer, database: Database
+) -> None:
+    assert _count_tasks(database) == 0
+    _cut_connections(postgres_server, database)
+    with pytest.raises(DBAPIError):
+        _count_tasks(database)  # used a moment ago: not pinged, so this one fails
+    assert _count_tasks(database) == 0
+
+
+def test_reads_hold_no_transaction_open_and_writes_do(database: Database) -> None:
+    # no BEGIN and ROLLBACK around a read: each costs a round trip to the database
+    with database.connect() as connection:
+        assert connection.connection.driver_connection.autocommit is True
+    with database.read() as session:
+        assert session.connection().connection.driver_connection.autocommit is True
+    with database.begin_write() as connection:
+        assert connection.connection.driver_connection.autocommit is False
+    with database.write() as session:
+        assert session.connection().connection.driver_connection.autocommit is False
+
+
+def test_a_worker_writes_again_after_the_database_cut_its_connection(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings: Settings = load_settings({"home": tmp_path / "home"}, environ={})
+    worker = Worker(settings, database, name="w", queues=["default"], concurrency=1)
+    assert _count_tasks(database) == 0
+    _cut_connections(postgres_server, database)
+    with caplog.at_level(logging.WARNING, logger="orchestra.distributed.worker"):
+        assert worker._persist(lambda: _count_tasks(database)) == 0
+    assert "database out of reach" in caplog.text
