@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,7 +110,19 @@ class _Listener:
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Wake the accepting thread, let it end, then close the socket.
+
+        Closed under a thread blocked in accept, the descriptor's number goes to the next
+        socket this process opens, and the thread would accept that socket's connections.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
+        self.sock.close()
 
     def _serve(self) -> None:
         while True:
@@ -133,7 +146,7 @@ def guarded(
         yield server, listener
     finally:
         server.close()
-        listener.sock.close()
+        listener.close()
 
 
 def _call(server: ServerProcess, method: str, path: str, body: Any = None) -> Any:

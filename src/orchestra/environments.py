@@ -37,7 +37,7 @@ import uv
 
 from orchestra import bytecode
 from orchestra.errors import InstallError, InvalidInput
-from orchestra.executors import sandbox
+from orchestra.executors import proctree, sandbox
 from orchestra.process import clean_env, run_checked
 
 if TYPE_CHECKING:
@@ -460,28 +460,7 @@ def _is_compile_of(pid: int, generation: Path) -> bool:
         written = (generation / COMPILE_PID_FILE).stat().st_mtime
     except OSError:
         return False
-    return alive_since(pid, written)
-
-
-def alive_since(pid: int, moment: float) -> bool:
-    """Whether process ``pid`` runs and had started by ``moment`` (so it is not a reused pid)."""
-    if pid <= 0:
-        return False
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    if fields[0] in ("Z", "X"):
-        return False
-    started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return started <= moment + 1.0
-
-
-def _boot_time() -> float:
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    return 0.0
+    return proctree.alive_since(pid, written)
 
 
 def remove_generation(generation: Path) -> None:

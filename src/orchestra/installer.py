@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from orchestra import environments
 from orchestra.errors import InstallError
+from orchestra.executors import proctree
 from orchestra.manifest import Manifest, load_manifest
 from orchestra.sources import FetchedSource, SourceSpec, fetch, fetch_archive
 from orchestra.storage.files import InstallFolder
@@ -148,7 +149,7 @@ def in_construction(folder: Path) -> bool:
     marker = folder / BUILDING_MARKER
     try:
         pid = int(marker.read_text().strip())
-        return environments.alive_since(pid, marker.stat().st_mtime)
+        return proctree.alive_since(pid, marker.stat().st_mtime)
     except (OSError, ValueError):
         return False
 
@@ -172,7 +173,7 @@ def clean_scratch(settings: Settings) -> None:
     if not base.is_dir():
         return
     for child in base.iterdir():
-        if not environments.alive_since(_owner_pid(child.name), child.stat().st_mtime):
+        if not proctree.alive_since(_owner_pid(child.name), child.stat().st_mtime):
             _LOGGER.info("removing stale scratch folder %s", child)
             shutil.rmtree(child, ignore_errors=True)
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from orchestra import environments, installer
 from orchestra.errors import InstallError, InvalidInput, NotFound, OrchestraError, WrongState
+from orchestra.executors import proctree
 from orchestra.installer import Built
 from orchestra.limits import MAX_ID
 from orchestra.manifest import Manifest, parse_manifest
@@ -530,7 +531,7 @@ class Registry:
         with self.db.write() as session:
             rows = session.scalars(select(ModuleRow).where(ModuleRow.status == INSTALLING))
             for row in rows:
-                if row.installer_pid and environments.alive_since(
+                if row.installer_pid and proctree.alive_since(
                     row.installer_pid, _epoch(row.created)
                 ):
                     continue

@@ -22,26 +22,36 @@ class DelayProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._sockets: list[socket.socket] = []
+        self._pumps: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
-        threading.Thread(target=self._accept, name="delay-proxy", daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, name="delay-proxy", daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self._listener.accept()
             except OSError:
-                return  # closed
+                return  # shut down
+            if self._closed:
+                client.close()
+                return
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
             except OSError:
                 client.close()
                 continue
             upstream.settimeout(None)
+            pumps = [
+                threading.Thread(target=self._pump, args=pair, daemon=True)
+                for pair in ((client, upstream), (upstream, client))
+            ]
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                self._pumps += pumps
+            for pump in pumps:
+                pump.start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -55,10 +65,25 @@ class DelayProxy:
                 sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        """Stop listening and cut every relayed connection."""
-        self._listener.close()
+        """Stop listening and cut every relayed connection, its threads ended first.
+
+        A socket closed while another thread is blocked in it frees its descriptor number
+        at once, and the next socket the process opens gets that number: the blocked thread
+        would then read from, or accept on, somebody else's socket. So every blocked call is
+        woken by a shutdown, its thread joined, and only then is the socket closed.
+        """
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(timeout=10)
         with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
+            sockets, pumps = list(self._sockets), list(self._pumps)
             self._sockets.clear()
+            self._pumps.clear()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for pump in pumps:
+            pump.join(timeout=10)
+        for sock in [self._listener, *sockets]:
+            sock.close()

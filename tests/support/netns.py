@@ -160,10 +160,12 @@ class Forwarder:
                         return
 
     def close(self) -> None:
-        """Stop accepting and end the relays."""
+        """Stop accepting and end the relays (each relay closes its own sockets)."""
         self._stop.set()
-        self._server.close()
+        # joined before the close: a descriptor closed under a waiting thread is reused by
+        # the next socket opened, which that thread would then accept on
         self._thread.join(timeout=5)
+        self._server.close()
 
 
 def require_namespaces() -> None:

@@ -34,7 +34,34 @@ def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
             worker.run(int(task_id))
 
         app.conf.worker_pool = waking_pool()
+        _keep_tasks_through_broker_loss()
     return app
+
+
+def _keep_tasks_through_broker_loss() -> None:
+    """Keep running tasks when the broker connection drops, without Celery's notice about it.
+
+    Celery 6 will cancel the running late-acknowledged tasks when the connection to the
+    broker is lost, and Celery 5 warns of it at every loss. A task here is tied to its row,
+    not to its message: it keeps running through a broker restart, its lease renewed in the
+    database, and a message delivered again finds the row taken. So the setting stays off,
+    and the notice is silenced, once the worker is ready: Celery's logging set-up puts its
+    own warning filters first.
+    """
+    from celery.signals import worker_ready
+
+    worker_ready.connect(_silence_cancel_notice, weak=False)
+
+
+def _silence_cancel_notice(**_: Any) -> None:
+    import warnings
+
+    from celery.exceptions import CPendingDeprecationWarning
+
+    warnings.filterwarnings(
+        "ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )  # fmt: skip
 
 
 def waking_pool() -> type:
@@ -106,6 +133,7 @@ def _config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "worker_enable_remote_control": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
 
 

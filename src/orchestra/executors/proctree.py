@@ -28,6 +28,22 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def alive_since(pid: int, moment: float) -> bool:
+    """Whether ``pid`` runs and had started by ``moment`` (epoch seconds): not a reused pid."""
+    ticks = start_time(pid) if pid > 0 else None
+    if ticks is None:
+        return False
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK") <= moment + 1.0
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def is_alive(pid: int, start: int | None) -> bool:
     """True while the process ``pid`` runs and is the one that started at ``start``."""
     if pid <= 0:
