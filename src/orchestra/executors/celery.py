@@ -5,8 +5,8 @@ run it and record the outcome. What the broker may lose, the database still hold
 runner's sweep ends the tasks of workers that stopped renewing their lease, and this
 executor's ``reconcile`` sends again the queued tasks that the broker no longer holds (a
 restart without persistence forgets every message: PITFALLS #14). It compares the queued
-rows with the broker's queues and its delivered-but-unacknowledged messages whenever the
-broker's run id changes (a restart), and every ``BROKER_SCAN`` seconds anyway. A second
+rows with the broker's queues and the messages it delivered within a claim's time whenever
+the broker's run id changes (a restart), and every ``BROKER_SCAN`` seconds anyway. A second
 message for a task is harmless: only one claim of a row can succeed.
 """
 
@@ -40,7 +40,9 @@ NOTIFY_CHANNEL = "orchestra_tasks"  # workers NOTIFY a task's id here once they 
 KILL_CHANNEL = "orchestra-kill"  # the broker's pub/sub channel that kills are announced on
 BROKER_SCAN = 30.0  # seconds between two comparisons of the queue with the broker's messages
 SETTLE_GRACE = 2.0  # seconds a queued row must be old before a scan may send it again
+MIN_CLAIM_WINDOW = 10.0  # seconds a delivered message's row may stay queued (at least)
 _UNACKED = "unacked"  # kombu's Redis hash of delivered, unacknowledged messages
+_UNACKED_INDEX = "unacked_index"  # kombu's sorted set: delivery tag by time of delivery
 
 
 class CeleryExecutor:
@@ -202,12 +204,22 @@ class CeleryExecutor:
         return str(self._client().info("server").get("run_id", ""))
 
     def _held_tasks(self, queues: Iterable[str]) -> set[int]:
-        """The task ids that the broker's queues and delivered-but-unacked messages name."""
+        """The task ids that the broker's queues and recently delivered messages name.
+
+        A worker claims a task's row as soon as its message arrives (retrying for up to a
+        lease while the database is away), so a message delivered longer ago than that
+        whose row is still queued was taken by a worker that died before its claim. Such a
+        message would come back only at the broker's visibility timeout: it does not count
+        as held, and the task is sent again (the row lets only one delivery run it).
+        """
         client = self._client()
         raw: list[Any] = []
         for queue in queues:
             raw += client.lrange(queue, 0, -1)
-        raw += [_delivered(value) for value in client.hvals(_UNACKED)]
+        since = time.time() - max(MIN_CLAIM_WINDOW, self.settings.worker_lease)
+        recent = client.zrangebyscore(_UNACKED_INDEX, since, "+inf")
+        if recent:
+            raw += [_delivered(value) for value in client.hmget(_UNACKED, recent)]
         return {task for task in map(_task_of, raw) if task is not None}
 
 
