@@ -22,13 +22,15 @@ NUMBER = "9"
 TARGET_OVERHEAD = 0.015  # seconds the Celery executor may add to a no-op task at the median
 TARGET_THROUGHPUT = 0.9  # fraction of the local executor's rate that 2 workers should reach
 WARMUP = 5
+BLOCK = 10  # measurements of one side in a row (see harness.alternate)
 METHOD = (
     "A real Redis and PostgreSQL started in the scratch folder (the test suite's fixtures), "
     "`python -m orchestra serve` with ORCHESTRA_EXECUTOR=celery on a fresh database, and "
     "`python -m orchestra worker` processes (concurrency 1, each its own data folder) on the "
     "same machine. Overhead: a no-op task from POST /module/<id>/run to the waiting client "
-    "holding `done`, through one worker, interleaved with the same through a local server "
-    "(SQLite). Throughput: N no-op tasks submitted back to back, then awaited; tasks per "
+    "holding `done`, through one worker, interleaved in blocks of ten with the same through "
+    "a local server (SQLite). Throughput: N no-op tasks submitted back to back, then "
+    "awaited; tasks per "
     "second from the first submission to the last `done`, for 2 workers against a local "
     "server with ORCHESTRA_MAX_RUNNING=2, then 4 workers. Flood: M tasks submitted at once "
     "through 4 workers; every task must end `done` and each worker's log must name each task "
@@ -134,7 +136,7 @@ def _overhead(
         ]
         alternate(WARMUP, sides)  # the worker builds its environment at the first task
         ctx.log(f"celery overhead: {reps} rep(s) of one worker / local")
-        remote, here = alternate(reps, sides, ctx.log if ctx.quick else None)
+        remote, here = alternate(reps, sides, ctx.log if ctx.quick else None, block=BLOCK)
     finally:
         local.stop()
         cluster.close()

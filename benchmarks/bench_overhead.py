@@ -33,6 +33,7 @@ TARGET_MEDIAN = 0.010  # seconds Orchestra may add at the median
 TARGET_P95 = 0.025  # seconds Orchestra may add at the 95th percentile
 TARGET_SANDBOX = 0.005  # seconds the task sandbox may add at the median
 WARMUP = 5
+BLOCK = 10  # measurements of one side in a row (see harness.alternate)
 METHOD = (
     "A module that writes one small file. Orchestra: `python -m orchestra serve` in a "
     "subprocess on a temporary data folder; timed from the client's POST /module/<id>/run to "
@@ -41,8 +42,9 @@ METHOD = (
     "client against a second server with `ORCHESTRA_SANDBOX=off`, for what the sandbox and "
     "the limits add. Bare command: "
     "`env/bin/python -m Noop OUT` run with subprocess from the module's installed code "
-    "folder, with the same environment's interpreter. The four are interleaved; the first "
-    f"{WARMUP} of each are discarded."
+    "folder, with the same environment's interpreter. The four are interleaved in blocks of "
+    f"{BLOCK} (each block after one unmeasured run, which pays for what the previous side's "
+    f"last task left to the kernel); the first {WARMUP} of each are discarded."
 )
 
 
@@ -68,7 +70,9 @@ def run_bench(ctx: Context) -> list[Row]:
         ctx.log(f"overhead: {reps} rep(s) of waiting client / bare command / polling client"
                 " / waiting client with the sandbox off")  # fmt: skip
         phases.clear()
-        waited, bare, polled, off = alternate(reps, sides, ctx.log if ctx.quick else None)
+        waited, bare, polled, off = alternate(
+            reps, sides, ctx.log if ctx.quick else None, block=BLOCK
+        )
     ctx.report.note(NAME, "where a waiting client's time goes (medians): " + _phases(phases))
     return [
         _row("task overhead (no-op): waiting client", waited, bare, with_target=True),
