@@ -75,14 +75,17 @@ def waking_pool() -> type:
     from celery.concurrency.thread import TaskPool
 
     class WakingPool(TaskPool):  # type: ignore[misc]
+        _read: int | None = None
         _wake: int | None = None
 
         def register_with_event_loop(self, loop: Any) -> None:
+            # called again with each new loop (after a broker reconnection): one pipe serves
             super().register_with_event_loop(loop)
-            read, self._wake = os.pipe()
-            os.set_blocking(read, False)
-            os.set_blocking(self._wake, False)
-            loop.add_reader(read, _drain, read)
+            if self._read is None:
+                self._read, self._wake = os.pipe()
+                os.set_blocking(self._read, False)
+                os.set_blocking(self._wake, False)
+            loop.add_reader(self._read, _drain, self._read)
 
         def on_apply(self, *args: Any, callback: Any = None, **kwargs: Any) -> Any:
             def then_wake(*result: Any) -> None:

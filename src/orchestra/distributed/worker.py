@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from orchestra import environments
 from orchestra.distributed.client import ApiClient, ApiError
@@ -222,7 +222,7 @@ class Worker:
         while True:
             try:
                 return write()
-            except DBAPIError as exc:
+            except (OperationalError, InterfaceError) as exc:  # the connection, not the data
                 if time.monotonic() + pause > deadline:
                     raise
                 _LOGGER.warning("database out of reach (%s); trying again", exc.orig or exc)
