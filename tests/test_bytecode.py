@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestra import environments
+from orchestra import compiles
 from orchestra.config import Settings
 from orchestra.service import Service
 from orchestra.storage.files import InstallFolder
@@ -28,7 +28,7 @@ def _big_module(folder: Path) -> Path:
 def _registered(service: Service, folder: Path) -> tuple[InstallFolder, int]:
     module = service.register(str(_big_module(folder)))
     _manifest, install = service.registry.runnable(module.id)
-    assert environments.bytecode_pending(install.root), "compiled before the test could act"
+    assert compiles.bytecode_pending(install.root), "compiled before the test could act"
     return install, module.id
 
 
@@ -55,7 +55,7 @@ def test_removing_the_module_mid_compile_stops_it_and_leaves_no_files(
     service = Service(compiling)
     try:
         install, module_id = _registered(service, tmp_path / "m")
-        pid = int((install.root / environments.COMPILE_PID_FILE).read_text())
+        pid = int((install.root / compiles.COMPILE_PID_FILE).read_text())
         service.remove(module_id)
         _wait_gone(pid)
     finally:
@@ -70,7 +70,7 @@ def test_removing_the_whole_data_folder_mid_compile_leaves_nothing_behind(
     service = Service(compiling)
     try:
         install, _module_id = _registered(service, tmp_path / "m")
-        pid = int((install.root / environments.COMPILE_PID_FILE).read_text())
+        pid = int((install.root / compiles.COMPILE_PID_FILE).read_text())
         # as an operator's `rm -rf` would, while the compile keeps making __pycache__ folders
         wait_for(
             lambda: shutil.rmtree(compiling.home, ignore_errors=True),
@@ -89,11 +89,11 @@ def test_a_server_that_stops_stops_its_own_compilation(compiling: Settings, tmp_
     service.start()
     try:
         install, _module_id = _registered(service, tmp_path / "m")
-        pid = int((install.root / environments.COMPILE_PID_FILE).read_text())
+        pid = int((install.root / compiles.COMPILE_PID_FILE).read_text())
     finally:
         service.close()
     assert _gone(pid)
-    assert not environments.bytecode_pending(install.root)
+    assert not compiles.bytecode_pending(install.root)
 
 
 def test_a_ghost_of_a_removed_folder_recreated_by_compiling_is_removed(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestra import environments
+from orchestra import compiles, environments, interpreters, requirements
 from orchestra.config import Settings
 from orchestra.errors import InstallError, InvalidInput
 from orchestra.storage.files import InstallFolder
@@ -40,7 +40,7 @@ def test_comments_blank_lines_and_inline_comments_are_dropped() -> None:
         "  six ",
         "pkg[extra]==1.0 ; python_version>'3'",
     ]
-    assert environments.check_requirements(lines) == [
+    assert requirements.check_requirements(lines) == [
         "numpy>=1.24",
         "six",
         "pkg[extra]==1.0 ; python_version>'3'",
@@ -63,30 +63,30 @@ def test_comments_blank_lines_and_inline_comments_are_dropped() -> None:
 )
 def test_option_lines_paths_and_variables_in_requirements_are_refused(line: str) -> None:
     with pytest.raises(InvalidInput, match="install.requirements") as caught:
-        environments.check_requirements(["six", line])
+        requirements.check_requirements(["six", line])
     assert line[:20] in caught.value.message
 
 
 def test_a_setting_allows_option_lines_for_trusted_deployments() -> None:
     lines = ["--index-url https://pypi.org/simple", "six"]
-    assert environments.check_requirements(lines, allow_options=True) == lines
+    assert requirements.check_requirements(lines, allow_options=True) == lines
 
 
 def test_no_version_means_the_interpreter_running_orchestra() -> None:
-    python = environments.find_python(None)
+    python = interpreters.find_python(None)
     assert Path(python).resolve() == Path(python)
     assert _python_reports(python) == ".".join(map(str, sys.version_info[:3]))
 
 
 def test_a_requested_version_finds_an_interpreter_reporting_that_version() -> None:
-    if not any(v.startswith("3.10.") for v in environments.available_pythons()):
+    if not any(v.startswith("3.10.") for v in interpreters.available_pythons()):
         pytest.skip("no Python 3.10 on this machine")
-    assert _python_reports(environments.find_python("3.10")).startswith("3.10.")
+    assert _python_reports(interpreters.find_python("3.10")).startswith("3.10.")
 
 
 def test_a_missing_version_is_an_error_listing_the_available_ones() -> None:
     with pytest.raises(InstallError) as caught:
-        environments.find_python("3.4")
+        interpreters.find_python("3.4")
     assert caught.value.step == "python"
     assert "3.4" in caught.value.message
     current = ".".join(map(str, sys.version_info[:3]))
@@ -143,9 +143,9 @@ def test_the_installer_ignores_the_servers_uv_variables(
 def test_a_version_that_is_installed_gives_an_environment_with_that_interpreter(
     settings: Settings, tmp_path: Path
 ) -> None:
-    if not any(v.startswith("3.10.") for v in environments.available_pythons()):
+    if not any(v.startswith("3.10.") for v in interpreters.available_pythons()):
         pytest.skip("no Python 3.10 on this machine")
-    version = _build(settings, tmp_path / "env", [], python=environments.find_python("3.10"))
+    version = _build(settings, tmp_path / "env", [], python=interpreters.find_python("3.10"))
     assert version.startswith("3.10.")
     assert _python_reports(tmp_path / "env" / "bin" / "python") == version
 
@@ -157,14 +157,14 @@ def test_background_compilation_writes_bytecode_and_removal_stops_it(
     folder.code.mkdir(parents=True)
     (folder.code / "tool.py").write_text("VALUE = 1\n")
     _build(settings, folder.env, ["six==1.17.0"])
-    pid = environments.start_bytecode_compile(folder, settings)
-    assert pid and (folder.root / environments.COMPILE_PID_FILE).read_text() == str(pid)
-    assert environments.wait_for_bytecode(folder.root, timeout=60)
-    assert not environments.bytecode_pending(folder.root)
+    pid = compiles.start_bytecode_compile(folder, settings)
+    assert pid and (folder.root / compiles.COMPILE_PID_FILE).read_text() == str(pid)
+    assert compiles.wait_for_bytecode(folder.root, timeout=60)
+    assert not compiles.bytecode_pending(folder.root)
     site = environments.site_packages(folder.env)[0]
     assert list(site.glob("__pycache__/six.*.pyc"))
     assert list(folder.code.glob("__pycache__/tool.*.pyc"))
-    environments.start_bytecode_compile(folder, settings)
+    compiles.start_bytecode_compile(folder, settings)
     environments.remove_generation(folder.root)
     assert not folder.root.exists()
 
@@ -175,8 +175,8 @@ def test_bytecode_compiled_once_reaches_every_later_environment_through_the_cach
     first = InstallFolder(tmp_path, "first")
     first.code.mkdir(parents=True)
     _build(settings, first.env, ["idna==3.10"])
-    environments.start_bytecode_compile(first, settings)
-    assert environments.wait_for_bytecode(first.root, timeout=120)
+    compiles.start_bytecode_compile(first, settings)
+    assert compiles.wait_for_bytecode(first.root, timeout=120)
     compiled = list(environments.site_packages(first.env)[0].glob("idna/__pycache__/*.pyc"))
     assert compiled and all(p.stat().st_nlink >= 2 for p in compiled)  # linked from the cache
 
@@ -240,13 +240,13 @@ def test_requirements_file_and_requirements_are_merged(settings: Settings, tmp_p
     both = _legacy_module(
         tmp_path / "both", {"requirements_file": "legacy.txt", "requirements": ["idna==3.10"]}
     )
-    lines = environments.read_requirements(both, load_manifest(both), settings)
+    lines = requirements.read_requirements(both, load_manifest(both), settings)
     assert lines == ["six==1.17.0", "idna==3.10"]
     alone = _legacy_module(tmp_path / "alone", {"requirements_file": "legacy.txt"})
-    assert environments.read_requirements(alone, load_manifest(alone), settings) == ["six==1.17.0"]
+    assert requirements.read_requirements(alone, load_manifest(alone), settings) == ["six==1.17.0"]
     escaping = _legacy_module(tmp_path / "escaping", {"requirements_file": "../x.txt"})
     with pytest.raises(Exception, match="install.requirements_file"):
-        environments.read_requirements(escaping, load_manifest(escaping), settings)
+        requirements.read_requirements(escaping, load_manifest(escaping), settings)
 
 
 def test_a_module_with_requirements_file_and_requirements_gets_both_installed(

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestra import environments
+from orchestra import compiles, environments, interpreters
 from orchestra.errors import InstallError
 from orchestra.executors import proctree
 from orchestra.manifest import Manifest, load_manifest
+from orchestra.requirements import read_requirements
 from orchestra.sources import FetchedSource, SourceSpec, fetch, fetch_archive
 from orchestra.storage.files import InstallFolder
 
@@ -60,7 +61,7 @@ def build(
     with scratch(settings, "install") as workdir:
         fetched = _fetch(spec, archive, workdir, settings, progress)
         manifest = load_manifest(fetched.root)
-        requirements = environments.read_requirements(fetched.root, manifest, settings)
+        requirements = read_requirements(fetched.root, manifest, settings)
         return _build_generation(spec, fetched, manifest, requirements, settings, progress)
 
 
@@ -86,7 +87,7 @@ def _build_generation(
     from orchestra.sources.folder import copy_files
 
     lines: list[str] = []
-    python = environments.find_python(manifest.python_version)
+    python = interpreters.find_python(manifest.python_version)
     folder = _new_generation(settings)
     try:
         copy_files(fetched.root, manifest.files, folder.code)
@@ -131,7 +132,7 @@ def completed(built: Built, settings: Settings) -> None:
     with _BUILDING_LOCK:
         _BUILDING.discard(built.folder.root.name)
     if settings.compile_bytecode:
-        environments.start_bytecode_compile(built.folder, settings)
+        compiles.start_bytecode_compile(built.folder, settings)
 
 
 def abandon(folder: InstallFolder) -> None:

@@ -129,12 +129,12 @@ class Service:
         if self._serving:
             # a server's own background work ends with it; a command-line registration's
             # compilation is meant to outlive the command, so only a server stops them
-            from orchestra import environments
+            from orchestra import compiles
 
             if self._retention is not None:
                 self._retention.stop()
                 self._retention = None
-            environments.stop_own_compiles()
+            compiles.stop_own_compiles()
             self._serving = False
         try:
             db, _registry = self._backend.get()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from orchestra import environments
+from orchestra import compiles, environments, interpreters
 from orchestra.artifacts import GENERATION, MANIFEST_NAME
 from orchestra.errors import InstallError
 from orchestra.installer import scratch
@@ -115,7 +115,7 @@ class WorkerModules:
             shutil.move(unpacked / "code", folder.code)
         manifest = parse_manifest(package["metadata"])
         lock = [str(line) for line in package.get("lock") or []]
-        python = environments.find_python(_wanted_python(manifest, package))
+        python = interpreters.find_python(_wanted_python(manifest, package))
         lines: list[str] = []
         _LOGGER.info("building the environment of generation %s (%d pins)", generation, len(lock))
         environments.build_environment(
@@ -129,7 +129,7 @@ class WorkerModules:
         if self.settings.compile_bytecode:
             # as on the API server: a sandboxed task cannot write its own .pyc, so without
             # this every run would compile the module's imports again
-            environments.start_bytecode_compile(folder, self.settings)
+            compiles.start_bytecode_compile(folder, self.settings)
 
     def drop_unused(self, db: Database) -> list[str]:
         """Remove the generations nobody names any more (removed or replaced modules)."""

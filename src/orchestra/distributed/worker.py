@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from orchestra import environments
+from orchestra import compiles
 from orchestra.distributed.client import ApiClient, ApiError
 from orchestra.distributed.modules import WorkerModules
 from orchestra.executors.base import Handle, TaskSpec
@@ -128,7 +128,7 @@ class Worker:
         except Exception as exc:  # the database may be gone: the lease runs out anyway
             _LOGGER.warning("could not remove worker %s from the database: %s", self.name, exc)
         self.executor.close()
-        environments.stop_own_compiles()
+        compiles.stop_own_compiles()
 
     # -- one task -----------------------------------------------------------------------------
 
