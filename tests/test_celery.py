@@ -87,6 +87,16 @@ def _ended_lines(worker: ClusterWorker) -> list[int]:
     return [int(n) for n in re.findall(r"task (\d+) ended", worker.text())]
 
 
+def _occupy_both_workers(cluster: Cluster, seconds: float) -> list[int]:
+    """Two tasks of ``seconds``, returned once both workers run one."""
+    chatty = _module_id(cluster, "chatty")
+    busy = [cluster.run(chatty, tag="busy", seconds=seconds) for _ in range(2)]
+    for task_id in busy:
+        wait_for(lambda t=task_id: cluster.task(t)["status"], lambda s: s == "running",
+                 timeout=60, what="both workers to be busy")  # fmt: skip
+    return busy
+
+
 def _running_on(cluster: Cluster, task_id: int) -> dict[str, Any]:
     return cluster.wait_status(task_id, {"running", "done", "error", "killed"})
 
@@ -181,10 +191,7 @@ def test_a_kill_stops_the_whole_tree_on_the_worker(cluster: Cluster) -> None:
 
 def test_a_killed_queued_task_never_starts(cluster: Cluster) -> None:
     chatty = _module_id(cluster, "chatty")
-    busy = [cluster.run(chatty, tag="busy", seconds=60) for _ in range(2)]
-    for task_id in busy:
-        wait_for(lambda t=task_id: cluster.task(t)["status"], lambda s: s == "running",
-                 timeout=60, what="both workers to be busy")  # fmt: skip
+    busy = _occupy_both_workers(cluster, seconds=60)
     waiting = cluster.run(chatty, tag="never", seconds=0.1)
     assert cluster.task(waiting)["status"] == "queued"
     assert cluster.call("POST", f"/task/{waiting}/kill").json()["status"] == "killed"
@@ -249,10 +256,7 @@ def test_a_worker_cut_off_is_settled_and_its_late_result_is_dropped(cluster: Clu
 
 def test_a_broker_restart_loses_no_queued_task(cluster: Cluster) -> None:
     chatty = _module_id(cluster, "chatty")
-    busy = [cluster.run(chatty, tag="busy", seconds=3) for _ in range(2)]
-    for task_id in busy:
-        wait_for(lambda t=task_id: cluster.task(t)["status"], lambda s: s == "running",
-                 timeout=60, what="both workers to be busy")  # fmt: skip
+    busy = _occupy_both_workers(cluster, seconds=3)
     queued = [cluster.run(chatty, tag=f"q{i}", seconds=0.1) for i in range(6)]
     cluster.redis.restart()  # no persistence: every queued message is gone
     finals = [
