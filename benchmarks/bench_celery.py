@@ -1,4 +1,4 @@
-"""8. The Celery executor: task overhead, throughput on 2 and 4 workers, many tasks at once."""
+"""9. The Celery executor: task overhead, throughput on 2 and 4 workers, many tasks at once."""
 
 from __future__ import annotations
 
