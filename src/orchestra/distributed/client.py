@@ -111,15 +111,13 @@ class ApiClient:
         if self.token:
             every["Authorization"] = f"Bearer {self.token}"
         kept = getattr(self._local, "connection", None)
-        if kept is not None:
-            try:
-                answer = self._send(kept, method, path, body, every)
-            except (ConnectionError, http.client.HTTPException):
-                self._drop()
-                if hasattr(body, "seek"):
-                    body.seek(0)
-                answer = self._send(self._connection(), method, path, body, every)
-        else:
+        try:
+            answer = self._send(kept or self._connection(), method, path, body, every)
+        except (ConnectionError, http.client.HTTPException):
+            if kept is None:
+                raise
+            if hasattr(body, "seek"):
+                body.seek(0)
             answer = self._send(self._connection(), method, path, body, every)
         try:
             if answer.status >= 300:
