@@ -11,7 +11,7 @@ import pytest
 from orchestra import compiles, environments, interpreters, requirements
 from orchestra.config import Settings
 from orchestra.errors import InstallError, InvalidInput
-from orchestra.storage.files import InstallFolder
+from orchestra.storage.files import InstallFolder, site_packages
 
 
 def _python_reports(python: str | Path) -> str:
@@ -115,7 +115,7 @@ def test_a_second_environment_with_the_same_requirements_builds_from_the_cache(
     python = second / "bin" / "python"
     subprocess.run([str(python), "-c", "import numpy"], check=True)
     # linked from the installer's cache, not copied: both environments share one file on disk
-    (site_a,), (site_b,) = environments.site_packages(first), environments.site_packages(second)
+    (site_a,), (site_b,) = site_packages(first), site_packages(second)
     shared = (site_a / "numpy" / "__init__.py").stat(), (site_b / "numpy" / "__init__.py").stat()
     assert shared[0].st_ino == shared[1].st_ino and shared[0].st_nlink >= 3
 
@@ -161,7 +161,7 @@ def test_background_compilation_writes_bytecode_and_removal_stops_it(
     assert pid and (folder.root / compiles.COMPILE_PID_FILE).read_text() == str(pid)
     assert compiles.wait_for_bytecode(folder.root, timeout=60)
     assert not compiles.bytecode_pending(folder.root)
-    site = environments.site_packages(folder.env)[0]
+    site = site_packages(folder.env)[0]
     assert list(site.glob("__pycache__/six.*.pyc"))
     assert list(folder.code.glob("__pycache__/tool.*.pyc"))
     compiles.start_bytecode_compile(folder, settings)
@@ -177,13 +177,13 @@ def test_bytecode_compiled_once_reaches_every_later_environment_through_the_cach
     _build(settings, first.env, ["idna==3.10"])
     compiles.start_bytecode_compile(first, settings)
     assert compiles.wait_for_bytecode(first.root, timeout=120)
-    compiled = list(environments.site_packages(first.env)[0].glob("idna/__pycache__/*.pyc"))
+    compiled = list(site_packages(first.env)[0].glob("idna/__pycache__/*.pyc"))
     assert compiled and all(p.stat().st_nlink >= 2 for p in compiled)  # linked from the cache
 
     second = InstallFolder(tmp_path, "second")
     _build(settings, second.env, ["idna==3.10"])
     # no compilation ran for the second one: its bytecode came with the installer's links
-    linked = list(environments.site_packages(second.env)[0].glob("idna/__pycache__/*.pyc"))
+    linked = list(site_packages(second.env)[0].glob("idna/__pycache__/*.pyc"))
     assert {p.name for p in linked} == {p.name for p in compiled}
     # Python accepts them: an import that may write bytecode leaves the linked files alone
     # (a stale .pyc would be rewritten as a new, unlinked file)

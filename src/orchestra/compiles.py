@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from orchestra import bytecode
 from orchestra.executors import proctree
 from orchestra.process import clean_env
+from orchestra.storage.files import InstallFolder, site_packages
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
-    from orchestra.storage.files import InstallFolder
 
 _LOGGER = logging.getLogger(__name__)
 COMPILE_PID_FILE = "compile.pid"
@@ -40,8 +40,6 @@ _OWN_LOCK = threading.Lock()
 
 def start_bytecode_compile(folder: InstallFolder, settings: Settings) -> int | None:
     """Compile a generation's bytecode in a detached background process (see bytecode.py)."""
-    from orchestra.environments import site_packages  # environments imports this module
-
     sites = site_packages(folder.env)
     if not sites:
         return None

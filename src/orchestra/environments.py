@@ -179,11 +179,6 @@ def freeze(env_dir: Path, settings: Settings) -> list[str]:
     return [line.strip() for line in done.output.splitlines() if line.strip()]
 
 
-def site_packages(env_dir: Path) -> list[Path]:
-    """The environment's site-packages folders."""
-    return sorted(env_dir.glob("lib/python*/site-packages"))
-
-
 def remove_generation(generation: Path) -> None:
     """Delete a generation folder, stopping its bytecode compilation first."""
     if not generation.exists():

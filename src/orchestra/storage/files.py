@@ -54,6 +54,11 @@ class TaskFolder:
         return self.root / "result.json"
 
 
+def site_packages(env_dir: Path) -> list[Path]:
+    """A virtual environment's site-packages folders."""
+    return sorted(env_dir.glob("lib/python*/site-packages"))
+
+
 class InstallFolder:
     """One installed generation of a module: its code and its environment."""
 
