@@ -1,6 +1,8 @@
-# The image docker-compose.yml runs: Orchestra with its distributed extra, git for sources.
+# The image docker-compose.yml runs: Orchestra with its distributed extra, git for sources,
+# bubblewrap for the task sandbox, used only where the container may make user namespaces
+# (Docker's default seccomp profile refuses them: see the README, "Running on several machines").
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends git \
+RUN apt-get update && apt-get install -y --no-install-recommends git bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
