@@ -89,3 +89,23 @@ def test_a_worker_writes_again_after_the_database_cut_its_connection(
     with caplog.at_level(logging.WARNING, logger="orchestra.distributed.worker"):
         assert worker._persist(lambda: _count_tasks(database)) == 0
     assert "database out of reach" in caplog.text
+
+
+def test_a_database_created_as_sql_ascii_works_and_keeps_text_whole(
+    postgres_server: PostgresServer,
+) -> None:
+    # initdb's default without a UTF-8 locale, as in minimal containers: the server then
+    # hands psycopg bytes instead of text unless the connection asks for UTF-8
+    name = f"ascii_{id(postgres_server)}_{time.monotonic_ns()}"
+    postgres_server.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'SQL_ASCII'")
+    db = Database(postgres_server.url(name))
+    try:
+        db.create_schema()
+        with db.begin_write() as connection:
+            connection.execute(text("CREATE TABLE probe (word text)"))
+            connection.execute(text("INSERT INTO probe VALUES (:word)"), {"word": "Événement α"})
+        with db.connect() as connection:
+            assert connection.execute(text("SELECT word FROM probe")).scalar_one() == "Événement α"
+        assert _count_tasks(db) == 0
+    finally:
+        db.dispose()

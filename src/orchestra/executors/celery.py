@@ -97,7 +97,9 @@ class CeleryExecutor:
         while self._listening.is_set():
             try:
                 with psycopg.connect(
-                    conninfo.render_as_string(hide_password=False), autocommit=True
+                    conninfo.render_as_string(hide_password=False),
+                    autocommit=True,
+                    client_encoding="utf8",  # as storage/db.py asks, for SQL_ASCII databases
                 ) as connection:
                     connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     while self._listening.is_set():

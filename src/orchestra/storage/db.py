@@ -74,8 +74,11 @@ class Database:
 
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
+        # a PostgreSQL database created as SQL_ASCII (initdb without a UTF-8 locale) hands
+        # the driver bytes instead of text unless the connection asks for UTF-8
+        connect_args = {"client_encoding": "utf8"} if url.startswith("postgresql") else {}
         # the connection used last is taken first: the busy ones stay warm, the rest idle
-        engine = create_engine(url, pool_use_lifo=True)
+        engine = create_engine(url, pool_use_lifo=True, connect_args=connect_args)
         _ping_when_idle(engine)
         return engine
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
