@@ -19,7 +19,7 @@ from uv import find_uv_bin
 from orchestra.config import Settings
 from orchestra.executors.base import TaskSpec
 from orchestra.executors.local import LocalExecutor
-from tests.support.processes import TREE, alive, wait_for_file
+from tests.support.processes import TREE, alive, children, wait_for_file
 
 
 @pytest.fixture
@@ -148,14 +148,6 @@ def test_a_pid_reused_by_another_process_does_not_look_alive(
     assert not executor.is_alive(impostor)
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as handle:
-            found.extend(int(p) for p in handle.read().split())
-    return found
-
-
 def test_a_launched_supervisor_leaves_logs_and_one_record_and_nothing_else(
     executor: LocalExecutor, task_dir: Path, tmp_path: Path
 ) -> None:
@@ -196,10 +188,10 @@ def test_the_waiting_supervisor_exits_with_the_launcher(local: Settings) -> None
     assert launcher is not None and launcher._proc is not None
     launcher_pid = launcher._proc.pid
     deadline = time.monotonic() + 10
-    while not _children(launcher_pid):  # the supervisor forked ahead of the first task
+    while not children(launcher_pid):  # the supervisor forked ahead of the first task
         assert time.monotonic() < deadline, "no supervisor waits for a task"
         time.sleep(0.02)
-    waiting = _children(launcher_pid)
+    waiting = children(launcher_pid)
     executor.close()
     deadline = time.monotonic() + 10
     while alive(waiting):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from orchestra.config import Settings, load_settings
 from orchestra.executors import sandbox
+from orchestra.executors.local import LocalExecutor
 from orchestra.service import Service
 from tests.support.helpers import http, wait_for
 from tests.support.paths import DATA
 from tests.support.postgres import require_service
-from tests.support.processes import naming
+from tests.support.processes import children, naming
 from tests.support.server import LiveServer
 
 MODULES = DATA / "modules"
@@ -72,3 +75,72 @@ def test_a_task_over_its_limit_ends_in_error_naming_it(
     if module == "limit_output":
         written = sum(f.stat().st_size for f in (task_dir / "output").iterdir())
         print(f"output limit 5 MB: the task had written {written / 2**20:.1f} MB when stopped")
+
+
+def _groups_holding(pid: int) -> list[Path]:
+    base = Path(STATE.pids_cgroup)
+    return [g for g in base.glob("orchestra-task-*") if str(pid) in _members(g)]
+
+
+def _members(group: Path) -> list[str]:
+    try:
+        return (group / "cgroup.procs").read_text().split()
+    except OSError:
+        return []
+
+
+def _waiting_group(executor: LocalExecutor) -> tuple[int, Path]:
+    """The supervisor forked ahead of the next task, and the cgroup it has joined already."""
+    if not STATE.pids_cgroup:
+        require_service("a pids cgroup", "the process limit is not enforced without one")
+    spare = _waiting_supervisor(executor)
+    (group,) = wait_for(lambda: _groups_holding(spare), bool, timeout=10,
+                        what="the waiting supervisor's cgroup")  # fmt: skip
+    return spare, group
+
+
+def _waiting_supervisor(executor: LocalExecutor) -> int:
+    launcher = executor._launcher
+    assert launcher is not None and launcher._proc is not None
+    pid = launcher._proc.pid
+    found = wait_for(lambda: children(pid), bool, timeout=10, what="a supervisor waiting")
+    return int(found[0])
+
+
+def test_a_waiting_supervisor_joins_its_task_cgroup_before_the_task_comes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # joining a cgroup can wait a whole RCU grace period: it must not be on the task's path
+    executor = LocalExecutor(settings)
+    executor.open()
+    try:
+        spare, group = _waiting_group(executor)
+        assert (group / "pids.max").read_text().strip() == "max"  # no task yet, no limit yet
+        out = tmp_path / "out"
+        out.mkdir()
+        limits = {"processes": 7, "pids_cgroup": STATE.pids_cgroup, "overhead": 1}
+        request = {"argv": [sys.executable, "-c", "import time; time.sleep(1)"],
+                   "env": {"PATH": "/usr/bin:/bin"}, "cwd": str(out), "timeout": 30,
+                   "grace": 1, "limits": limits}  # fmt: skip
+        handle = executor.launch(1, request)
+        assert handle["pid"] == spare  # the waiting supervisor took the task, in its group
+        wait_for(lambda: (group / "pids.max").read_text().strip(), lambda v: v == "8",
+                 timeout=10, what="the task's process limit")  # fmt: skip
+        wait_for(lambda: _members(group), lambda m: len(m) >= 2, timeout=10,
+                 what="the module in the supervisor's cgroup")  # fmt: skip
+        ended = threading.Event()
+        assert executor.watch(handle, ended.set)
+        assert ended.wait(30)
+        wait_for(group.exists, lambda there: not there, timeout=10, what="the task's cgroup")
+    finally:
+        executor.close()
+
+
+def test_a_waiting_supervisor_removes_its_cgroup_when_the_server_stops(settings: Settings) -> None:
+    executor = LocalExecutor(settings)
+    executor.open()
+    try:
+        _, group = _waiting_group(executor)
+    finally:
+        executor.close()
+    wait_for(group.exists, lambda there: not there, timeout=10, what="the unused cgroup")

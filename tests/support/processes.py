@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,15 @@ def wait_for_file(path: Path, timeout: float = 20.0) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.02)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, from every one of its threads."""
+    found: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as handle:
+            found.extend(int(p) for p in handle.read().split())
+    return found
 
 
 def alive(pids: list[int]) -> list[int]:

@@ -2,8 +2,9 @@
 
 Starting a fresh interpreter for every supervisor costs 30+ ms here (imports included);
 forking this already-loaded process costs about one, and even that is kept off a task's
-path: one supervisor is always forked ahead, set up (session, signal handlers, subreaper)
-and waiting on a pipe. The server writes one JSON line per task
+path: one supervisor is always forked ahead, set up (session, signal handlers, subreaper,
+the cgroups its task's limits need: the launcher's arguments name where they go) and
+waiting on a pipe. The server writes one JSON line per task
 (``{"task_dir": ..., "spec": {...}}``) to the launcher's standard input; the launcher hands
 it to the waiting supervisor, answers ``{"pid", "start"}`` and forks the next one.
 It exits when its standard input closes (the server stopped or died); a waiting supervisor
@@ -25,9 +26,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from orchestra.executors import proctree, supervisor
+    from orchestra.executors import limits, proctree, supervisor
 else:  # run by path with -I -S: the package is not importable, its sibling files are
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import limits  # type: ignore[no-redef]
     import proctree  # type: ignore[no-redef]
     import supervisor  # type: ignore[no-redef]
 
@@ -35,14 +37,14 @@ else:  # run by path with -I -S: the package is not importable, its sibling file
 class _Spare:
     """A supervisor forked ahead of need, set up and waiting on a pipe for its task."""
 
-    def __init__(self) -> None:
+    def __init__(self, cgroups: list[str]) -> None:
         read, write = os.pipe()
         # frozen objects are left alone by the collector, so the child's pages stay shared
         gc.freeze()
         pid = os.fork()
         if pid == 0:
             os.close(write)
-            _spare_main(read)
+            _spare_main(read, cgroups)
         gc.unfreeze()
         os.close(read)
         self.pid = pid
@@ -59,16 +61,17 @@ class _Spare:
             os.close(self._write)
 
 
-def _spare_main(read: int) -> None:
+def _spare_main(read: int, cgroups: list[str]) -> None:
     """The forked side: get ready, wait for a task, supervise it; never returns."""
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        supervisor.prepare()
+        supervisor.prepare(cgroups)
         chunks = []
         while chunk := os.read(read, 65536):
             chunks.append(chunk)
         if not chunks:  # the launcher is gone without a task for us
+            limits.release()
             os._exit(0)
         request = json.loads(b"".join(chunks))
         supervisor.run(request["task_dir"], request["spec"], prepared=True)
@@ -83,17 +86,21 @@ def _check(line: bytes) -> bytes:
     return line
 
 
-def serve() -> None:
-    """Answer launch requests until standard input closes."""
+def serve(cgroups: list[str]) -> None:
+    """Answer launch requests until standard input closes.
+
+    ``cgroups``: the folders that every task's cgroups go below (its limits need them), where
+    each supervisor makes and joins its task's while it waits for the task.
+    """
     supervisor.preload()
     # the supervisors are our children: let the kernel reap them as they end
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    spare: _Spare | None = _Spare()
+    spare: _Spare | None = _Spare(cgroups)
     for line in sys.stdin.buffer:
         reply: dict[str, Any]
         try:
             request = _check(line)
-            current, spare = spare or _Spare(), None
+            current, spare = spare or _Spare(cgroups), None
             current.hand(request)
             reply = {"pid": current.pid, "start": current.start}
         except (OSError, ValueError, TypeError) as exc:
@@ -102,10 +109,10 @@ def serve() -> None:
         sys.stdout.flush()
         if spare is None:
             try:  # the next task's supervisor, forked while no request waits for it
-                spare = _Spare()
+                spare = _Spare(cgroups)
             except OSError:
                 spare = None
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1:])

@@ -12,6 +12,11 @@ added to the process limit).
   module's first fork). The kernel then counts everything the task's tree uses, its private
   ``/tmp`` (a tmpfs) included. Without a memory cgroup, ``RLIMIT_DATA`` (not ``RLIMIT_AS``,
   which fails runtimes that reserve address space they never use).
+  Joining a cgroup can wait for a whole RCU grace period (about 11 ms on the 2-core test
+  machine, more under load): the kernel makes every migration wait until no fork can be
+  half-way. So a supervisor forked ahead of need (``launcher.py``) makes and joins the groups
+  the server's own limits call for while it waits (:func:`prepare`), and the task's start
+  only writes the values.
 - CPU time: ``RLIMIT_CPU``, per process as the kernel counts it.
 - Output: ``RLIMIT_FSIZE`` stops any single file at the limit at once; the supervisor adds up
   everything the task wrote (output folder and logs) every 5 ms while it grows (less often
@@ -67,14 +72,21 @@ class _Group:
         # pid and time: a group left behind never has the name of a later one
         self.path = os.path.join(base, f"{_PREFIX}{os.getpid()}-{time.time_ns()}")
 
-    def create(self, settings: dict[str, int]) -> None:
-        """Make the group with ``settings`` (file name: value) and move this process into it."""
+    def create(self) -> None:
+        """Make the group and move this process into it."""
         _sweep(self.base)
         os.mkdir(self.path)
         try:
+            _write(os.path.join(self.path, "cgroup.procs"), str(os.getpid()))
+        except OSError:
+            self.remove()
+            raise
+
+    def configure(self, settings: dict[str, int]) -> None:
+        """Write ``settings`` (file name: value) into the group."""
+        try:
             for name, value in settings.items():
                 _write(os.path.join(self.path, name), str(value))
-            _write(os.path.join(self.path, "cgroup.procs"), str(os.getpid()))
         except OSError:
             self.remove()
             raise
@@ -103,6 +115,41 @@ class _Group:
             except OSError:  # EBUSY: the sandbox's last process is still being torn down
                 time.sleep(_REMOVE_PAUSE)
         # left for a later supervisor's sweep, once empty
+
+
+# groups this process made and joined ahead of its task, by the folder they are in
+_READY: dict[str, _Group] = {}
+
+
+def prepare(bases: list[str]) -> None:
+    """Make and join a group below each of ``bases`` now, for the task still to come."""
+    for base in bases:
+        group = _Group(base)
+        try:
+            group.create()
+        except OSError:
+            continue  # the task's start tries again, and says why if it fails then too
+        _READY[base] = group
+
+
+def has_prepared() -> bool:
+    """True while groups made ahead wait for a task."""
+    return bool(_READY)
+
+
+def release() -> None:
+    """Leave and remove the groups made ahead, when no task came for them."""
+    while _READY:
+        _READY.popitem()[1].remove()
+
+
+def _joined(base: str, ready: dict[str, _Group]) -> _Group:
+    """The group made ahead below ``base`` (taken from ``ready``), or one made and joined now."""
+    group = ready.pop(base, None)
+    if group is None:
+        group = _Group(base)
+        group.create()
+    return group
 
 
 def _sweep(base: str) -> None:
@@ -151,17 +198,21 @@ class Guard:
     def enter(self) -> None:
         """Make and join the task's cgroups and set the rlimits the module will inherit."""
         memory, processes = self.values["memory_mb"], self.values["processes"]
-        if memory and self._memory_base:
-            group = _Group(self._memory_base)
-            settings = {"memory.limit_in_bytes": memory * MB}
-            if os.path.exists(os.path.join(self._memory_base, "memory.memsw.limit_in_bytes")):
-                settings["memory.memsw.limit_in_bytes"] = memory * MB  # no escape into swap
-            group.create(settings)
-            self._groups["memory"] = group
-        if processes and self._pids_base:
-            group = _Group(self._pids_base)
-            group.create({"pids.max": processes + self._overhead})
-            self._groups["pids"] = group
+        ready = dict(_READY)
+        _READY.clear()
+        try:
+            if memory and self._memory_base:
+                group = self._groups["memory"] = _joined(self._memory_base, ready)
+                settings = {"memory.limit_in_bytes": memory * MB}
+                if os.path.exists(os.path.join(self._memory_base, "memory.memsw.limit_in_bytes")):
+                    settings["memory.memsw.limit_in_bytes"] = memory * MB  # no escape into swap
+                group.configure(settings)
+            if processes and self._pids_base:
+                group = self._groups["pids"] = _joined(self._pids_base, ready)
+                group.configure({"pids.max": processes + self._overhead})
+        finally:
+            # one made ahead that this task sets no limit in stays unlimited, removed at the end
+            self._groups.update((f"unused {base}", group) for base, group in ready.items())
         if memory and not self._memory_base:
             self._set(resource.RLIMIT_DATA, memory * MB, memory * MB)
         if self.values["cpu_seconds"]:
@@ -222,6 +273,11 @@ class Guard:
         if self.values["memory_mb"] and not self._memory_base and _memory_error(self.task_dir):
             return "memory_mb"
         return None
+
+    @property
+    def holds_groups(self) -> bool:
+        """True when this process is in cgroups of the task's, to be left and removed."""
+        return bool(self._groups)
 
     def leave(self) -> None:
         """Leave and remove the task's cgroups (the task has ended)."""

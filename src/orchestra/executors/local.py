@@ -54,7 +54,8 @@ class LocalExecutor:
         with self._lock:
             self._users += 1
             if self._users == 1:
-                self._launcher = _Launcher(self._settings.home)
+                cgroups = sandbox.prepared_cgroups(self._settings)
+                self._launcher = _Launcher(self._settings.home, cgroups)
                 self._watcher = _ExitWatcher()
 
     def close(self) -> None:
@@ -220,9 +221,10 @@ def _start_detached(task_dir: Path) -> dict[str, Any]:
 class _Launcher:
     """The pre-started process that forks supervisors, one request at a time."""
 
-    def __init__(self, log_dir: Path | None) -> None:
+    def __init__(self, log_dir: Path | None, cgroups: list[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._log_dir = log_dir
+        self._cgroups = cgroups or []
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawn()
 
@@ -233,7 +235,7 @@ class _Launcher:
             log = open(self._log_dir / "launcher.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(LAUNCHER)],
+                [sys.executable, "-I", "-S", str(LAUNCHER), *self._cgroups],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,

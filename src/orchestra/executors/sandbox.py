@@ -140,6 +140,19 @@ def require(settings: Settings) -> SandboxState:
     return state
 
 
+def prepared_cgroups(settings: Settings) -> list[str]:
+    """The cgroup folders every task's groups go below: the server's own limits need them.
+
+    A supervisor waiting for its task makes and joins its groups there ahead of time
+    (``limits.prepare``); a module that declares a limit the server does not set gets its
+    group made when its task starts.
+    """
+    state = detect(settings.sandbox)
+    wanted = [(settings.task_memory_mb, state.memory_cgroup),
+              (settings.task_processes, state.pids_cgroup)]  # fmt: skip
+    return [base for limit, base in wanted if limit and base]
+
+
 def effective_limits(settings: Settings, own: Mapping[str, int]) -> dict[str, int]:
     """A task's limits: the server's, or its module's ``own`` where lower (0 = none)."""
     server = {

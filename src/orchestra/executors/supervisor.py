@@ -320,6 +320,8 @@ def _leave_soon(guard: limits.Guard) -> None:
     The kernel takes ~10 ms to let go of a group whose last process has just ended, and the
     server hears of the task's end when this process exits (benchmark 4, the task overhead).
     """
+    if not guard.holds_groups:
+        return
     try:
         if os.fork() != 0:
             return
@@ -332,12 +334,17 @@ def _leave_soon(guard: limits.Guard) -> None:
         os._exit(0)
 
 
-def prepare() -> None:
-    """Set this process up as a supervisor before it has a task: stdio, signals, subreaper."""
+def prepare(cgroups: list[str] | None = None) -> None:
+    """Set this process up as a supervisor before it has a task.
+
+    Standard streams, signals, the subreaper flag, and a cgroup made and joined below each of
+    ``cgroups`` (see ``limits.prepare``).
+    """
     gc.disable()  # a short-lived process: no collections touching the pages shared after fork
     _redirect_stdio()
     _install_signals()
     _set_subreaper()
+    limits.prepare(cgroups or [])
 
 
 def run(task_dir: str, spec: dict[str, Any] | None = None, *, prepared: bool = False) -> None:
@@ -351,7 +358,8 @@ def run(task_dir: str, spec: dict[str, Any] | None = None, *, prepared: bool = F
         if spec is None:
             with open(os.path.join(task_dir, "spec.json"), encoding="utf-8") as handle:
                 spec = json.load(handle)
-        guard = limits.Guard(spec["limits"], task_dir) if spec.get("limits") else None
+        wants_guard = spec.get("limits") or limits.has_prepared()
+        guard = limits.Guard(spec.get("limits") or {}, task_dir) if wants_guard else None
         try:
             record.finish(_supervise(task_dir, spec, record, guard))
         finally:
