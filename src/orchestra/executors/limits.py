@@ -196,7 +196,11 @@ class Guard:
         return self._interval if self.values["output_mb"] else None
 
     def enter(self) -> None:
-        """Make and join the task's cgroups and set the rlimits the module will inherit."""
+        """Be in the task's cgroups with its limits written, and set the module's rlimits.
+
+        The groups made ahead (:func:`prepare`) are taken; one this process is not in yet is
+        made and joined now.
+        """
         memory, processes = self.values["memory_mb"], self.values["processes"]
         ready = dict(_READY)
         _READY.clear()
