@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from orchestra.executors.base import TaskSpec
+from orchestra.storage.db import POSTGRES_CONNECT_ARGS, Database
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
 from orchestra.tasks.status import TaskStatus
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from orchestra.config import Settings
-    from orchestra.storage.db import Database
 
 _LOGGER = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "orchestra_tasks"  # workers NOTIFY a task's id here once they have ended it
@@ -93,13 +93,12 @@ class CeleryExecutor:
     def _listen(self, on_ended: Callable[[int], None]) -> None:
         import psycopg
 
-        conninfo = make_url(self.settings.db_url).set(drivername="postgresql")
+        url = make_url(self.settings.db_url).set(drivername="postgresql")
+        conninfo = url.update_query_dict(POSTGRES_CONNECT_ARGS)
         while self._listening.is_set():
             try:
                 with psycopg.connect(
-                    conninfo.render_as_string(hide_password=False),
-                    autocommit=True,
-                    client_encoding="utf8",  # as storage/db.py asks, for SQL_ASCII databases
+                    conninfo.render_as_string(hide_password=False), autocommit=True
                 ) as connection:
                     connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     while self._listening.is_set():
@@ -178,8 +177,6 @@ class CeleryExecutor:
     def _database(self) -> Database:
         with self._lock:
             if self._db is None:
-                from orchestra.storage.db import Database
-
                 self._db = Database(self.settings.db_url)
             return self._db
 

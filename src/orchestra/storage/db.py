@@ -15,6 +15,9 @@ from orchestra.storage import schema
 
 _LOGGER = logging.getLogger(__name__)
 PING_AFTER_IDLE = 1.0  # seconds a pooled connection may lie unused before it is checked
+# what every PostgreSQL connection asks for: a database created as SQL_ASCII (initdb without
+# a UTF-8 locale) hands the driver bytes instead of text unless the connection asks for UTF-8
+POSTGRES_CONNECT_ARGS = {"client_encoding": "utf8"}
 
 
 class Database:
@@ -74,9 +77,7 @@ class Database:
 
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        # a PostgreSQL database created as SQL_ASCII (initdb without a UTF-8 locale) hands
-        # the driver bytes instead of text unless the connection asks for UTF-8
-        connect_args = {"client_encoding": "utf8"} if url.startswith("postgresql") else {}
+        connect_args = POSTGRES_CONNECT_ARGS if url.startswith("postgresql") else {}
         # the connection used last is taken first: the busy ones stay warm, the rest idle
         engine = create_engine(url, pool_use_lifo=True, connect_args=connect_args)
         _ping_when_idle(engine)
