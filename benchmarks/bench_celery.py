@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,18 @@ from collections import Counter
 from pathlib import Path
 
 from context import Context
-from harness import ROOT, BenchError, Row, Stats, alternate, fmt_delta, fmt_stats, fmt_value
+from floors import celery_floor, database_floor, upload_floor
+from harness import (
+    ROOT,
+    BenchError,
+    Row,
+    Stats,
+    alternate,
+    fmt_delta,
+    fmt_stats,
+    fmt_value,
+    machine_busy,
+)
 from live import Server, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
@@ -23,6 +35,7 @@ TARGET_OVERHEAD = 0.015  # seconds the Celery executor may add to a no-op task a
 TARGET_THROUGHPUT = 0.9  # fraction of the local executor's rate that 2 workers should reach
 WARMUP = 5
 BLOCK = 10  # measurements of one side in a row (see harness.alternate)
+FLOOR_COUNT = 2000  # operations each floor is measured over
 METHOD = (
     "A real Redis and PostgreSQL started in the scratch folder (the test suite's fixtures), "
     "`python -m orchestra serve` with ORCHESTRA_EXECUTOR=celery on a fresh database, and "
@@ -34,7 +47,13 @@ METHOD = (
     "second from the first submission to the last `done`, for 2 workers against a local "
     "server with ORCHESTRA_MAX_RUNNING=2, then 4 workers. Flood: M tasks submitted at once "
     "through 4 workers; every task must end `done` and each worker's log must name each task "
-    "it ran once; the submission rate and the server's resident memory at the end."
+    "it ran once; the submission rate and the server's resident memory at the end. "
+    "CPU per task: the whole machine's busy time (/proc/stat, steal excluded) over each "
+    "throughput run, divided by the number of tasks. Floors (benchmarks/floors.py), each "
+    "alone on the same machine: Orchestra's Celery app in a worker process whose task only "
+    "counts, messages published back to back; a worker's two writes per task (the claim, "
+    "the finish with its NOTIFY) in plain psycopg on the same PostgreSQL; one 3-byte "
+    "output sent by PUT to the least Flask app on waitress, over a kept-alive connection."
 )
 
 
@@ -163,11 +182,17 @@ def _timed_task(server: Server, module_id: int) -> float:
 
 def _rate(server: Server, module_id: int, count: int) -> float:
     """Tasks per second: ``count`` submitted back to back, from the first to the last done."""
-    start = time.perf_counter()
+    return _metered_rate(server, module_id, count)[0]
+
+
+def _metered_rate(server: Server, module_id: int, count: int) -> tuple[float, float, float]:
+    """Tasks per second, the machine's CPU seconds per task, and the share of it kept busy."""
+    busy, start = machine_busy(), time.perf_counter()
     ids = [server.submit(module_id) for _ in range(count)]
     for task_id in ids:
         server.wait(task_id, timeout=3600)
-    return count / (time.perf_counter() - start)
+    seconds, busy = time.perf_counter() - start, machine_busy() - busy
+    return count / seconds, busy / count, busy / (seconds * (os.cpu_count() or 1))
 
 
 def _throughput(
@@ -179,7 +204,7 @@ def _throughput(
         scratch / "rate-local.log",
     )
     try:
-        local_rate = _rate(local, local.register(module), count)
+        local_rate, local_cpu, local_busy = _metered_rate(local, local.register(module), count)
     finally:
         local.stop()
     cluster = _Cluster(ctx, scratch / "rate", postgres, broker)
@@ -187,13 +212,15 @@ def _throughput(
         cluster.add_workers(2)
         module_id = cluster.server.register(module)
         _rate(cluster.server, module_id, 4)  # both workers build the environment first
-        two = _rate(cluster.server, module_id, count)
+        two, two_cpu, two_busy = _metered_rate(cluster.server, module_id, count)
         cluster.add_workers(2)
         _rate(cluster.server, module_id, 8)
         four = _rate(cluster.server, module_id, count)
     finally:
         cluster.close()
     local_text = f"{local_rate:.1f} tasks/s (local, ORCHESTRA_MAX_RUNNING=2)"
+    ctx.report.note(NAME, _cpu_note(local_cpu, local_busy, two_cpu, two_busy))
+    ctx.report.note(NAME, _floor_note(ctx, scratch, postgres, broker, local_cpu))
     return [
         Row(
             NUMBER, f"celery throughput: {count} no-op tasks, 2 workers × 1",
@@ -205,6 +232,38 @@ def _throughput(
             f"{four:.1f} tasks/s", local_text, f"{four / local_rate:.0%}", "", None,
         ),
     ]  # fmt: skip
+
+
+def _cpu_note(local_cpu: float, local_busy: float, two_cpu: float, two_busy: float) -> str:
+    budget = local_cpu / TARGET_THROUGHPUT - local_cpu
+    return (
+        f"CPU per task over the throughput runs (whole machine): local {1000 * local_cpu:.1f} "
+        f"ms with {local_busy:.0%} of the cores busy, 2 Celery workers {1000 * two_cpu:.1f} ms "
+        f"({1000 * (two_cpu - local_cpu):+.1f} ms) with {two_busy:.0%} busy. With the cores about "
+        "as busy on both sides, the rates follow the CPU per task: at the local run's, "
+        f"{TARGET_THROUGHPUT:.0%} of its rate leaves {1000 * budget:.2f} ms per task for "
+        "everything the Celery path adds."
+    )
+
+
+def _floor_note(
+    ctx: Context, scratch: Path, postgres: object, broker: object, local_cpu: float
+) -> str:
+    count = ctx.count(FLOOR_COUNT, 100)
+    url, pid = broker.url(), broker.process.pid  # type: ignore[attr-defined]
+    message = celery_floor(url, pid, scratch / "floor", count)
+    writes = database_floor(postgres.new_database(), count)  # type: ignore[attr-defined]
+    upload = upload_floor(count)
+    total = message.total + writes.total + upload.total
+    return (
+        "Floors of what the Celery path adds to a task, in CPU per task, each measured alone "
+        f"here: a Celery message {message.text()}; the two writes on PostgreSQL "
+        f"{writes.text()}; one output upload {upload.text()}. Together {1000 * total:.2f} ms, "
+        "before any work of Orchestra's own (the insert and the reads on PostgreSQL rather "
+        "than SQLite, the launch, the logs, the outcome): with nothing else added, the "
+        f"Celery path could reach {local_cpu / (local_cpu + total):.0%} of the local rate on "
+        "these cores."
+    )
 
 
 def _flood(ctx: Context, scratch: Path, module: Path, postgres: object, broker: object) -> Row:

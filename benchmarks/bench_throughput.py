@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +12,9 @@ from pathlib import Path
 
 from bench_overhead import bare_command
 from context import Context
-from harness import Row, Stats, alternate, fmt_stats, paired_ratios
-from live import Client, Server, free_port, orchestra_env
+from floors import request_floor
+from harness import Row, Stats, alternate, fmt_stats, machine_busy, paired_ratios, process_cpu
+from live import Server, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -35,9 +33,7 @@ METHOD = (
     "served by waitress with the same 16 threads (benchmarks/flask_floor.py), its CPU per "
     "GET over a kept-alive connection."
 )
-FLOOR_APP = Path(__file__).with_name("flask_floor.py")
 FLOOR_REQUESTS = 1000
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -61,28 +57,14 @@ class _Meter:
         self.start = self._read()
 
     def _read(self) -> dict[str, float]:
-        figures = {"machine": _machine_busy(), "client": time.process_time()}
-        figures.update({name: _process_cpu(pid) for name, pid in self.pids.items()})
+        figures = {"machine": machine_busy(), "client": time.process_time()}
+        figures.update({name: process_cpu(pid) for name, pid in self.pids.items()})
         return figures
 
     def stop(self, usage: _Usage, count: int) -> None:
         end = self._read()
         for name, value in end.items():
             usage.add(name, value - self.start[name], count)
-
-
-def _machine_busy() -> float:
-    # user nice system idle iowait irq softirq steal: busy is all but idle, iowait and steal
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4] - values[7]) / _TICK
-
-
-def _process_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, all threads
 
 
 def _launcher_pid(server_pid: int) -> int:
@@ -120,7 +102,7 @@ def run_bench(ctx: Context) -> list[Row]:
             unit="tasks/s",
         )
     ctx.report.note(NAME, _cpu_note(used, bare_used))
-    ctx.report.note(NAME, _floor_note(_request_floor(ctx.count(FLOOR_REQUESTS, 50))))
+    ctx.report.note(NAME, _floor_note(request_floor(ctx.count(FLOOR_REQUESTS, 50))))
     ratio = paired_ratios(ours, ceiling)
     return [
         Row(
@@ -180,38 +162,6 @@ def _cpu_note(used: _Usage, bare: _Usage) -> str:
 def _loop(bare: Callable[[], float], times: int) -> None:
     for _ in range(times):
         bare()
-
-
-def _request_floor(count: int) -> float:
-    """CPU seconds per request of the least Flask app on waitress (a subprocess)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(FLOOR_APP), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = Client(port)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.get("/task/1")
-                break
-            except OSError:
-                client.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        for _ in range(count // 10):  # warm up
-            client.get("/task/1")
-        before = _process_cpu(proc.pid)
-        for _ in range(count):
-            client.get("/task/1")
-        return (_process_cpu(proc.pid) - before) / count
-    finally:
-        client.close()
-        proc.kill()
-        proc.wait()
 
 
 def _floor_note(seconds: float) -> str:

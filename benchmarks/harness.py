@@ -26,6 +26,9 @@ LIGHT_REQUIREMENT = "six==1.17.0"
 BASE_PYTHON: str = getattr(sys, "_base_executable", sys.executable)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
 class BenchError(Exception):
     """A benchmark could not measure what it meant to (a command failed, a wait timed out)."""
 
@@ -194,6 +197,22 @@ def render_table(rows: Iterable[Row]) -> str:
 
 
 # -- processes --------------------------------------------------------------------------------
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy since boot (steal excluded)."""
+    # user nice system idle iowait irq softirq steal: busy is all but idle, iowait and steal
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4] - values[7]) / _TICK
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds process ``pid`` has used, all its threads (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
 def run(

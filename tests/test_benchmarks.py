@@ -35,6 +35,8 @@ def test_the_quick_run_writes_a_table_with_every_row_and_the_machine(tmp_path: P
     for key in ("CPU", "cores", "memory", "Python", "uv", "date"):
         assert f"- {key}: " in page
     assert "| 4 | task overhead" in done.stdout  # the same table is printed
+    floors = re.search(r"Floors of what the Celery path adds.*Together ([0-9.]+) ms", page)
+    assert floors is not None and float(floors.group(1)) > 0  # each floor measured something
 
 
 def test_disk_usage_counts_a_hard_linked_file_once(tmp_path: Path) -> None:
