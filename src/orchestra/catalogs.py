@@ -297,7 +297,8 @@ def to_votable(path: Path, kind: str) -> bytes:
         from astropy.table import Table
     except ImportError as exc:  # an optional extra: say how to get it
         raise InvalidInput(
-            "format=votable needs astropy on the server (pip install 'orchestra[amda]')",
+            "format=votable needs astropy on the server (the extra 'amda': pip install '.[amda]' "
+            "in Orchestra's folder)",
             key="format",
         ) from exc
     header = read_header(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from orchestra.errors import OrchestraError
 
-EXTRA_HINT = "pip install 'orchestra[distributed]'"
+EXTRA_HINT = "pip install '.[distributed]' in Orchestra's folder (the extra 'distributed')"
 
 
 class MissingExtra(OrchestraError):
