@@ -16,12 +16,12 @@ import http.client
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, BenchError, process_cpu
+from harness import BenchError, process_cpu
 from live import Client, free_port
 
 FLOOR_APP = Path(__file__).with_name("flask_floor.py")
@@ -156,7 +156,6 @@ def celery_floor(broker_url: str, broker_pid: int, folder: Path, count: int) -> 
     ``count`` messages are published back to back, and the worker's, the broker's and the
     publisher's CPU counted until the worker has run the last.
     """
-    sys.path.insert(0, str(ROOT / "src"))
     from orchestra.config import load_settings
     from orchestra.distributed.app import TASK_NAME, make_app
 
@@ -186,7 +185,7 @@ def celery_floor(broker_url: str, broker_pid: int, folder: Path, count: int) -> 
     return Floor({name: value / count for name, value in parts.items()})
 
 
-def _wait_for(check: Any, worker: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for(check: Callable[[], bool], worker: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
     while not check():
         if worker.poll() is not None or time.monotonic() > deadline:
@@ -196,7 +195,6 @@ def _wait_for(check: Any, worker: subprocess.Popen[bytes], log: Path) -> None:
 
 def _counting_worker(broker_url: str, home: str, count: int, done: Path) -> None:
     """Consume with Orchestra's Celery app; touch ``done`` once ``count`` tasks have run."""
-    sys.path.insert(0, str(ROOT / "src"))
     from orchestra.config import load_settings
     from orchestra.distributed.app import make_app
 
