@@ -80,3 +80,22 @@ def test_a_message_a_worker_took_and_never_claimed_is_sent_again(
     broker.zadd("unacked_index", {"tag-1": time.time() - 60})  # its worker died before claiming
     executor.reconcile()
     assert _queue_tasks(executor) == [task_id]
+
+
+def test_a_broker_out_of_reach_is_told_once_and_its_return_once(
+    executor: CeleryExecutor, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep compares every second: a broker that stays down must not flood the log."""
+    executor.reconcile()  # reachable: nothing to tell
+    redis_server.stop()
+    with caplog.at_level("INFO", logger="orchestra.executors.celery"):
+        for _ in range(3):
+            executor.reconcile()
+        lost = [r.getMessage() for r in caplog.records]
+        assert len(lost) == 1 and "could not compare the queue with the broker" in lost[0]
+        caplog.clear()
+        redis_server.start()
+        for _ in range(3):
+            executor.reconcile()
+    back = [r.getMessage() for r in caplog.records]
+    assert len(back) == 1 and "answers again" in back[0]

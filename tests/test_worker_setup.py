@@ -1,8 +1,11 @@
-"""What a worker checks before it starts, and how its messages and settings are formed."""
+"""What a worker and a celery API server check before they start; messages and settings."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from orchestra.distributed.app import message_id, task_of_message
 from orchestra.distributed.main import database_url
 from orchestra.errors import InvalidMetadata
 from orchestra.manifest import parse_manifest
-from tests.support.helpers import run_cli
+from tests.support.helpers import free_port, run_cli
 from tests.support.paths import DATA
 
 BASE = {
@@ -36,6 +39,32 @@ def test_a_worker_refuses_a_sqlite_database(settings: Settings) -> None:
     )  # fmt: skip
     code, _out, err = run_cli(["worker"], local)
     assert code == 2 and "PostgreSQL" in err
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({}, ["ORCHESTRA_BROKER_URL", "ORCHESTRA_DATABASE_URL"]),
+        ({"ORCHESTRA_BROKER_URL": "redis://127.0.0.1:1/0"}, ["ORCHESTRA_DATABASE_URL"]),
+        (
+            {"ORCHESTRA_BROKER_URL": "redis://127.0.0.1:1/0",
+             "ORCHESTRA_DATABASE_URL": "sqlite:///{home}/shared.db"},
+            ["ORCHESTRA_DATABASE_URL", "not SQLite"],
+        ),
+    ],
+)  # fmt: skip
+def test_a_celery_api_server_refuses_to_start_without_a_broker_and_a_shared_database(
+    tmp_path: Path, given: dict[str, str], named: list[str]
+) -> None:
+    """Without them no worker could ever take its tasks: they would wait queued for ever."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env.update({k: v.format(home=tmp_path) for k, v in given.items()})
+    env.update(ORCHESTRA_HOME=str(tmp_path / "home"), ORCHESTRA_EXECUTOR="celery")
+    argv = [sys.executable, "-m", "orchestra", "serve", "--port", str(free_port())]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert all(name in done.stderr for name in named), done.stderr
+    assert "Traceback" not in done.stderr and "serving on" not in done.stderr
 
 
 @pytest.mark.parametrize("queues", ["", ",", " , "])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from orchestra.errors import InvalidInput, Unreachable
+from orchestra.errors import Unreachable
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
@@ -26,23 +26,6 @@ _RESILIENT = {
     "keepalives_count": "3",
     "tcp_user_timeout": "15000",
 }
-
-
-def check_settings(settings: Settings) -> None:
-    """InvalidInput naming each setting a worker needs and lacks."""
-    needed = {
-        "broker_url": "ORCHESTRA_BROKER_URL (e.g. redis://host:6379/0)",
-        "api_url": "ORCHESTRA_API_URL (e.g. http://api-host:8470)",
-        "database_url": "ORCHESTRA_DATABASE_URL (the PostgreSQL database the API uses)",
-    }
-    missing = [text for name, text in needed.items() if not getattr(settings, name)]
-    if missing:
-        raise InvalidInput("a worker needs " + "; ".join(missing), key="worker")
-    if settings.database_url.startswith("sqlite"):
-        raise InvalidInput(
-            "a worker shares the API's database: ORCHESTRA_DATABASE_URL must name a "
-            "server database such as PostgreSQL, not SQLite", key="database_url",
-        )  # fmt: skip
 
 
 def database_url(url: str) -> str:
@@ -61,10 +44,10 @@ def default_name() -> str:
 
 def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency: int) -> int:
     """Consume the queues until stopped (SIGTERM or Ctrl-C: Celery's warm shutdown)."""
-    from orchestra.distributed import require_extra
+    from orchestra.distributed import check_settings, require_extra
 
     require_extra()
-    check_settings(settings)
+    check_settings(settings, worker=True)
     from orchestra.distributed.app import make_app
     from orchestra.distributed.worker import Worker
     from orchestra.executors import sandbox

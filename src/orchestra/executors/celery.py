@@ -59,6 +59,7 @@ class CeleryExecutor:
         self._lock = threading.Lock()
         self._broker_run: str | None = None
         self._last_scan = 0.0
+        self._broker_lost = False  # the last comparison with the broker failed
         self._listening = threading.Event()
 
     def _celery(self) -> Celery:
@@ -72,10 +73,11 @@ class CeleryExecutor:
             return self._app
 
     def open(self) -> None:
-        """Check that the extra is installed; connections are made on first use."""
-        from orchestra.distributed import require_extra
+        """Check the extra and the settings; connections are made on first use."""
+        from orchestra.distributed import check_settings, require_extra
 
         require_extra()
+        check_settings(self.settings, worker=False)
 
     def listen(self, on_ended: Callable[[int], None]) -> None:
         """Call ``on_ended(task_id)`` when a worker has ended a task (PostgreSQL's NOTIFY).
@@ -151,11 +153,21 @@ class CeleryExecutor:
     # -- reconciling ----------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Send again the queued tasks that the broker no longer holds."""
+        """Send again the queued tasks that the broker no longer holds.
+
+        Called at every sweep (each second or so): a broker that stays out of reach is told
+        once, when it goes, and once more when it is back, not at every sweep.
+        """
         try:
             self._resend_lost()
         except Exception as exc:  # the broker may be down; the next round tries again
-            _LOGGER.warning("could not compare the queue with the broker: %s", exc)
+            if not self._broker_lost:
+                _LOGGER.warning("could not compare the queue with the broker: %s", exc)
+            self._broker_lost = True
+            return
+        if self._broker_lost:
+            _LOGGER.warning("the broker answers again; the queue is compared with it again")
+        self._broker_lost = False
 
     def _resend_lost(self) -> None:
         run = self._broker_run_id()
