@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from orchestra.config import Settings, load_settings
 from orchestra.distributed.worker import Worker
 from orchestra.storage.db import PING_AFTER_IDLE, Database
+from tests.support.helpers import wait_for
 from tests.support.postgres import PostgresServer
 
 
@@ -109,3 +110,36 @@ def test_a_database_created_as_sql_ascii_works_and_keeps_text_whole(
         assert _count_tasks(db) == 0
     finally:
         db.dispose()
+
+
+def test_a_server_whose_database_is_away_tells_it_once_and_its_return_once(
+    tmp_path: Path, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep runs every poll interval: a database away for minutes must not flood the log."""
+    from orchestra.service import Service
+
+    url = postgres_server.orchestra_database()
+    name = url.rsplit("/", 1)[1]
+    settings = load_settings(
+        {"home": tmp_path / "home", "database_url": url, "poll_interval": 0.1}, environ={}
+    )
+    service = Service(settings)
+    service.start()
+    try:
+        with caplog.at_level("WARNING", logger="orchestra.tasks.watching"):
+            postgres_server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            _cut_connections(postgres_server, service.db)
+            time.sleep(1.5)  # some fifteen sweeps, each refused
+            away = [r for r in caplog.records if "the task sweep" in r.getMessage()]
+            assert len(away) == 1 and "failed" in away[0].getMessage()
+            assert away[0].exc_info is not None  # the first failure comes with its traceback
+            postgres_server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            wait_for(
+                lambda: [r.getMessage() for r in caplog.records[1:]],
+                lambda found: found == ["the task sweep works again"],
+                timeout=30, what="the sweep's return",
+            )  # fmt: skip
+            time.sleep(0.5)
+        assert len(caplog.records) == 2
+    finally:
+        service.close()

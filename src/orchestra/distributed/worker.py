@@ -29,6 +29,7 @@ from orchestra.distributed.modules import WorkerModules
 from orchestra.executors.base import Handle, TaskSpec
 from orchestra.executors.celery import KILL_CHANNEL, NOTIFY_CHANNEL
 from orchestra.executors.local import LocalExecutor
+from orchestra.outages import Outage
 from orchestra.storage.files import TaskFolder, safe_join
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle, workers
@@ -234,6 +235,7 @@ class Worker:
     def _beat(self) -> None:
         interval = heartbeat_interval(self.settings.worker_lease)
         last_drop = time.monotonic()
+        outage = Outage(_LOGGER, f"the heartbeat of {self.name}")
         while not self._stopping.wait(interval):
             try:
                 self._renew()
@@ -241,7 +243,9 @@ class Worker:
                     last_drop = time.monotonic()
                     self.modules.drop_unused(self.db)
             except Exception as exc:  # the database may be out of reach for a while
-                _LOGGER.warning("heartbeat of %s failed: %s", self.name, exc)
+                outage.failed(exc)
+            else:
+                outage.worked()
 
     def _renew(self) -> None:
         for task_id in workers.renew(self.db, self.name):
@@ -261,17 +265,19 @@ class Worker:
         """Act on kills announced on the broker at once; the heartbeat reads the flags anyway."""
         import redis
 
+        outage = Outage(_LOGGER, "hearing kills on the broker")
         while not self._stopping.is_set():
             try:
                 client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5)
                 with client.pubsub(ignore_subscribe_messages=True) as channel:
                     channel.subscribe(KILL_CHANNEL)
+                    outage.worked()
                     while not self._stopping.is_set():
                         message = channel.get_message(timeout=1.0)
                         if message and str(message["data"], "ascii", "replace").isdigit():
                             self._check_kill(int(message["data"]))
             except Exception as exc:  # the broker restarts or is out of reach: listen again
-                _LOGGER.info("not hearing kills for a moment: %s", exc)
+                outage.failed(exc)
                 self._stopping.wait(1.0)
 
     def _check_kill(self, task_id: int) -> None:

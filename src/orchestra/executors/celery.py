@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from orchestra.executors.base import TaskSpec
+from orchestra.outages import Outage
 from orchestra.storage.db import POSTGRES_CONNECT_ARGS, Database
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
@@ -59,7 +60,7 @@ class CeleryExecutor:
         self._lock = threading.Lock()
         self._broker_run: str | None = None
         self._last_scan = 0.0
-        self._broker_lost = False  # the last comparison with the broker failed
+        self._comparing = Outage(_LOGGER, "comparing the queue with the broker")
         self._listening = threading.Event()
 
     def _celery(self) -> Celery:
@@ -97,18 +98,20 @@ class CeleryExecutor:
 
         url = make_url(self.settings.db_url).set(drivername="postgresql")
         conninfo = url.update_query_dict(POSTGRES_CONNECT_ARGS)
+        outage = Outage(_LOGGER, "listening for ended tasks")
         while self._listening.is_set():
             try:
                 with psycopg.connect(
                     conninfo.render_as_string(hide_password=False), autocommit=True
                 ) as connection:
                     connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    outage.worked()
                     while self._listening.is_set():
                         for note in connection.notifies(timeout=1.0):
                             if note.payload.isdigit():
                                 on_ended(int(note.payload))
             except Exception as exc:  # the database restarts, the network drops: listen again
-                _LOGGER.warning("listening for ended tasks failed: %s", exc)
+                outage.failed(exc)
                 time.sleep(1.0)
 
     def close(self) -> None:
@@ -155,19 +158,15 @@ class CeleryExecutor:
     def reconcile(self) -> None:
         """Send again the queued tasks that the broker no longer holds.
 
-        Called at every sweep (each second or so): a broker that stays out of reach is told
-        once, when it goes, and once more when it is back, not at every sweep.
+        Called at every sweep (each second or so): a broker out of reach is told when it goes
+        and when it is back, not at every sweep.
         """
         try:
             self._resend_lost()
         except Exception as exc:  # the broker may be down; the next round tries again
-            if not self._broker_lost:
-                _LOGGER.warning("could not compare the queue with the broker: %s", exc)
-            self._broker_lost = True
+            self._comparing.failed(exc)
             return
-        if self._broker_lost:
-            _LOGGER.warning("the broker answers again; the queue is compared with it again")
-        self._broker_lost = False
+        self._comparing.worked()
 
     def _resend_lost(self) -> None:
         run = self._broker_run_id()

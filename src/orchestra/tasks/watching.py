@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select
 
+from orchestra.outages import Outage
 from orchestra.storage import space
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
@@ -176,8 +177,11 @@ class Watcher:
         self.executor.close()
 
     def _sweep(self) -> None:
+        outage = Outage(_LOGGER, "the task sweep")  # the database may be away for a while
         while not self._stopping.wait(self.settings.poll_interval):
             try:
                 self.reconcile()
-            except Exception:
-                _LOGGER.exception("task sweep failed")
+            except Exception as exc:
+                outage.failed(exc, traceback=True)
+            else:
+                outage.worked()
