@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from orchestra import __version__
 from orchestra.api import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
@@ -169,3 +170,15 @@ def test_files_from_another_worker_than_the_tasks_are_refused(guarded):
     )
     assert put.status_code == 409
     assert not (TaskFolder(service.settings.tasks_dir, task_id).output / "x").exists()
+
+
+def test_a_starting_worker_learns_whether_its_token_is_good_and_where_tasks_run(
+    guarded: tuple[Service, FlaskClient],
+) -> None:
+    _service, client = guarded
+    assert client.get("/worker/check").status_code == 401
+    assert client.get("/worker/check", headers={"Authorization": "Bearer nope"}).status_code == 401
+    for path in ("/worker/check", "/workers/check"):
+        answer = client.get(path, headers=AUTH)
+        assert answer.status_code == 200
+        assert answer.get_json() == {"version": __version__, "executor": "local"}

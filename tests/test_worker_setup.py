@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,13 @@ from orchestra.distributed.app import message_id, task_of_message
 from orchestra.distributed.main import database_url
 from orchestra.errors import InvalidMetadata
 from orchestra.manifest import parse_manifest
-from tests.support.helpers import free_port, run_cli
+from orchestra.storage.db import Database
+from orchestra.tasks import workers
+from tests.support.helpers import free_port, run_cli, wait_for
 from tests.support.paths import DATA
+from tests.support.postgres import PostgresServer
+from tests.support.redis import RedisServer
+from tests.support.server import ServerProcess
 
 BASE = {
     "name": "m", "description": "d", "args": [], "output": {"type": "image"},
@@ -212,3 +218,77 @@ def test_the_worker_keeps_its_connection_and_replaces_one_the_server_dropped(
     first, second = ports[0], ports[2]
     assert ports == [first, first, second, second] and first != second
     assert "could not" not in caplog.text  # a dropped idle connection is no failed attempt
+
+
+def _worker_env(home: Path, api_url: str, token: str, **more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    return {
+        **env, "ORCHESTRA_HOME": str(home), "ORCHESTRA_API_URL": api_url,
+        "ORCHESTRA_API_TOKEN": token, "ORCHESTRA_BROKER_URL": "redis://127.0.0.1:1/0",
+        **more,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("token", "named"),
+    [("wrong-token", "ORCHESTRA_API_TOKEN"), ("api-token", "ORCHESTRA_EXECUTOR=local")],
+)
+def test_a_worker_refuses_to_start_where_it_would_fail_every_task(
+    tmp_path: Path, uv_cache: Path, postgres_server: PostgresServer, token: str, named: str
+) -> None:
+    """A wrong token, or an API that runs its tasks itself: it says so instead of consuming,
+    and never announces itself as a worker."""
+    api = ServerProcess(tmp_path / "api", uv_cache, api_token="api-token")
+    api.start()
+    try:
+        argv = [sys.executable, "-m", "orchestra", "worker", "--name", "w"]
+        database = postgres_server.orchestra_database()
+        env = _worker_env(tmp_path / "worker", api.url, token, ORCHESTRA_DATABASE_URL=database)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        api.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert " ready." not in done.stderr
+    db = Database(database)
+    try:
+        assert workers.list_workers(db) == []
+    finally:
+        db.dispose()
+
+
+def test_a_worker_started_before_its_api_waits_for_it_then_takes_tasks(
+    tmp_path: Path, postgres_server: PostgresServer, redis_server: RedisServer
+) -> None:
+    """A reboot or a compose file may start workers first: they wait, telling it once."""
+    port, database = free_port(), postgres_server.orchestra_database()
+    shared = {"ORCHESTRA_BROKER_URL": redis_server.url(), "ORCHESTRA_DATABASE_URL": database}
+    env = _worker_env(tmp_path / "worker", f"http://127.0.0.1:{port}", "t", **shared)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "orchestra", "worker", "--name", "early"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(log.read_text, lambda text: "failed (told once" in text, timeout=60,
+                 what="the worker to say the API is out of reach")  # fmt: skip
+        time.sleep(3)  # a few more tries, each refused
+        assert worker.poll() is None and " ready." not in log.read_text()
+        api_env = {**env, "ORCHESTRA_HOME": str(tmp_path / "api"), "ORCHESTRA_EXECUTOR": "celery"}
+        api = subprocess.Popen(
+            [sys.executable, "-m", "orchestra", "serve", "--port", str(port)], env=api_env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(log.read_text, lambda text: " ready." in text, timeout=90,
+                 what="the worker to take tasks once the API answers")  # fmt: skip
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
+    text = log.read_text()
+    assert text.count("failed (told once") == 1
+    assert text.count("before taking tasks works again") == 1

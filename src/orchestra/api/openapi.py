@@ -226,6 +226,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["size"],
         "properties": {"size": {"type": "integer", "description": "the log's size in bytes"}},
     },
+    "WorkerCheck": {
+        "type": "object",
+        "required": ["version", "executor"],
+        "properties": {
+            "version": {"type": "string", "description": "the API server's Orchestra version"},
+            "executor": {"type": "string", "description": "where its tasks run: local or celery"},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "version"],
@@ -454,6 +462,11 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "404": _error("no such task or file"),
             "409": _error("not done, or not a catalog or time table (format=votable)"),
         },
+    },
+    "workers.check_worker": {
+        "summary": "For workers: whether the API takes this worker's token (asked at its start)",
+        "parameters": [_WORKER],
+        "responses": {"200": _json(_ref("WorkerCheck"), "the token is good")},
     },
     "workers.module_package": {
         "summary": "For workers: a zip of one generation of a module (code, metadata, lock)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request, send_file
 
+from orchestra import __version__
 from orchestra.api import inputs
 from orchestra.api.auth import for_workers
 from orchestra.api.routing import both_forms
@@ -13,6 +14,12 @@ bp = Blueprint("workers", __name__)
 WORKER_HEADER = "X-Orchestra-Worker"  # the name of the worker sending, checked against the task
 SHA256_HEADER = "X-Orchestra-Sha256"  # the hex SHA-256 of a package or an uploaded file
 MAX_OUTPUT_FILE = 64 * 1024**3  # bytes: the largest output file a worker may send
+
+
+@for_workers
+def check_worker() -> Response:
+    """Answer a worker that starts: its token is good; the API's version and executor."""
+    return jsonify({"version": __version__, "executor": service().settings.executor})
 
 
 @for_workers
@@ -48,6 +55,7 @@ def append_log(task_id: int, stream: str) -> Response:
     return jsonify({"size": size})
 
 
+both_forms(bp, "/worker/check", check_worker, ["GET"])
 both_forms(bp, "/module/<module_id:module_id>/package/<generation>", module_package, ["GET"])
 both_forms(bp, "/task/<task_id:task_id>/output/<path:name>", receive_output, ["PUT"])
 both_forms(bp, "/task/<task_id:task_id>/log/<stream>", append_log, ["POST"])

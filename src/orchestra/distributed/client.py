@@ -52,6 +52,18 @@ class ApiClient:
         self.worker = worker
         self._local = threading.local()
 
+    def check(self) -> dict[str, Any]:
+        """The API's answer to a starting worker (version, executor); ApiError when refused."""
+
+        def attempt() -> dict[str, Any]:
+            with self._exchange("GET", "/worker/check") as answer:
+                found = json.loads(answer.read())
+            if not isinstance(found, dict) or "executor" not in found:
+                raise ApiError("the answer is not an Orchestra API's", answer.status)
+            return found
+
+        return _retry(attempt, "reach the API", attempts=1)  # the caller waits and retries
+
     def download_package(self, module_id: int, generation: str, target: Path) -> None:
         """Save a module generation's zip at ``target``, its checksum checked."""
         path = f"/module/{module_id}/package/{generation}"
