@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.helpers import clean_environ
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -22,7 +24,7 @@ ROWS_PER_BENCH = {"1": 3, "2": 2, "3": 3, "4": 3, "5": 1, "6": 4, "7": 1, "8": 4
 @pytest.mark.slow
 def test_the_quick_run_writes_a_table_with_every_row_and_the_machine(tmp_path: Path) -> None:
     output = tmp_path / "benchmarks.md"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env = clean_environ()
     argv = [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--output", str(output)]
     argv += ["--workdir", str(tmp_path / "work")]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420)

@@ -16,7 +16,7 @@ import pytest
 from orchestra.cli.parser import normalize, parse
 from orchestra.config import Settings
 from orchestra.service import Service
-from tests.support.helpers import run_cli, write_module
+from tests.support.helpers import clean_environ, run_cli, write_module
 from tests.support.paths import EXAMPLES, ROOT
 
 CATALOG = str(EXAMPLES / "catalog")
@@ -245,7 +245,7 @@ def test_ctrl_c_while_following_exits_130_with_one_line(settings: Settings, tmp_
 
 
 def test_python_dash_m_orchestra_runs_the_flag_spelling(tmp_path: Path, uv_cache: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env = clean_environ()
     env.update(ORCHESTRA_UV_CACHE=str(uv_cache), PYTHONPATH=str(ROOT / "src"))
     home = str(tmp_path / "home")
     command = [sys.executable, "-m", "orchestra", "--home", home]

@@ -32,7 +32,7 @@ from orchestra.config import Settings, load_settings
 from orchestra.limits import MAX_PAGE
 from orchestra.service import Service
 from tests.support.gitserver import git
-from tests.support.helpers import free_port, http, run_cli
+from tests.support.helpers import clean_environ, free_port, http, run_cli
 from tests.support.paths import DATA
 
 if TYPE_CHECKING:
@@ -650,7 +650,7 @@ def test_protected_reads_need_the_token_on_a_real_server(tmp_path: Path, uv_cach
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     from tests.support.paths import ROOT
 
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    environ = clean_environ()
     environ.update(ORCHESTRA_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT / "src"), **env)
     argv = [sys.executable, "-m", "orchestra", "serve", "--host", "0.0.0.0", "--port", "0"]
     return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=30)

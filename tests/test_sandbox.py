@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from orchestra.config import load_settings
 from orchestra.errors import InvalidInput, InvalidMetadata
 from orchestra.executors import sandbox
 from orchestra.manifest import parse_manifest
-from tests.support.helpers import http, wait_for
+from tests.support.helpers import clean_environ, http, wait_for
 from tests.support.paths import DATA, ROOT
 from tests.support.postgres import require_service
 from tests.support.server import ServerProcess
@@ -87,7 +86,7 @@ def test_off_means_no_sandbox_and_says_so() -> None:
 
 
 def test_required_without_bubblewrap_refuses_to_serve(tmp_path: Path, uv_cache: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env = clean_environ()
     env.update(
         PATH=str(tmp_path / "empty"), ORCHESTRA_HOME=str(tmp_path / "home"),
         ORCHESTRA_SANDBOX="required", PYTHONPATH=str(ROOT / "src"),

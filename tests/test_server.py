@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from orchestra.api.server import check_listen_address, is_loopback
 from orchestra.config import Settings
 from orchestra.errors import InvalidInput
-from tests.support.helpers import free_port, http, run_cli, wait_for
+from tests.support.helpers import clean_environ, free_port, http, run_cli, wait_for
 from tests.support.paths import ROOT
 
 
@@ -49,7 +48,7 @@ def test_serve_refuses_a_public_address_without_a_token_before_touching_anything
 
 
 def _environment(home: Path, uv_cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env = clean_environ()
     env.update(
         ORCHESTRA_HOME=str(home),
         ORCHESTRA_UV_CACHE=str(uv_cache),

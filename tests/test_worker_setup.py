@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from orchestra.errors import InvalidMetadata
 from orchestra.manifest import parse_manifest
 from orchestra.storage.db import Database
 from orchestra.tasks import workers
-from tests.support.helpers import free_port, run_cli, wait_for
+from tests.support.helpers import clean_environ, free_port, run_cli, wait_for
 from tests.support.paths import DATA
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
@@ -63,7 +62,7 @@ def test_a_celery_api_server_refuses_to_start_without_a_broker_and_a_shared_data
     tmp_path: Path, given: dict[str, str], named: list[str]
 ) -> None:
     """Without them no worker could ever take its tasks: they would wait queued for ever."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env = clean_environ()
     env.update({k: v.format(home=tmp_path) for k, v in given.items()})
     env.update(ORCHESTRA_HOME=str(tmp_path / "home"), ORCHESTRA_EXECUTOR="celery")
     argv = [sys.executable, "-m", "orchestra", "serve", "--port", str(free_port())]
@@ -221,7 +220,7 @@ def test_the_worker_keeps_its_connection_and_replaces_one_the_server_dropped(
 
 
 def _worker_env(home: Path, api_url: str, token: str, **more: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env = clean_environ()
     return {
         **env, "ORCHESTRA_HOME": str(home), "ORCHESTRA_API_URL": api_url,
         "ORCHESTRA_API_TOKEN": token, "ORCHESTRA_BROKER_URL": "redis://127.0.0.1:1/0",

@@ -8,14 +8,13 @@ reaches the others only over its veth, as another machine would.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.helpers import Answer, free_port, http, wait_for
+from tests.support.helpers import Answer, clean_environ, free_port, http, wait_for
 from tests.support.netns import Forwarder, Namespace, Network
 from tests.support.paths import ROOT
 from tests.support.postgres import PostgresServer
@@ -81,7 +80,7 @@ class Cluster(ApiCalls):
         self.url = f"http://{host}:{free_port()}"
         self.workers: list[ClusterWorker] = []
         self.api: subprocess.Popen[bytes] | None = None
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+        base = clean_environ()
         self.base_env = {
             **base, "PYTHONPATH": str(ROOT / "src"), "ORCHESTRA_API_TOKEN": TOKEN,
             "ORCHESTRA_WORKER_LEASE": LEASE, "ORCHESTRA_KILL_GRACE": "2",

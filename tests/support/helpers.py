@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import socket
 import subprocess
 import textwrap
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
 
 FINAL_TASK = {"done", "error", "killed"}
 FINAL_MODULE = {"installed", "error"}
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without the caller's ORCHESTRA_* settings, for a child."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
 
 
 def run_cli(argv: Sequence[str], settings: Settings | None = None) -> tuple[int, str, str]:

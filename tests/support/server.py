@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.support.helpers import Answer, free_port, http, wait_for
+from tests.support.helpers import Answer, clean_environ, free_port, http, wait_for
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
@@ -87,7 +86,7 @@ class ServerProcess(ApiCalls):
     ) -> None:
         self.home = home
         self.label = label  # names its logs: several servers may share one data folder
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+        self.env = clean_environ()
         self.env.update(
             ORCHESTRA_HOME=str(home), ORCHESTRA_UV_CACHE=str(uv_cache),
             ORCHESTRA_POLL_INTERVAL="0.2", PYTHONPATH=str(ROOT / "src"),
