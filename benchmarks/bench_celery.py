@@ -25,7 +25,7 @@ from harness import (
     fmt_value,
     machine_busy,
 )
-from live import Server, orchestra_env
+from live import Server, orchestra_env, says_ready, wait_while_running
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -112,13 +112,11 @@ class _Cluster:
         for index in range(len(self.workers)):
             self._wait_ready(index)
 
-    def _wait_ready(self, index: int, timeout: float = 120.0) -> None:
+    def _wait_ready(self, index: int) -> None:
         log = self.root / f"b{index}.log"
-        deadline = time.monotonic() + timeout
-        while " ready." not in log.read_text(errors="replace"):
-            if self.workers[index].poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"worker b{index} did not start: {log.read_text()[-1500:]}")
-            time.sleep(0.05)
+        wait_while_running(
+            lambda: says_ready(log), self.workers[index], log, f"worker b{index} did not start"
+        )
 
     def runs_per_task(self) -> Counter[int]:
         """How many times the workers' logs say each task ended."""

@@ -16,13 +16,13 @@ import http.client
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import BenchError, process_cpu
-from live import Client, free_port
+from live import Client, free_port, says_ready, wait_while_running
 
 FLOOR_APP = Path(__file__).with_name("flask_floor.py")
 
@@ -166,13 +166,14 @@ def celery_floor(broker_url: str, broker_pid: int, folder: Path, count: int) -> 
         worker = subprocess.Popen(argv + [str(done)], stdout=out, stderr=subprocess.STDOUT)
     app = make_app(load_settings({"broker_url": broker_url, "home": str(folder)}))
     try:
-        _wait_for(lambda: " ready." in log.read_text(errors="replace"), worker, log)
+        failure = "the Celery floor's worker failed"
+        wait_while_running(lambda: says_ready(log), worker, log, failure)
         start = {"worker": process_cpu(worker.pid), "broker": process_cpu(broker_pid)}
         publisher = time.process_time()
         for task_id in range(count):
             app.send_task(TASK_NAME, args=[task_id], queue="default")
         publisher = time.process_time() - publisher
-        _wait_for(done.exists, worker, log)
+        wait_while_running(done.exists, worker, log, failure)
         parts = {
             "worker": process_cpu(worker.pid) - start["worker"],
             "broker": process_cpu(broker_pid) - start["broker"],
@@ -183,14 +184,6 @@ def celery_floor(broker_url: str, broker_pid: int, folder: Path, count: int) -> 
         worker.terminate()
         worker.wait(timeout=30)
     return Floor({name: value / count for name, value in parts.items()})
-
-
-def _wait_for(check: Callable[[], bool], worker: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not check():
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"the Celery floor's worker failed: {log.read_text()[-1500:]}")
-        time.sleep(0.02)
 
 
 def _counting_worker(broker_url: str, home: str, count: int, done: Path) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def says_ready(log: Path) -> bool:
+    """Whether a Celery worker's log says it consumes."""
+    return " ready." in log.read_text(errors="replace")
+
+
+def wait_while_running(
+    check: Callable[[], bool],
+    process: subprocess.Popen[bytes],
+    log: Path,
+    failure: str,
+    timeout: float = 120.0,
+) -> None:
+    """Wait until ``check()``; BenchError saying ``failure`` and the end of ``log`` when
+    ``process`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"{failure}: {log.read_text(errors='replace')[-1500:]}")
+        time.sleep(0.02)
 
 
 class Client:
