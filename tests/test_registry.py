@@ -83,7 +83,9 @@ def test_the_timeseries_example_registers_with_numpy_and_is_listed(
     registry: Registry, tmp_path: Path
 ) -> None:
     messages: list[str] = []
-    info = registry.register(SourceSpec(str(EXAMPLES / "timeseries")), progress=messages.append)
+    info = registry.registration.register(
+        SourceSpec(str(EXAMPLES / "timeseries")), progress=messages.append
+    )
     assert info.status == "installed" and info.name == "Example time series"
     assert info.output_type == "timeseries" and info.python_version
     assert info.source == str((EXAMPLES / "timeseries").resolve()) and info.source_kind == "folder"
@@ -117,7 +119,7 @@ def test_the_timeseries_example_registers_with_numpy_and_is_listed(
 def test_the_catalog_example_registers_as_a_package_and_runs(
     registry: Registry, tmp_path: Path
 ) -> None:
-    info = registry.register(SourceSpec(str(EXAMPLES / "catalog")))
+    info = registry.registration.register(SourceSpec(str(EXAMPLES / "catalog")))
     shown = registry.get(info.id)
     assert shown.output_type == "catalog" and shown.metadata
     assert shown.metadata["install"]["executable"] == "Model"
@@ -133,10 +135,10 @@ def test_the_catalog_example_registers_as_a_package_and_runs(
 def test_remove_deletes_the_record_files_and_environment(
     registry: Registry, settings: Settings
 ) -> None:
-    info = registry.register(SourceSpec(str(EXAMPLES / "catalog")))
+    info = registry.registration.register(SourceSpec(str(EXAMPLES / "catalog")))
     _, folder = registry.runnable(info.id)
     assert folder.python.exists()
-    registry.remove(info.id)
+    registry.removal.remove(info.id)
     assert not folder.root.exists()
     with pytest.raises(NotFound):
         registry.get(info.id)
@@ -145,7 +147,12 @@ def test_remove_deletes_the_record_files_and_environment(
 
 @pytest.mark.parametrize("module_id", [0, -1, 2**63, 99999999999999999999999, 42])
 def test_unknown_or_out_of_range_ids_are_not_found(registry: Registry, module_id: int) -> None:
-    for action in (registry.get, registry.remove, registry.runnable, registry.update):
+    for action in (
+        registry.get,
+        registry.removal.remove,
+        registry.runnable,
+        registry.updates.update,
+    ):
         with pytest.raises(NotFound):
             action(module_id)
 
@@ -154,7 +161,7 @@ def test_a_module_asking_for_python_3_10_gets_a_3_10_environment(
     registry: Registry, tmp_path: Path
 ) -> None:
     folder = make_module(tmp_path / "m", install={"python_version": "3.10"})
-    info = registry.register(SourceSpec(str(folder)))
+    info = registry.registration.register(SourceSpec(str(folder)))
     assert info.python_version and info.python_version.startswith("3.10.")
     _, installed = registry.runnable(info.id)
     assert run_in(installed, "-c", "import sys; print(sys.version_info[:2])") == "(3, 10)"
@@ -165,7 +172,7 @@ def test_a_python_version_the_machine_lacks_fails_listing_what_it_has(
 ) -> None:
     folder = make_module(tmp_path / "m", install={"python_version": "3.4"})
     with pytest.raises(InstallError, match=r"3\.4.*available: .*3\.11") as caught:
-        registry.register(SourceSpec(str(folder)))
+        registry.registration.register(SourceSpec(str(folder)))
     assert caught.value.step == "python"
     assert_nothing_left(registry, settings)
 
@@ -175,7 +182,7 @@ def test_a_requirement_missing_from_pypi_fails_the_install_step_leaving_nothing(
 ) -> None:
     folder = make_module(tmp_path / "m", requirements="orchestra-no-such-package-7f3a9c\n")
     with pytest.raises(InstallError) as caught:
-        registry.register(SourceSpec(str(folder)))
+        registry.registration.register(SourceSpec(str(folder)))
     assert caught.value.step == "install"
     assert "orchestra-no-such-package-7f3a9c" in caught.value.message
     assert "orchestra-no-such-package-7f3a9c" in caught.value.log
@@ -190,7 +197,7 @@ def test_metadata_with_several_mistakes_names_each_of_them(
     bad = {"description": 3, "args": "start", "output": {}, "install": {"executable": "a b"}}
     (folder / "metadata.json").write_text(json.dumps(bad))
     with pytest.raises(InvalidMetadata) as caught:
-        registry.register(SourceSpec(str(folder)))
+        registry.registration.register(SourceSpec(str(folder)))
     text = caught.value.message
     for key in ("name", "description", "args", "output.type", "install.executable"):
         assert key in text
@@ -206,7 +213,7 @@ def test_install_files_that_are_missing_or_leave_the_package_fail_leaving_nothin
     folder = make_module(tmp_path / "m", install={"files": ["main.py", entry]})
     (folder / "link.py").symlink_to(tmp_path / "x")
     with pytest.raises(InvalidInput) as caught:
-        registry.register(SourceSpec(str(folder)))
+        registry.registration.register(SourceSpec(str(folder)))
     # paths that are wrong on their face fail validation, the others the copy: both name the key
     assert "install.files" in caught.value.message
     assert repr(entry) in caught.value.message
@@ -218,7 +225,7 @@ def test_an_option_line_in_requirements_fails_leaving_nothing(
 ) -> None:
     folder = make_module(tmp_path / "m", requirements="six\n--index-url http://evil.invalid/\n")
     with pytest.raises(InvalidInput, match="--index-url") as caught:
-        registry.register(SourceSpec(str(folder)))
+        registry.registration.register(SourceSpec(str(folder)))
     assert caught.value.key == "install.requirements"
     assert_nothing_left(registry, settings)
 
@@ -229,7 +236,7 @@ def test_a_requirements_file_named_in_metadata_is_used_and_must_stay_inside(
     folder = make_module(tmp_path / "m", install={"requirements": "deps/reqs.in"})
     (folder / "deps").mkdir()
     (folder / "deps" / "reqs.in").write_text("six==1.17.0\n")
-    info = registry.register(SourceSpec(str(folder)))
+    info = registry.registration.register(SourceSpec(str(folder)))
     _, installed = registry.runnable(info.id)
     assert run_in(installed, "-c", "import six; print(six.__version__)") == "1.17.0"
     (tmp_path / "outside.txt").write_text("six\n")
@@ -237,16 +244,16 @@ def test_a_requirements_file_named_in_metadata_is_used_and_must_stay_inside(
     (folder / "deps" / "reqs.in").symlink_to(tmp_path / "outside.txt")
     other = make_module(tmp_path / "m", name="other", install={"requirements": "deps/reqs.in"})
     with pytest.raises(InvalidInput, match="outside"):
-        registry.register(SourceSpec(str(other)))
+        registry.registration.register(SourceSpec(str(other)))
 
 
 def test_a_second_module_with_the_same_requirements_builds_fast(
     registry: Registry, tmp_path: Path
 ) -> None:
-    registry.register(SourceSpec(str(EXAMPLES / "timeseries")))
+    registry.registration.register(SourceSpec(str(EXAMPLES / "timeseries")))
     folder = make_module(tmp_path / "m", requirements="numpy>=1.24\n")
     began = time.perf_counter()
-    info = registry.register(SourceSpec(str(folder)))
+    info = registry.registration.register(SourceSpec(str(folder)))
     print(f"second registration with numpy took {time.perf_counter() - began:.2f} s")
     _, installed = registry.runnable(info.id)
     assert run_in(installed, "-c", "import numpy; print('ok')") == "ok"
@@ -262,7 +269,7 @@ def test_two_registrations_of_one_name_at_once_let_exactly_one_win(
     def register(folder: Path) -> None:
         barrier.wait()
         try:
-            results.append(registry.register(SourceSpec(str(folder))))
+            results.append(registry.registration.register(SourceSpec(str(folder))))
         except Exception as exc:
             results.append(exc)
 
@@ -281,9 +288,9 @@ def test_two_registrations_of_one_name_at_once_let_exactly_one_win(
 def test_registering_a_taken_name_names_the_existing_module_and_suggests_update(
     registry: Registry, tmp_path: Path
 ) -> None:
-    first = registry.register(SourceSpec(str(make_module(tmp_path / "a"))))
+    first = registry.registration.register(SourceSpec(str(make_module(tmp_path / "a"))))
     with pytest.raises(WrongState) as caught:
-        registry.register(SourceSpec(str(make_module(tmp_path / "b"))))
+        registry.registration.register(SourceSpec(str(make_module(tmp_path / "b"))))
     assert f"module {first.id}" in caught.value.message and "update" in caught.value.message
 
 
@@ -291,7 +298,7 @@ def test_update_keeps_the_old_environment_serving_until_the_switch(
     registry: Registry, settings: Settings, tmp_path: Path
 ) -> None:
     folder = make_module(tmp_path / "m", code="print('v1')\n", requirements="six==1.16.0\n")
-    info = registry.register(SourceSpec(str(folder)))
+    info = registry.registration.register(SourceSpec(str(folder)))
     _, old = registry.runnable(info.id)
     make_module(folder, code="print('v2')\n", requirements="six==1.17.0\n", version="2")
     seen_during: list[tuple[str, str]] = []
@@ -302,7 +309,7 @@ def test_update_keeps_the_old_environment_serving_until_the_switch(
             version = run_in(current, "-c", "import six; print(six.__version__)")
             seen_during.append((current.root.name, version))
 
-    updated = registry.update(info.id, progress=progress)
+    updated = registry.updates.update(info.id, progress=progress)
     assert seen_during == [(old.root.name, "1.16.0")]
     manifest, new = registry.runnable(info.id)
     assert new.root != old.root and manifest.version == "2" and updated.version == "2"
@@ -316,10 +323,10 @@ def test_a_failed_update_keeps_the_old_generation(
     registry: Registry, settings: Settings, tmp_path: Path
 ) -> None:
     folder = make_module(tmp_path / "m", code="print('v1')\n")
-    info = registry.register(SourceSpec(str(folder)))
+    info = registry.registration.register(SourceSpec(str(folder)))
     make_module(folder, requirements="orchestra-no-such-package-7f3a9c\n")
     with pytest.raises(InstallError):
-        registry.update(info.id)
+        registry.updates.update(info.id)
     _, current = registry.runnable(info.id)
     assert run_in(current, "-m", "main") == "v1"
     assert [p.name for p in settings.installs_dir.iterdir()] == [current.root.name]
@@ -328,22 +335,22 @@ def test_a_failed_update_keeps_the_old_generation(
 def test_a_second_update_of_the_same_module_at_once_is_refused(
     registry: Registry, tmp_path: Path
 ) -> None:
-    info = registry.register(SourceSpec(str(make_module(tmp_path / "m"))))
+    info = registry.registration.register(SourceSpec(str(make_module(tmp_path / "m"))))
     refused: list[WrongState] = []
 
     def progress(message: str) -> None:
         if message.startswith("fetching") and not refused:
             with pytest.raises(WrongState, match="already being updated") as caught:
-                registry.update(info.id)
+                registry.updates.update(info.id)
             refused.append(caught.value)
 
-    registry.update(info.id, progress=progress)
+    registry.updates.update(info.id, progress=progress)
     assert len(refused) == 1
     assert registry.get(info.id).status == "installed"
 
 
 def test_background_registration_reaches_installed(registry: Registry) -> None:
-    accepted = registry.begin_register(SourceSpec(str(EXAMPLES / "catalog")))
+    accepted = registry.registration.begin(SourceSpec(str(EXAMPLES / "catalog")))
     assert accepted.status == "installing"
     registry.join_background(timeout=120)
     info = registry.get(accepted.id)
@@ -354,7 +361,7 @@ def test_background_registration_of_a_bad_module_ends_in_error_with_the_log(
     registry: Registry, settings: Settings, tmp_path: Path
 ) -> None:
     folder = make_module(tmp_path / "m", requirements="orchestra-no-such-package-7f3a9c\n")
-    accepted = registry.begin_register(SourceSpec(str(folder)))
+    accepted = registry.registration.begin(SourceSpec(str(folder)))
     registry.join_background(timeout=120)
     info = registry.get(accepted.id)
     assert info.status == "error"
@@ -362,7 +369,7 @@ def test_background_registration_of_a_bad_module_ends_in_error_with_the_log(
     assert "orchestra-no-such-package-7f3a9c" in info.install_log
     assert list(settings.installs_dir.iterdir()) == []
     assert list((settings.home / "tmp").iterdir()) == []
-    registry.remove(accepted.id)
+    registry.removal.remove(accepted.id)
     assert registry.list() == []
 
 
@@ -374,21 +381,21 @@ def test_an_uploaded_archive_installs_in_the_background_and_cannot_be_updated(
         for path in sorted((EXAMPLES / "catalog").rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 zipped.write(path, path.relative_to(EXAMPLES / "catalog").as_posix())
-    accepted = registry.begin_register(SourceSpec("catalog.zip"), archive=archive)
+    accepted = registry.registration.begin(SourceSpec("catalog.zip"), archive=archive)
     registry.join_background(timeout=120)
     info = registry.get(accepted.id)
     assert info.status == "installed", info.error
     assert info.source_kind == "archive" and info.source == "upload:catalog.zip"
     assert not archive.exists()
     with pytest.raises(WrongState, match="archive"):
-        registry.update(info.id)
+        registry.updates.update(info.id)
 
 
 def test_runnable_refuses_a_module_that_is_not_installed(
     registry: Registry, tmp_path: Path
 ) -> None:
     folder = make_module(tmp_path / "m", requirements="orchestra-no-such-package-7f3a9c\n")
-    accepted = registry.begin_register(SourceSpec(str(folder)))
+    accepted = registry.registration.begin(SourceSpec(str(folder)))
     registry.join_background(timeout=120)
     with pytest.raises(WrongState, match="error"):
         registry.runnable(accepted.id)
@@ -403,7 +410,7 @@ def _dead_pid() -> int:
 def test_recovery_settles_installs_whose_process_is_gone_and_removes_leftovers(
     registry: Registry, settings: Settings
 ) -> None:
-    kept = registry.register(SourceSpec(str(EXAMPLES / "catalog")))
+    kept = registry.registration.register(SourceSpec(str(EXAMPLES / "catalog")))
     pid = _dead_pid()
     with registry.db.write() as session:
         row = ModuleRow(
@@ -434,10 +441,10 @@ def test_a_git_module_updates_to_a_new_commit(
         "main.py": "print('v1')\n",
     }
     repo = git_daemon.new_repo(files)
-    info = registry.register(SourceSpec(git_daemon.url(repo.name)))
+    info = registry.registration.register(SourceSpec(git_daemon.url(repo.name)))
     assert info.source_kind == "git" and info.commit
     second = make_repo(repo, {"main.py": "print('v2')\n"})
-    updated = registry.update(info.id)
+    updated = registry.updates.update(info.id)
     assert updated.commit == second != info.commit
     assert run_in(registry.runnable(info.id)[1], "-m", "main") == "v2"
 
@@ -452,7 +459,7 @@ def test_an_interrupted_registration_leaves_nothing(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        registry.register(SourceSpec(str(folder)), progress=progress)
+        registry.registration.register(SourceSpec(str(folder)), progress=progress)
     assert_nothing_left(registry, settings)
 
 
@@ -500,7 +507,7 @@ def test_a_git_source_registers_at_a_branch_tag_or_commit_recording_that_commit(
     sha = versioned_repo["v1"]
     ref = {"<sha>": sha, "<short>": sha[:10]}.get(ref or "", ref)
     url = versioned_repo["urls"][transport]
-    info = registry.register(SourceSpec(url, ref, subdir))
+    info = registry.registration.register(SourceSpec(url, ref, subdir))
     assert info.source_kind == "git" and info.source == url
     assert info.commit == versioned_repo[expected]
     assert (info.ref, info.subdir) == (ref, subdir)

@@ -49,7 +49,7 @@ def prune_tasks(db: Database, registry: Registry, tasks_dir: Path, days: float) 
         forgotten += len(deleted)
         if len(ids) < _BATCH or not deleted:
             break
-    modules = registry.drop_removed_without_tasks()
+    modules = registry.removal.drop_removed_without_tasks()
     if forgotten or modules:
         _LOGGER.info("pruned %d task(s) and %d removed module(s)", forgotten, modules)
     return Pruned(forgotten, modules, days)

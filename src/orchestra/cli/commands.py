@@ -21,10 +21,9 @@ from orchestra.manifest import load_manifest
 from orchestra.tasks.status import TaskStatus
 
 if TYPE_CHECKING:
-    from orchestra.client import Client
     from orchestra.config import Settings
+    from orchestra.interface import Orchestra
     from orchestra.records import ModuleInfo, TaskInfo
-    from orchestra.service import Service
 
 _LOGGER = logging.getLogger(__name__)
 FOLLOW_INTERVAL = 0.5  # seconds between looks at a followed task's log
@@ -39,10 +38,10 @@ class Context:
     json: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    _service: Service | Client | None = None
+    _service: Orchestra | None = None
 
     @property
-    def service(self) -> Service | Client:
+    def service(self) -> Orchestra:
         """The service, built on first use (``--help`` and usage errors never open the database).
 
         With a server URL (``--url``, ``ORCHESTRA_URL``) it is that server's REST API instead:

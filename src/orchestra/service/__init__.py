@@ -1,0 +1,122 @@
+"""The one façade that the command line, the REST API and the dashboard call.
+
+No Flask, no argparse here. Each concern is a part in a module of its own (``modules``,
+``tasks``, ``transfers`` for workers, ``system``); ``Service`` opens what they share, starts
+and stops a server's background work, and lists below which part answers each call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from orchestra.config import Settings
+from orchestra.service.backend import Backend
+from orchestra.service.modules import Modules, Progress
+from orchestra.service.system import System
+from orchestra.service.tasks import Tasks
+from orchestra.service.transfers import Transfers
+
+if TYPE_CHECKING:
+    from orchestra.history import RetentionLoop
+    from orchestra.registry import Registry
+    from orchestra.storage.db import Database
+    from orchestra.tasks.runner import TaskRunner
+
+__all__ = ["Progress", "Service"]
+_LOGGER = logging.getLogger(__name__)
+
+
+class Service:
+    """Modules, tasks, workers' transfers and the machine, for any front end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self._backend = Backend(settings)
+        self._serving = False
+        self._retention: RetentionLoop | None = None
+        self.modules = modules = Modules(settings, self._backend)
+        self.task_ops = tasks = Tasks(settings, self._backend)
+        self.transfers = transfers = Transfers(settings, self._backend)
+        self.system = system = System(settings, self._backend)
+        # the table of contents: each call of the front ends, and the part that answers it
+        self.register = modules.register
+        self.register_in_background = modules.register_in_background
+        self.update = modules.update
+        self.update_in_background = modules.update_in_background
+        self.publish = modules.publish
+        self.stage = modules.stage
+        self.remove = modules.remove
+        self.clear = modules.clear
+        self.list_modules = modules.list_modules
+        self.get_module = modules.get_module
+        self.run = tasks.run
+        self.list_tasks = tasks.list_tasks
+        self.get_task = tasks.get_task
+        self.kill = tasks.kill
+        self.delete_task = tasks.delete_task
+        self.prune = tasks.prune
+        self.task_outputs = tasks.task_outputs
+        self.task_output_file = tasks.task_output_file
+        self.task_votable = tasks.task_votable
+        self.task_log = tasks.task_log
+        self.module_package = transfers.module_package
+        self.receive_output = transfers.receive_output
+        self.append_log = transfers.append_log
+        self.machine = system.machine
+        self.workers = system.workers
+        self.finished_tasks = system.finished_tasks
+        self.health = system.health
+
+    @property
+    def db(self) -> Database:
+        """The database."""
+        return self._backend.db
+
+    @property
+    def registry(self) -> Registry:
+        """The module registry."""
+        return self._backend.registry
+
+    @property
+    def tasks(self) -> TaskRunner:
+        """The task runner."""
+        return self._backend.runner
+
+    def start(self) -> None:
+        """Start the background work of a server: recovery, task runner, sweeps, retention."""
+        from orchestra.executors import sandbox
+
+        state = sandbox.require(self.settings)  # ORCHESTRA_SANDBOX=required: refuse without
+        report = _LOGGER.info if state.active or state.mode == "off" else _LOGGER.warning
+        report("task sandbox: %s (%s)", "on" if state.active else "OFF", state.detail)
+        self._serving = True
+        self.registry.recover()
+        self.tasks.start()
+        if self.settings.task_retention_days > 0:
+            from orchestra.history import RetentionLoop
+
+            self._retention = RetentionLoop(self.prune, self.settings.task_retention_days)
+            self._retention.start()
+
+    def close(self) -> None:
+        """Stop background work; running tasks go on and are adopted at the next start."""
+        if self._serving:
+            # a server's own background work ends with it; a command-line registration's
+            # compilation is meant to outlive the command, so only a server stops them
+            from orchestra import compiles
+
+            if self._retention is not None:
+                self._retention.stop()
+                self._retention = None
+            compiles.stop_own_compiles()
+            self._serving = False
+        try:
+            db, _registry = self._backend.get()
+        except Exception:  # never opened: its error was reported where it was used
+            return
+        tasks = self._backend.opened_runner()
+        if tasks is not None:
+            tasks.stop()
+        db.dispose()

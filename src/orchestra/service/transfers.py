@@ -1,0 +1,42 @@
+"""What workers on other machines fetch from and send to the API (SPEC §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from orchestra import artifacts
+
+if TYPE_CHECKING:
+    from orchestra.config import Settings
+    from orchestra.service.backend import Backend
+
+
+class Transfers:
+    """Module packages out, outputs and logs in."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self._backend = backend
+
+    def module_package(self, module_id: int, generation: str) -> tuple[Path, str]:
+        """The zip of a module generation (code, metadata, lock) and its SHA-256."""
+        return artifacts.package(self.settings, self._backend.db, module_id, generation)
+
+    def receive_output(
+        self, task_id: int, name: str, body: IO[bytes], *, sha256: str, worker: str | None
+    ) -> dict[str, Any]:
+        """Store an output file that a worker sends for a running task."""
+        return artifacts.receive_output(
+            self.settings, self._backend.db, task_id=task_id, name=name, body=body,
+            sha256=sha256, worker=worker,
+        )  # fmt: skip
+
+    def append_log(
+        self, task_id: int, stream: str, *, offset: int, data: bytes, worker: str | None
+    ) -> int:
+        """Append a chunk of a running remote task's log; the log's new size."""
+        return artifacts.append_log(
+            self.settings, self._backend.db, task_id=task_id, stream=stream, offset=offset,
+            data=data, worker=worker,
+        )  # fmt: skip
