@@ -157,7 +157,8 @@ def celery_floor(broker_url: str, broker_pid: int, folder: Path, count: int) -> 
     publisher's CPU counted until the worker has run the last.
     """
     from orchestra.config import load_settings
-    from orchestra.distributed.app import TASK_NAME, make_app
+    from orchestra.distributed.app import make_app
+    from orchestra.distributed.names import TASK_NAME
 
     folder.mkdir(parents=True, exist_ok=True)
     done, log = folder / "done", folder / "worker.log"

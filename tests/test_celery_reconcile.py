@@ -56,7 +56,7 @@ def _queued_task(executor: CeleryExecutor) -> int:
 
 
 def _queue_tasks(executor: CeleryExecutor) -> list[int]:
-    from orchestra.distributed.app import task_of_message
+    from orchestra.distributed.names import task_of_message
 
     messages = executor._client().lrange("default", 0, -1)
     return [task_of_message(json.loads(m)["headers"]["id"]) for m in messages]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestra.config import Settings
-from orchestra.distributed.app import message_id, task_of_message
 from orchestra.distributed.main import database_url
+from orchestra.distributed.names import message_id, task_of_message
 from orchestra.errors import InvalidMetadata
 from orchestra.manifest import parse_manifest
 from orchestra.storage.db import Database

@@ -11,14 +11,13 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
+from orchestra.distributed.names import TASK_NAME
+
 if TYPE_CHECKING:
     from celery import Celery
 
     from orchestra.config import Settings
     from orchestra.distributed.worker import Worker
-
-TASK_NAME = "orchestra.run_task"
-MESSAGE_PREFIX = "orchestra-task-"  # a message's id: the prefix, the task id, a dash, a nonce
 
 
 def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
@@ -138,16 +137,3 @@ def _config(settings: Settings) -> dict[str, Any]:
         "worker_enable_remote_control": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
-
-
-def message_id(task_id: int, nonce: str) -> str:
-    """The id of one message for task ``task_id``."""
-    return f"{MESSAGE_PREFIX}{task_id}-{nonce}"
-
-
-def task_of_message(message_id: str) -> int | None:
-    """The task id a message id names, or None for a message that is not ours."""
-    if not message_id.startswith(MESSAGE_PREFIX):
-        return None
-    number = message_id[len(MESSAGE_PREFIX) :].split("-", 1)[0]
-    return int(number) if number.isdigit() else None

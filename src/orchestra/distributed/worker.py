@@ -26,8 +26,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from orchestra import compiles
 from orchestra.distributed.client import ApiClient, ApiError
 from orchestra.distributed.modules import WorkerModules
+from orchestra.distributed.names import KILL_CHANNEL, NOTIFY_CHANNEL
 from orchestra.executors.base import Handle, TaskSpec
-from orchestra.executors.celery import KILL_CHANNEL, NOTIFY_CHANNEL
 from orchestra.executors.local import LocalExecutor
 from orchestra.outages import Outage
 from orchestra.storage.files import TaskFolder, safe_join

@@ -24,6 +24,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from orchestra.distributed.names import (
+    KILL_CHANNEL,
+    NOTIFY_CHANNEL,
+    TASK_NAME,
+    message_id,
+    task_of_message,
+)
 from orchestra.executors.base import TaskSpec
 from orchestra.outages import Outage
 from orchestra.storage.db import POSTGRES_CONNECT_ARGS, Database
@@ -37,8 +44,6 @@ if TYPE_CHECKING:
     from orchestra.config import Settings
 
 _LOGGER = logging.getLogger(__name__)
-NOTIFY_CHANNEL = "orchestra_tasks"  # workers NOTIFY a task's id here once they have ended it
-KILL_CHANNEL = "orchestra-kill"  # the broker's pub/sub channel that kills are announced on
 BROKER_SCAN = 30.0  # seconds between two comparisons of the queue with the broker's messages
 SETTLE_GRACE = 2.0  # seconds a queued row must be old before a scan may send it again
 MIN_CLAIM_WINDOW = 10.0  # seconds a delivered message's row may stay queued (at least)
@@ -135,8 +140,6 @@ class CeleryExecutor:
         self._publish(spec.task_id, spec.queue)
 
     def _publish(self, task_id: int, queue: str) -> bool:
-        from orchestra.distributed.app import TASK_NAME, message_id
-
         try:
             self._celery().send_task(
                 TASK_NAME, args=[task_id], queue=queue, task_id=message_id(task_id, _nonce())
@@ -248,8 +251,6 @@ def _delivered(value: Any) -> Any:
 
 def _task_of(message: Any) -> int | None:
     """The task id a broker message carries (kombu's JSON envelope of a Celery message)."""
-    from orchestra.distributed.app import task_of_message
-
     try:
         envelope = json.loads(message) if isinstance(message, bytes | str) else message
         return task_of_message(str(envelope["headers"]["id"]))
