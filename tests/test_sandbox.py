@@ -100,6 +100,28 @@ def test_required_without_bubblewrap_refuses_to_serve(tmp_path: Path, uv_cache: 
     assert "Traceback" not in done.stderr
 
 
+def test_a_server_without_bubblewrap_says_in_one_line_how_to_get_it(
+    tmp_path: Path, uv_cache: Path
+) -> None:
+    server = ServerProcess(tmp_path / "home", uv_cache)
+    server.env["PATH"] = str(tmp_path / "empty")  # no bwrap to be found
+    try:
+        server.start()
+        health = server.call("GET", "/health").json()
+    finally:
+        server.close()
+    assert health["sandbox"]["active"] is False
+    [line] = [line for line in server.log().splitlines() if "task sandbox:" in line]
+    assert line.endswith(
+        "task sandbox: OFF (bubblewrap (bwrap) is not installed): install the bubblewrap package"
+        " (apt install bubblewrap; dnf install bubblewrap) and start again:"
+        " see docs/operating.md#getting-the-sandbox"
+    )
+    assert sandbox.detect("off").hint == ""
+    if STATE.active:
+        assert STATE.hint == ""
+
+
 # -- the probe --------------------------------------------------------------------------------
 
 

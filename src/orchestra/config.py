@@ -39,7 +39,7 @@ class Settings:
     api_token: str = ""  # bearer token for changing requests; empty = no auth
     protect_reads: bool = False  # also require the token for reads
     host: str = "127.0.0.1"  # where `serve` listens
-    port: int = 8470
+    port: int = 8470  # the port `serve` listens on
     insecure: bool = False  # allow listening beyond loopback without a token
     threads: int = 16  # WSGI worker threads
     max_upload: int = 100 * 1024 * 1024  # bytes: largest request body / zip upload

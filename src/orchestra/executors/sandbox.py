@@ -74,6 +74,25 @@ class SandboxState:
             },
         }
 
+    @property
+    def hint(self) -> str:
+        """How to get the sandbox where it does not work (empty where it does, or is off)."""
+        if self.active or self.mode == "off":
+            return ""
+        if not self.bwrap and "not installed" in self.detail:
+            return _HINT_INSTALL
+        return _HINT_NAMESPACES
+
+
+_HINT_INSTALL = (
+    "install the bubblewrap package (apt install bubblewrap; dnf install bubblewrap) and "
+    "start again: see docs/operating.md#getting-the-sandbox"
+)
+_HINT_NAMESPACES = (
+    "allow unprivileged user namespaces, install bwrap setuid, or run as root: "
+    "see docs/operating.md#getting-the-sandbox"
+)
+
 
 @functools.cache
 def detect(mode: str) -> SandboxState:
