@@ -94,7 +94,7 @@ def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency:
     from orchestra.storage.db import Database
 
     state = sandbox.require(settings)  # refuses here when it is required and does not work
-    _LOGGER.info("task sandbox: %s (%s)", "on" if state.active else "off", state.detail)
+    _LOGGER.info("task sandbox: %s", state.summary())
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(database_url(settings.database_url))
     worker = Worker(settings, db, name=name, queues=queues, concurrency=concurrency)

@@ -74,6 +74,11 @@ class SandboxState:
             },
         }
 
+    def summary(self) -> str:
+        """What a server or a worker says at start: on or OFF, why, and how to get it."""
+        hint = f": {self.hint}" if self.hint else ""
+        return f"{'on' if self.active else 'OFF'} ({self.detail}){hint}"
+
     @property
     def hint(self) -> str:
         """How to get the sandbox where it does not work (empty where it does, or is off)."""

@@ -90,8 +90,7 @@ class Service:
 
         state = sandbox.require(self.settings)  # ORCHESTRA_SANDBOX=required: refuse without
         report = _LOGGER.info if state.active or state.mode == "off" else _LOGGER.warning
-        hint = f": {state.hint}" if state.hint else ""  # one line: what is wrong, and the cure
-        report("task sandbox: %s (%s)%s", "on" if state.active else "OFF", state.detail, hint)
+        report("task sandbox: %s", state.summary())
         self._serving = True
         self.registry.recover()
         self.tasks.start()
