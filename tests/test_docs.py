@@ -236,6 +236,19 @@ def test_the_readme_quick_start_runs_as_written(tmp_path: Path, uv_cache: Path) 
 
 
 @pytest.mark.slow
+def test_getting_started_runs_as_written(tmp_path: Path, uv_cache: Path) -> None:
+    """The same start, then the curl session and the command line of the guide's first page."""
+    marked = steps(DOCS / "getting-started.md")
+    assert [s.kind for s in marked] == ["serve", "run", "run"]
+    with page_run(tmp_path, uv_cache, serve_cwd=ROOT) as run:
+        for step in marked:
+            run.step(step)
+        assert (run.workdir / "catalog.txt").read_text().startswith("# Catalog generated")
+        assert " Bz " in (run.workdir / "catalog-bz.txt").read_text()
+        assert [t["status"] for t in run.get("/tasks")["tasks"]] == ["done", "done"]
+
+
+@pytest.mark.slow
 def test_the_module_walkthrough_runs_as_written(tmp_path: Path, uv_cache: Path) -> None:
     """From an empty folder to a registered, tested module that a real server runs."""
     marked = steps(DOCS / "writing-a-module.md")

@@ -72,19 +72,36 @@ def rest_page(document: dict[str, Any]) -> str:
         "(a running server also shows them in Swagger UI at `/docs`). Routes marked *token* "
         "need `Authorization: Bearer <token>` when the server has one set. Any route may "
         "also answer 400 (bad input) and 500 (a bug) with an [Error](#error).\n\n",
-        "## Routes\n\n",
     ]
     paths = document["paths"]
-    for path, item in paths.items():
+    groups: dict[str, list[str]] = {}
+    for path in paths:
         if _singular(path) != path and _singular(path) in paths:
             continue  # the plural spelling of a route listed under its singular one
-        plural = next((p for p in paths if p != path and _singular(p) == path), None)
-        for method, operation in item.items():
-            out.extend(_operation_lines(path, method, operation, plural))
+        groups.setdefault(_group(path), []).append(path)
+    for group in sorted(groups, key=lambda name: (name == _SERVER_GROUP, name)):
+        out.append(f"## {group}\n\n")
+        for path in groups[group]:
+            plural = next((p for p in paths if p != path and _singular(p) == path), None)
+            for method, operation in paths[path].items():
+                out.extend(_operation_lines(path, method, operation, plural))
     out.append("## Schemas\n\n")
     for name, schema in document["components"]["schemas"].items():
         out.extend(_schema_lines(name, schema))
     return "".join(out)
+
+
+_SERVER_GROUP = "The server"
+_SERVER_PATHS = {"", "docs", "health", "metrics", "openapi.json"}
+
+
+def _group(path: str) -> str:
+    """The section a route is listed in: its first segment, singular and plural together."""
+    segment = path.strip("/").split("/")[0]
+    if segment in _SERVER_PATHS:
+        return _SERVER_GROUP
+    stem = segment[:-1] if segment.endswith("s") else segment
+    return stem.capitalize() + "s"
 
 
 def _singular(path: str) -> str:
@@ -229,8 +246,13 @@ def _meaning(action: argparse.Action) -> str:
         text = text or "print the version and exit"
     if action.choices and not isinstance(action.choices, dict):
         text += f" (one of: {', '.join(map(str, action.choices))})"
+    if not action.option_strings:
+        text = text or ("optional, repeatable" if action.nargs == "*" else "required")
     default = action.default
+    shown_default = "default" in text  # the help says it in its own words
     if action.option_strings and action.nargs != 0 and default not in (None, argparse.SUPPRESS):
+        if shown_default:
+            return text.strip()
         shown = ",".join(default) if isinstance(default, list) else default
         text += f" (default: {shown})"
     return text.strip()

@@ -155,13 +155,15 @@ def _queues(text: str) -> list[str]:
 def _task_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = commands.add_parser("run", parents=[common], help="start a task")
     p.add_argument("id", type=object_id, metavar="ID", help="the module")
-    p.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
+    p.add_argument(
+        "arguments", nargs="*", metavar="NAME=VALUE", help="an argument or hyperparameter"
+    )
     p.add_argument("--wait", action="store_true", help="follow the task to its end")
     p = commands.add_parser("tasks", parents=[common], help="list tasks, newest first")
-    p.add_argument("--status", choices=[s.value for s in TaskStatus])
-    p.add_argument("--module", type=object_id, metavar="ID")
-    p.add_argument("--limit", type=_positive, default=50)
-    p.add_argument("--offset", type=_non_negative, default=0)
+    p.add_argument("--status", choices=[s.value for s in TaskStatus], help="only in this state")
+    p.add_argument("--module", type=object_id, metavar="ID", help="only this module's tasks")
+    p.add_argument("--limit", type=_positive, default=50, help="tasks on one page")
+    p.add_argument("--offset", type=_non_negative, default=0, help="tasks to skip first")
     p.add_argument("--cursor", help="continue after a previous page")
     for name, text in (("task", "show one task"), ("kill", "kill a task"), ("log", "a task's log")):
         p = commands.add_parser(name, parents=[common], help=text)
