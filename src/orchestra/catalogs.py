@@ -1,12 +1,22 @@
-"""Catalogs and time tables for AMDA: check each line, write the header AMDA reads (SPEC §8).
+"""Catalogs and time tables for AMDA: check each line, write the format AMDA reads (SPEC §8).
 
 A ``catalog`` or ``timetable`` output is a text file of intervals, one a line: a start and
-a stop time (ISO 8601), then, for a catalog, its columns, separated by blanks. When such a
-task ends, ``finish_outputs`` checks every line of its output files and rewrites each with
-the header of AMDA's ASCII format (``# Key: value;`` lines), replacing the module's own
-``#`` lines and leaving the data lines as they were. It needs only the output folder and
-the header facts fixed at submit (``header_facts``), so whichever process ran the task can
-call it: the server for the local executor, a worker for Celery.
+a stop time (ISO 8601), then, for a catalog, its columns. Modules write such files in many
+ways, and all are read: fields separated by blanks, commas, semicolons or tabs (quoted as
+CSV quotes them), an optional first line naming the columns, CRLF line ends, a UTF-8 byte
+order mark. When such a task ends, ``finish_outputs`` checks every line of its output files
+and rewrites each in AMDA's ASCII format: the header (``# Key: value;`` lines) in place of
+the module's own ``#`` lines and of its line of column names, then one interval a line with
+its fields separated by one blank (a field holding a blank or nothing is double-quoted).
+It needs only the output folder and the header facts fixed at submit (``header_facts``),
+so whichever process ran the task can call it: the server for the local executor, a worker
+for Celery.
+
+The separator is chosen once per file, from its first data line (see ``_separator``), and
+every line of the file is then split the same way. The line of column names is the first
+line that is neither blank nor a ``#`` comment when it does not begin with a digit (every
+time does) and none of its fields is a time; its names, after the start's and the stop's,
+name the parameters unless ``output.columns`` names them.
 
 The header, after AMDA's "ASCII Catalog Format" (help/catAsciiFormat of AMDA's interface)::
 
@@ -23,12 +33,14 @@ The header, after AMDA's "ASCII Catalog Format" (help/catAsciiFormat of AMDA's i
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,10 +84,27 @@ def header_facts(manifest: Manifest) -> dict[str, Any] | None:
     }
 
 
+# separators other than blanks, in the order tried on a file's first data line
+_SEPARATORS = ("\t", ";", ",")
+_BLANKS = " "
+# a line that begins with a digit, quoted or not, is an interval: every time begins so
+_DATA_START = re.compile(r"\s*[\"']?\d")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one file is written: its separator, and its line of column names if it has one."""
+
+    separator: str = _BLANKS
+    names_line: int | None = None
+    names: tuple[str, ...] = ()
+
+
 @dataclass
 class Scan:
-    """What a check of one file found: the interval range and each column's narrowest type."""
+    """What a check of one file found: its layout, the interval range, each column's type."""
 
+    layout: Layout = field(default_factory=Layout)
     first_start: datetime | None = None
     last_stop: datetime | None = None
     intervals: int = 0
@@ -93,7 +122,7 @@ def finish_outputs(output_dir: Path, names: Sequence[str], facts: Mapping[str, A
         except OSError as exc:
             return f"{name} could not be read: {exc.strerror or exc}"
         try:
-            rewrite(path, header_lines(facts, scan))
+            rewrite(path, header_lines(facts, scan), scan.layout)
         except OSError as exc:
             return f"{name} could not be rewritten: {exc.strerror or exc}"
     return None
@@ -102,18 +131,86 @@ def finish_outputs(output_dir: Path, names: Sequence[str], facts: Mapping[str, A
 def check_file(path: Path, facts: Mapping[str, Any]) -> Scan:
     """Check every line of ``path``; MalformedLine naming the first bad one."""
     declared = _declared_types(facts)
-    scan = Scan()
+    scan = Scan(layout=read_layout(path))
     width: int | None = None if facts.get("kind") == "catalog" else 2
     if declared is not None:
         width = 2 + len(declared)
-    for number, line in _numbered_lines(path):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
+    if scan.layout.names_line is not None:
+        width = _check_names(scan.layout.names_line, scan.layout.names, width)
+    for number, fields in _rows(path, scan.layout):
         if width is None:
             width = len(fields)
         _check_line(number, fields, width, declared, scan)
     return scan
+
+
+def read_layout(path: Path) -> Layout:
+    """The separator of ``path`` and its line of column names, if any (module docstring)."""
+    with contextlib.closing(_content_lines(path)) as lines:
+        first, data = next(lines, None), next(lines, None)
+    if first is None:
+        return Layout()
+    if _DATA_START.match(first[1]):
+        return Layout(_separator(first[1]))
+    separator = _separator((data or first)[1])
+    names = _split(first[0], first[1], separator)
+    if any(_is_time(name) for name in names):
+        return Layout(separator)  # an interval gone wrong, not names: its check says how
+    return Layout(separator, first[0], tuple(names))
+
+
+def _separator(line: str) -> str:
+    """The separator of a data line: the first of tab, semicolon and comma that splits it into
+    two times and more, else blanks.
+
+    Chosen explicitly rather than by ``csv.Sniffer``, which guesses from how often characters
+    recur and readily takes the ``-`` and ``:`` of ISO times for separators. When no choice
+    gives two times, the first of those the line holds is kept, so that the line's check
+    names the field that is wrong rather than the whole line.
+    """
+    present = [separator for separator in _SEPARATORS if separator in line]
+    for separator in [*present, _BLANKS]:
+        try:
+            fields = _split(0, line, separator)
+        except MalformedLine:
+            continue
+        if len(fields) >= 2 and _is_time(fields[0]) and _is_time(fields[1]):
+            return separator
+    return present[0] if present else _BLANKS
+
+
+def _split(number: int, line: str, separator: str) -> list[str]:
+    """The fields of one line: quoted as CSV quotes them, blanks around each dropped."""
+    text = line.rstrip("\r\n")
+    text = text.replace("\t", " ").strip() if separator == _BLANKS else text.strip(" ")
+    reader = csv.reader([text], delimiter=separator, skipinitialspace=True, strict=True)
+    try:
+        row = next(reader, [])
+    except csv.Error as exc:  # a quote that does not close, a NUL
+        raise MalformedLine(number, f"it cannot be split into fields ({exc})") from None
+    return [value.strip() for value in row]
+
+
+def _check_names(number: int, names: Sequence[str], width: int | None) -> int:
+    """The width the line of column names sets, checked against the one expected."""
+    if width is not None and len(names) != width:
+        raise MalformedLine(number, f"{len(names)} column name(s) where {_expected(width)}")
+    return len(names)
+
+
+def _rows(path: Path, layout: Layout) -> Iterator[tuple[int, list[str]]]:
+    """Each interval's line number and fields."""
+    for number, line in _content_lines(path):
+        if number != layout.names_line:
+            yield number, _split(number, line, layout.separator)
+
+
+def _content_lines(path: Path) -> Generator[tuple[int, str], None, None]:
+    """The lines that are neither blank nor ``#`` comments, numbered from 1."""
+    for number, line in _numbered_lines(path):
+        text = line.removeprefix("\ufeff") if number == 1 else line
+        if text.strip() and not text.lstrip().startswith("#"):
+            yield number, text
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -137,8 +234,7 @@ def _check_line(
     number: int, fields: list[str], width: int, declared: list[str | None] | None, scan: Scan
 ) -> None:
     if len(fields) != width:
-        expected = "a start and a stop" if width == 2 else f"{width} fields (start, stop, ...)"
-        raise MalformedLine(number, f"{len(fields)} field(s) where {expected} were expected")
+        raise MalformedLine(number, f"{len(fields)} field(s) where {_expected(width)}")
     start, stop = _time(number, fields[0], "start"), _time(number, fields[1], "stop")
     if stop < start:
         raise MalformedLine(number, f"stop {fields[1]} is before start {fields[0]}")
@@ -150,6 +246,20 @@ def _check_line(
     scan.intervals += 1
     scan.first_start = start if scan.first_start is None else min(scan.first_start, start)
     scan.last_stop = stop if scan.last_stop is None else max(scan.last_stop, stop)
+
+
+def _expected(width: int) -> str:
+    if width == 2:
+        return "a start and a stop were expected"
+    return f"{width} fields (start, stop, ...) were expected"
+
+
+def _is_time(text: str) -> bool:
+    try:
+        _time(0, text, "time")
+    except MalformedLine:
+        return False
+    return True
 
 
 def _time(number: int, text: str, what: str) -> datetime:
@@ -203,7 +313,7 @@ def header_lines(facts: Mapping[str, Any], scan: Scan) -> list[str]:
     lines += [f"Contact: {_one_line(facts.get('contact'))}"]
     lines += [f"Creation Date: {iso(datetime.now(UTC).replace(tzinfo=None, microsecond=0))}"]
     if kind == "catalog":
-        lines += _parameter_lines(facts.get("columns") or [], scan.types)
+        lines += _parameter_lines(facts.get("columns") or [], scan.types, scan.layout.names[2:])
     return [f"# {line};\n" for line in lines]
 
 
@@ -220,11 +330,15 @@ def _class_lines(classmap: Mapping[str, Any], colormap: Mapping[str, Any]) -> li
     return lines
 
 
-def _parameter_lines(columns: Sequence[Mapping[str, Any]], types: Sequence[str]) -> list[str]:
+def _parameter_lines(
+    columns: Sequence[Mapping[str, Any]], types: Sequence[str], names: Sequence[str]
+) -> list[str]:
+    """One line a column: named by ``output.columns``, else by the file's names, else by place."""
     lines = []
     for index, kind in enumerate(types):
         column = columns[index] if index < len(columns) else {}
-        name = _one_line(column.get("name")) or f"column{index + 1}"
+        named = names[index] if index < len(names) else ""
+        name = _one_line(column.get("name")) or _one_line(named) or f"column{index + 1}"
         text = f"Parameter {index + 1}: id:column{index + 1}; name:{name}; size:1; "
         text += f"type:{_AMDA_TYPE.get(kind, 'char')}"
         for key in ("unit", "description"):
@@ -245,20 +359,25 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
 
 
-def rewrite(path: Path, header: Sequence[str]) -> None:
-    """Replace ``path`` by the header and its data lines (its ``#`` lines dropped), atomically."""
+def rewrite(path: Path, header: Sequence[str], layout: Layout) -> None:
+    """Replace ``path`` by the header and its intervals in AMDA's form, atomically."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as target:
             target.writelines(header)
-            for _number, line in _numbered_lines(path):
-                if line.lstrip().startswith("#"):
-                    continue
-                target.write(line if line.endswith("\n") else line + "\n")
+            for _number, fields in _rows(path, layout):
+                target.write(" ".join(_amda_field(value) for value in fields) + "\n")
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _amda_field(value: str) -> str:
+    """A field as AMDA's blank-separated lines hold it: quoted when it is empty or has blanks."""
+    if value and not any(char.isspace() or char == '"' for char in value):
+        return value
+    return '"' + value.replace('"', '""') + '"'
 
 
 # -- VOTable --------------------------------------------------------------------------------
@@ -302,7 +421,7 @@ def to_votable(path: Path, kind: str) -> bytes:
             key="format",
         ) from exc
     header = read_header(path)
-    rows = [line.split() for _n, line in _numbered_lines(path) if line.split() and line[0] != "#"]
+    rows = [fields for _number, fields in _rows(path, Layout())]
     names, kinds = _votable_columns(header, len(rows[0]) - 2 if rows else 0)
     columns = [[row[i] for row in rows] for i in range(len(names))]
     # columns get XML-safe ids (column1, ...) and their names afterwards: astropy would warn

@@ -1,0 +1,32 @@
+"""The first landed release of Orchestra, taken from this repository's git history."""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+from tests.support.paths import ROOT
+from tests.support.postgres import require_service
+
+FIRST_RELEASE = "66ddf53"  # schema 1, no Alembic; what tests/data/release-1 was made with
+
+
+def extract(commit: str, destination: Path, *paths: str) -> Path:
+    """``paths`` (all when none) as they were at ``commit``, written under ``destination``."""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+    )
+    if found.returncode != 0:  # a shallow clone: the release is not in the history
+        require_service(f"commit {commit}", "the repository's history does not hold it")
+    destination.mkdir(parents=True, exist_ok=True)
+    archive = destination.parent / f"{destination.name}.tar"
+    with archive.open("wb") as target:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "--", *paths],
+            stdout=target, check=True,
+        )  # fmt: skip
+    with tarfile.open(archive) as tar:
+        tar.extractall(destination, filter="data")
+    archive.unlink()
+    return destination
