@@ -333,3 +333,28 @@ def test_the_first_releases_catalog_example_writing_csv_runs_and_converts(
     votable = client.get(f"/task/{task['id']}/output/catalog.csv?format=votable")
     table = parse_single_table(io.BytesIO(votable.data)).to_table(use_names_over_ids=True)
     assert table.colnames == ["start_time", "stop_time", "parameter", "score"] and len(table) == 4
+
+
+def test_two_finishers_of_one_task_leave_the_same_converted_file(tmp_path: Path) -> None:
+    # a task's exit watcher, the sweep and a reader may each finish it: one may replace the
+    # file between the check and the rewrite of another, or finish the rewritten file again
+    path = tmp_path / "events.csv"
+    path.write_bytes(
+        _written([["start", "stop", "parameter", "score", "count"], *INTERVALS], ",", "\r\n")
+    )
+    facts = {"kind": "catalog", "name": "m"}
+    with path.open("rb") as late:
+        scan = catalogs.check_file(late, facts)
+        assert catalogs.finish_outputs(tmp_path, [path.name], facts) is None
+        first = _header_and_data(path)
+        catalogs.rewrite(path, late, catalogs.header_lines(facts, scan), scan.layout)
+    assert _header_and_data(path)[1] == AMDA_LINES
+    assert catalogs.finish_outputs(tmp_path, [path.name], facts) is None
+    again = _header_and_data(path)
+    assert again[1] == AMDA_LINES
+    assert _without_creation_date(again[0]) == _without_creation_date(first[0])
+    assert "# Parameter 2: id:column2; name:score; size:1; type:float;\n" in again[0]
+
+
+def _without_creation_date(header: list[str]) -> list[str]:
+    return [line for line in header if not line.startswith("# Creation Date:")]

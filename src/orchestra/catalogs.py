@@ -44,7 +44,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from orchestra.errors import InvalidInput
 
@@ -114,44 +114,62 @@ class Scan:
 def finish_outputs(output_dir: Path, names: Sequence[str], facts: Mapping[str, Any]) -> str | None:
     """Check and rewrite each named output file; the reason the task fails, or None."""
     for name in names:
-        path = output_dir / name
-        try:
-            scan = check_file(path, facts)
-        except MalformedLine as exc:
-            return f"{name} is not a valid {facts.get('kind', 'catalog')}: {exc}"
-        except OSError as exc:
-            return f"{name} could not be read: {exc.strerror or exc}"
-        try:
-            rewrite(path, header_lines(facts, scan), scan.layout)
-        except OSError as exc:
-            return f"{name} could not be rewritten: {exc.strerror or exc}"
+        problem = _finish(output_dir / name, facts)
+        if problem is not None:
+            return f"{name} {problem}"
     return None
 
 
-def check_file(path: Path, facts: Mapping[str, Any]) -> Scan:
-    """Check every line of ``path``; MalformedLine naming the first bad one."""
+def _finish(path: Path, facts: Mapping[str, Any]) -> str | None:
+    """Check and rewrite one file; what is wrong with it, or None.
+
+    The check and the rewrite read the same open file: several threads or processes may
+    finish one task at once (its exit watcher, the sweep, a reader), and one of them may
+    replace the path between another's two readings. Each then writes the same text, since
+    a file already rewritten keeps its parameters' names (``_own_names``).
+    """
+    try:
+        source = path.open("rb")
+    except OSError as exc:
+        return f"could not be read: {exc.strerror or exc}"
+    with source:
+        try:
+            scan = check_file(source, facts)
+        except MalformedLine as exc:
+            return f"is not a valid {facts.get('kind', 'catalog')}: {exc}"
+        except OSError as exc:
+            return f"could not be read: {exc.strerror or exc}"
+        try:
+            rewrite(path, source, header_lines(facts, scan), scan.layout)
+        except OSError as exc:
+            return f"could not be rewritten: {exc.strerror or exc}"
+    return None
+
+
+def check_file(source: BinaryIO, facts: Mapping[str, Any]) -> Scan:
+    """Check every line of ``source``; MalformedLine naming the first bad one."""
     declared = _declared_types(facts)
-    scan = Scan(layout=read_layout(path))
+    scan = Scan(layout=read_layout(source))
     width: int | None = None if facts.get("kind") == "catalog" else 2
     if declared is not None:
         width = 2 + len(declared)
     if scan.layout.names_line is not None:
         width = _check_names(scan.layout.names_line, scan.layout.names, width)
-    for number, fields in _rows(path, scan.layout):
+    for number, fields in _rows(source, scan.layout):
         if width is None:
             width = len(fields)
         _check_line(number, fields, width, declared, scan)
     return scan
 
 
-def read_layout(path: Path) -> Layout:
-    """The separator of ``path`` and its line of column names, if any (module docstring)."""
-    with contextlib.closing(_content_lines(path)) as lines:
+def read_layout(source: BinaryIO) -> Layout:
+    """The separator of ``source`` and its line of column names, if any (module docstring)."""
+    with contextlib.closing(_content_lines(source)) as lines:
         first, data = next(lines, None), next(lines, None)
     if first is None:
-        return Layout()
+        return Layout(names=_own_names(source))
     if _DATA_START.match(first[1]):
-        return Layout(_separator(first[1]))
+        return Layout(_separator(first[1]), names=_own_names(source))
     separator = _separator((data or first)[1])
     names = _split(first[0], first[1], separator)
     if any(_is_time(name) for name in names):
@@ -198,28 +216,38 @@ def _check_names(number: int, names: Sequence[str], width: int | None) -> int:
     return len(names)
 
 
-def _rows(path: Path, layout: Layout) -> Iterator[tuple[int, list[str]]]:
+def _own_names(source: BinaryIO) -> tuple[str, ...]:
+    """The column names in the header of a file rewritten here already, else none."""
+    if _kind(source) is None:
+        return ()
+    header = _read_header(source)
+    count = sum(1 for key in header if re.fullmatch(r"Parameter \d+", key))
+    return tuple(_votable_columns(header, count)[0])
+
+
+def _rows(source: BinaryIO, layout: Layout) -> Iterator[tuple[int, list[str]]]:
     """Each interval's line number and fields."""
-    for number, line in _content_lines(path):
+    for number, line in _content_lines(source):
         if number != layout.names_line:
             yield number, _split(number, line, layout.separator)
 
 
-def _content_lines(path: Path) -> Generator[tuple[int, str], None, None]:
+def _content_lines(source: BinaryIO) -> Generator[tuple[int, str], None, None]:
     """The lines that are neither blank nor ``#`` comments, numbered from 1."""
-    for number, line in _numbered_lines(path):
+    for number, line in _numbered_lines(source):
         text = line.removeprefix("\ufeff") if number == 1 else line
         if text.strip() and not text.lstrip().startswith("#"):
             yield number, text
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise MalformedLine(number, "not UTF-8 text") from None
+def _numbered_lines(source: BinaryIO) -> Iterator[tuple[int, str]]:
+    """Every line of ``source`` from its start, numbered from 1."""
+    source.seek(0)
+    for number, raw in enumerate(source, start=1):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedLine(number, "not UTF-8 text") from None
 
 
 def _declared_types(facts: Mapping[str, Any]) -> list[str | None] | None:
@@ -359,13 +387,13 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
 
 
-def rewrite(path: Path, header: Sequence[str], layout: Layout) -> None:
-    """Replace ``path`` by the header and its intervals in AMDA's form, atomically."""
+def rewrite(path: Path, source: BinaryIO, header: Sequence[str], layout: Layout) -> None:
+    """Replace ``path`` by the header and the intervals of ``source`` in AMDA's form, atomically."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as target:
             target.writelines(header)
-            for _number, fields in _rows(path, layout):
+            for _number, fields in _rows(source, layout):
                 target.write(" ".join(_amda_field(value) for value in fields) + "\n")
         os.replace(temporary, path)
     except BaseException:
@@ -385,8 +413,13 @@ def _amda_field(value: str) -> str:
 
 def read_header(path: Path) -> dict[str, str]:
     """The ``# Key: value;`` fields at the top of a rewritten file."""
+    with path.open("rb") as source:
+        return _read_header(source)
+
+
+def _read_header(source: BinaryIO) -> dict[str, str]:
     found: dict[str, str] = {}
-    for _number, line in _numbered_lines(path):
+    for _number, line in _numbered_lines(source):
         if not line.startswith("#"):
             break
         key, sep, value = line[1:].strip().rstrip(";").partition(":")
@@ -398,10 +431,15 @@ def read_header(path: Path) -> dict[str, str]:
 def kind_of(path: Path) -> str | None:
     """``catalog`` or ``timetable`` for a file this module rewrote, else None."""
     try:
-        with path.open("rb") as handle:
-            first = handle.readline(200).decode("utf-8", "replace")
+        with path.open("rb") as source:
+            return _kind(source)
     except OSError:
         return None
+
+
+def _kind(source: BinaryIO) -> str | None:
+    source.seek(0)
+    first = source.readline(200).decode("utf-8", "replace")
     for kind, title in _TITLE.items():
         if first == f"# {title} generated by Orchestra;\n":
             return kind
@@ -420,8 +458,9 @@ def to_votable(path: Path, kind: str) -> bytes:
             "in Orchestra's folder)",
             key="format",
         ) from exc
-    header = read_header(path)
-    rows = [fields for _number, fields in _rows(path, Layout())]
+    with path.open("rb") as source:
+        header = _read_header(source)
+        rows = [fields for _number, fields in _rows(source, Layout())]
     names, kinds = _votable_columns(header, len(rows[0]) - 2 if rows else 0)
     columns = [[row[i] for row in rows] for i in range(len(names))]
     # columns get XML-safe ids (column1, ...) and their names afterwards: astropy would warn

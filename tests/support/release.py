@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+from tests.support.helpers import clean_environ
 from tests.support.paths import ROOT
 from tests.support.postgres import require_service
 
@@ -30,3 +32,26 @@ def extract(commit: str, destination: Path, *paths: str) -> Path:
         tar.extractall(destination, filter="data")
     archive.unlink()
     return destination
+
+
+def install(commit: str, folder: Path, uv_cache: Path) -> Path:
+    """The release at ``commit`` installed with its own pinned dependencies into a venv of its
+    own under ``folder``; that venv's interpreter."""
+    from uv import find_uv_bin
+
+    source = extract(commit, folder / "source")
+    venv = folder / "venv"
+    env = {**clean_environ(), "UV_CACHE_DIR": str(uv_cache)}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    uv = find_uv_bin()
+    subprocess.run(
+        [uv, "venv", "--quiet", "--no-config", "--python", sys.executable, str(venv)],
+        env=env, check=True,
+    )  # fmt: skip
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--no-config", "--python", str(python), str(source)],
+        env=env, check=True,
+    )  # fmt: skip
+    return python
