@@ -89,6 +89,7 @@ _SEPARATORS = ("\t", ";", ",")
 _BLANKS = " "
 # a line that begins with a digit, quoted or not, is an interval: every time begins so
 _DATA_START = re.compile(r"\s*[\"']?\d")
+_NEEDS_QUOTES = re.compile(r'[\s"]')
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,9 @@ def _separator(line: str) -> str:
 def _split(number: int, line: str, separator: str) -> list[str]:
     """The fields of one line: quoted as CSV quotes them, blanks around each dropped."""
     text = line.rstrip("\r\n")
+    if '"' not in text:  # what csv would find, without building a reader for each line
+        row = text.split() if separator == _BLANKS else text.split(separator)
+        return [value.strip() for value in row]
     text = text.replace("\t", " ").strip() if separator == _BLANKS else text.strip(" ")
     reader = csv.reader([text], delimiter=separator, skipinitialspace=True, strict=True)
     try:
@@ -403,7 +407,7 @@ def rewrite(path: Path, source: BinaryIO, header: Sequence[str], layout: Layout)
 
 def _amda_field(value: str) -> str:
     """A field as AMDA's blank-separated lines hold it: quoted when it is empty or has blanks."""
-    if value and not any(char.isspace() or char == '"' for char in value):
+    if value and not _NEEDS_QUOTES.search(value):
         return value
     return '"' + value.replace('"', '""') + '"'
 
