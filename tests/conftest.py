@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.redis",
     "tests.support.netns",
+    "tests.support.pypi",
 ]
 
 

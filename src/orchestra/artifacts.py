@@ -103,6 +103,9 @@ def _package_manifest(folder: InstallFolder, row: ModuleRow, generation: str) ->
         "metadata": metadata,
         "lock": folder.read_lock() or [],
         "python_version": recorded_version(folder.env),
+        # the registration's cutoff: build dependencies of source packages are resolved
+        # as of it too, as they were at registration
+        "exclude_newer": folder.read_exclude_newer(),
     }
 
 

@@ -38,6 +38,7 @@ from orchestra.errors import (
     Unreachable,
     WrongState,
 )
+from orchestra.manifest import check_choices
 from orchestra.records import ModuleInfo, ModuleSummary, OutputFile, Pruned, TaskInfo, TaskPage
 
 _LOGGER = logging.getLogger(__name__)
@@ -359,15 +360,21 @@ class Client:
         subdir: str | None = None,
         staged: bool = False,
         progress: Progress | None = None,
+        as_of: str | None = None,
+        python: str | None = None,
     ) -> ModuleInfo:
         """Register on the server; a local folder or zip is uploaded. Returns when installed."""
         report = progress or _LOGGER.info
-        accepted = self._submit(source, ref, subdir, report, staged)
+        check_choices(as_of, python)
+        given = {"as_of": as_of, "python_version": python}
+        choices = {key: value for key, value in given.items() if value}
+        accepted = self._submit(source, ref, subdir, report, staged, choices)
         return self._await_install(int(accepted["id"]), report)
 
     def _submit(
-        self, source: str, ref: str | None, subdir: str | None, report: Progress, staged: bool
-    ) -> dict[str, Any]:
+        self, source: str, ref: str | None, subdir: str | None, report: Progress, staged: bool,
+        choices: dict[str, str],
+    ) -> dict[str, Any]:  # fmt: skip
         from orchestra.sources.git import is_git_location
 
         local = Path(source).expanduser()
@@ -379,22 +386,24 @@ class Client:
             )
         if local.is_dir():
             with packed_folder(local, subdir) as archive:
-                return self._upload(archive, None, report, staged)
+                return self._upload(archive, None, report, staged, fields=choices)
         if local.is_file():
-            return self._upload(local, subdir, report, staged)
+            return self._upload(local, subdir, report, staged, fields=choices)
         if not source or not is_git_location(source):
             raise SourceError(f"source folder not found: {source!r}", key="source")
         report(f"asking {self.url} to register {source}")
-        payload = {"source": source, "ref": ref, "subdir": subdir, "staged": staged}
+        payload = {"source": source, "ref": ref, "subdir": subdir, "staged": staged, **choices}
         return self._json("POST", "/modules", payload={k: v for k, v in payload.items() if v})  # type: ignore[no-any-return]
 
     def _upload(
         self, archive: Path, subdir: str | None, report: Progress, staged: bool = False,
-        path: str = "/modules",
+        path: str = "/modules", fields: dict[str, str] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         size = archive.stat().st_size
         report(f"uploading {archive.name} ({size} bytes) to {self.url}")
-        fields = {"subdir": subdir} if subdir else {}
+        fields = dict(fields or {})
+        if subdir:
+            fields["subdir"] = subdir
         if staged:
             fields["staged"] = "1"
         form = _Multipart(fields, archive)

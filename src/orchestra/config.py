@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections import ChainMap
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ class Settings:
     allow_requirement_options: bool = False  # accept -r/-e/--index-url lines in requirements
     compile_bytecode: bool = True  # compile the environment's .pyc in the background
     prefer_cached: bool = True  # resolve requirements from the installer cache when it can
+    index_url: str = ""  # the package index requirements come from (simple API); empty: PyPI
     poll_interval: float = 1.0  # seconds between the runner's sweeps of the database
     executor: str = "local"  # where tasks run: local (this machine) or celery (workers)
     worker_lease: float = 60.0  # seconds without a heartbeat before a worker counts as lost
@@ -98,6 +100,8 @@ class Settings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _CHOICES = {"sandbox": ("auto", "required", "off")}
+_URLS = ("index_url",)
+_URL = re.compile(r"^(https?://[^\s/]+|file:///)\S*$")
 _NON_NEGATIVE = ("task_memory_mb", "task_cpu_seconds", "task_output_mb", "task_processes",
                  "min_free_mb")  # fmt: skip
 
@@ -107,6 +111,8 @@ def _coerce(name: str, raw: Any) -> Any:
     if name in _CHOICES and str(raw) not in _CHOICES[name]:
         allowed = " | ".join(_CHOICES[name])
         raise InvalidInput(f"setting {name}: {raw!r} is not one of {allowed}", key=name)
+    if name in _URLS and raw and not _URL.match(str(raw)):
+        raise InvalidInput(f"setting {name}: {raw!r} is not an http(s) or file URL", key=name)
     try:
         if kind == "Path":
             return Path(raw).expanduser()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import uv
 
-from orchestra import compiles
+from orchestra import compiles, sourcebuilds
 from orchestra.errors import InstallError
 from orchestra.executors import sandbox
 from orchestra.interpreters import VERSION_CODE, find_python
@@ -55,8 +55,12 @@ def build_environment(
     python: str | None,
     settings: Settings,
     log: Log,
+    exclude_newer: str | None = None,
 ) -> str:
-    """Create the venv at ``env_dir``, install ``requirements``; return the Python version."""
+    """Create the venv at ``env_dir``, install ``requirements``; return the Python version.
+
+    ``exclude_newer`` (an RFC 3339 time) leaves out every file the index got after it.
+    """
     lines = check_requirements(requirements, allow_options=settings.allow_requirement_options)
     settings.uv_cache_dir.mkdir(parents=True, exist_ok=True)
     scratch = settings.home / "tmp"
@@ -67,7 +71,8 @@ def build_environment(
         _create_venv(env_dir, interpreter, settings, neutral, log)
         version = _env_version(env_dir, neutral)
         if lines:
-            _install(env_dir, lines, settings, neutral, log)
+            options = resolution_options(settings, exclude_newer)
+            _install(env_dir, lines, settings, neutral, log, options)
         else:
             log("no requirements to install")
         return version
@@ -113,15 +118,16 @@ def _env_version(env_dir: Path, cwd: Path) -> str:
     return done.output.split()[0]
 
 
-def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log: Log) -> None:
+def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log: Log,
+             options: list[str]) -> None:  # fmt: skip
     listing = cwd / "requirements.txt"
     listing.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     argv = _uv("pip", "install", "--python", str(env_dir / "bin" / "python"),
-               "--no-python-downloads", "-r", "requirements.txt")  # fmt: skip
+               "--no-python-downloads", "-r", "requirements.txt", *options)  # fmt: skip
     log("requirements: " + ", ".join(lines))
     confined = sandbox.detect(settings.sandbox).active
     # in the sandbox's presence, nothing from outside runs here: wheels only (a source
-    # package is built in the sandbox first, below, and its wheel then comes from the cache)
+    # package is built in the sandbox first, below, and its wheel is installed from there)
     argv += ["--no-build"] if confined else []
     if settings.prefer_cached:
         # resolving from the cache alone skips the index round trips (half of a warm
@@ -138,22 +144,32 @@ def _install(env_dir: Path, lines: list[str], settings: Settings, cwd: Path, log
         if not confined:
             raise
         log("some requirement needs building from source: building it in the sandbox")
-        _build_in_sandbox(env_dir, settings, cwd, log)
-        _run_uv([*argv, "--offline"], settings, cwd, log)
+        wheels = _build_in_sandbox(env_dir, settings, cwd, log, options)
+        _run_uv([*argv, "--offline", "--find-links", str(wheels)], settings, cwd, log)
 
 
-def _build_in_sandbox(env_dir: Path, settings: Settings, cwd: Path, log: Log) -> None:
-    """Install the requirements into a scratch environment in the sandbox, filling the cache."""
+def _build_in_sandbox(
+    env_dir: Path, settings: Settings, cwd: Path, log: Log, options: list[str]
+) -> Path:
+    """Build the requirements in a scratch environment in the sandbox; return their wheels."""
     interpreter = str((env_dir / "bin" / "python").resolve())
     scratch = cwd / "build-env"
     argv = _uv("venv", "--python", interpreter, "--no-python-downloads", str(scratch))
     run_checked(argv, step="install", cwd=cwd, env=uv_env(settings), timeout=60)
     install = _uv("pip", "install", "--python", str(scratch / "bin" / "python"),
-                  "--no-python-downloads", "-r", "requirements.txt")  # fmt: skip
-    prefix = sandbox.installer_argv(
-        settings, workdir=cwd, interpreter=interpreter, uv_bin=install[0]
-    )
-    _run_uv([*prefix, *install], settings, cwd, log)
+                  "--no-python-downloads", "-r", "requirements.txt", *options)  # fmt: skip
+    wheels = sourcebuilds.build_wheels(
+        scratch, install, settings=settings, cwd=cwd,
+        run=lambda argv: _run_uv(argv, settings, cwd, log),
+    )  # fmt: skip
+    log("built in the sandbox: " + (", ".join(p.name for p in sorted(wheels.iterdir())) or "-"))
+    return wheels
+
+
+def resolution_options(settings: Settings, exclude_newer: str | None) -> list[str]:
+    """uv's options for where and as of when requirements are resolved."""
+    options = ["--index-url", settings.index_url] if settings.index_url else []
+    return options + (["--exclude-newer", exclude_newer] if exclude_newer else [])
 
 
 def _run_uv(argv: list[str], settings: Settings, cwd: Path, log: Log) -> None:

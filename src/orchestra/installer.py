@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestra import compiles, environments, interpreters
-from orchestra.errors import InstallError
+from orchestra.errors import InstallError, InvalidInput
 from orchestra.executors import proctree
-from orchestra.manifest import Manifest, load_manifest
+from orchestra.manifest import AS_OF_COMMIT, Manifest, load_manifest
 from orchestra.requirements import read_requirements
 from orchestra.sources import FetchedSource, SourceSpec, fetch, fetch_archive
 from orchestra.storage.files import InstallFolder
@@ -52,6 +53,7 @@ class Built:
     python_version: str
     log: str
     lock: list[str]  # the exact versions installed: what workers install (SPEC §6)
+    exclude_newer: str | None = None  # the upload time after which the index was ignored
 
 
 def build(
@@ -87,17 +89,21 @@ def _build_generation(
     from orchestra.sources.folder import copy_files
 
     lines: list[str] = []
-    python = interpreters.find_python(manifest.python_version)
+    chosen = manifest.python_version or spec.python
+    python = interpreters.find_python(chosen)
+    cutoff = exclude_newer(manifest.resolve_as_of or spec.as_of, fetched)
     folder = _new_generation(settings)
     try:
         copy_files(fetched.root, manifest.files, folder.code)
-        wanted = manifest.python_version or platform.python_version()
-        progress(f"creating environment with Python {wanted}")
+        progress(f"creating environment with Python {chosen or platform.python_version()}")
         if requirements:
             progress(f"installing {len(requirements)} requirement(s)")
+        if cutoff:
+            lines.append(f"resolved as of {cutoff}: later releases are ignored")
+            folder.exclude_newer.write_text(cutoff, encoding="ascii")
         version = environments.build_environment(
             folder.env, requirements=requirements, python=python, settings=settings,
-            log=lines.append,
+            log=lines.append, exclude_newer=cutoff,
         )  # fmt: skip
         # no requirements, nothing to pin: the lock is empty and uv need not be asked
         lock = environments.freeze(folder.env, settings) if requirements else []
@@ -111,7 +117,23 @@ def _build_generation(
             exc.log = "\n".join(lines) + "\n"
         abandon(folder)
         raise
-    return Built(spec, folder, manifest, fetched, version, text, lock)
+    return Built(spec, folder, manifest, fetched, version, text, lock, cutoff)
+
+
+def exclude_newer(as_of: str | None, fetched: FetchedSource) -> str | None:
+    """uv's ``--exclude-newer`` for ``as_of``: a date's last second (UTC), or the commit's time."""
+    if as_of is None:
+        return None
+    if as_of != AS_OF_COMMIT:
+        return f"{as_of}T23:59:59Z"
+    if not fetched.committed:
+        raise InvalidInput(
+            f'as_of: "{AS_OF_COMMIT}" needs a git source; this module comes from a '
+            f"{fetched.kind}: give a date instead",
+            key="as_of",
+        )
+    moment = datetime.fromisoformat(fetched.committed).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _new_generation(settings: Settings) -> InstallFolder:

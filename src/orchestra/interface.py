@@ -47,6 +47,8 @@ class Orchestra(Protocol):
         subdir: str | None = None,
         staged: bool = False,
         progress: Progress | None = None,
+        as_of: str | None = None,
+        python: str | None = None,
     ) -> ModuleInfo: ...
 
     def update(

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,6 +22,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,99}\Z")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # a Celery queue (a Redis key)
 _PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+AS_OF_COMMIT = "commit"  # install.resolve_as_of: the date of the registered git commit
 LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -57,6 +60,7 @@ class Manifest:
     network: bool = False  # whether its tasks may use the network (SPEC section 9)
     limits: dict[str, int] = field(default_factory=dict)  # its own limits, by LIMIT_KEYS
     queue: str = "default"  # the queue its tasks go to on workers (install.queue)
+    resolve_as_of: str | None = None  # a date, or "commit": nothing released later is used
 
 
 def load_manifest(folder: Path) -> Manifest:
@@ -96,6 +100,7 @@ def parse_manifest(data: Any) -> Manifest:
     requirements_file = _requirements_file(install, problems)
     python_version = _python_version(install, problems)
     queue = _queue(install, problems)
+    resolve_as_of = _resolve_as_of(install, problems)
     timeout = _timeout(data, problems)
     network, limits = _network(data, problems), _limits(data, problems)
     if problems:
@@ -106,7 +111,7 @@ def parse_manifest(data: Any) -> Manifest:
         output_files=output_files, executable=executable, files=files,
         requirements=requirements, python_version=python_version, timeout=timeout,
         inputs=inputs, requirements_file=requirements_file, network=network, limits=limits,
-        queue=queue,
+        queue=queue, resolve_as_of=resolve_as_of,
     )  # fmt: skip
 
 
@@ -325,6 +330,41 @@ def _python_version(install: dict, problems: list[str]) -> str | None:
         problems.append(f'install.python_version: {value!r} must be a string like "3.10"')
         return None
     return value
+
+
+def _resolve_as_of(install: dict, problems: list[str]) -> str | None:
+    value = install.get("resolve_as_of")
+    if value is None:
+        return None
+    problem = as_of_problem(value)
+    if problem:
+        problems.append(f"install.resolve_as_of: {str(value)[:100]!r} {problem}")
+        return None
+    return str(value)
+
+
+def as_of_problem(value: object) -> str | None:
+    """Why ``value`` is not a date ``YYYY-MM-DD`` nor ``"commit"``; None when it is one."""
+    if value == AS_OF_COMMIT:
+        return None
+    if isinstance(value, str) and _DATE.match(value):
+        try:
+            date.fromisoformat(value)
+            return None
+        except ValueError:
+            return "is not a real date"
+    return f'must be a date like "2022-03-01" or "{AS_OF_COMMIT}"'
+
+
+def check_choices(as_of: str | None, python: str | None) -> None:
+    """Refuse an operator's ``as_of`` or ``python_version`` that cannot be used."""
+    problem = as_of_problem(as_of) if as_of is not None else None
+    if problem:
+        raise InvalidInput(f"as_of: {str(as_of)[:100]!r} {problem}", key="as_of")
+    if python is not None and not _PYVER.match(python):
+        raise InvalidInput(
+            f'python_version: {python[:100]!r} must be a version like "3.10"', key="python_version"
+        )
 
 
 def _queue(install: dict, problems: list[str]) -> str:

@@ -61,6 +61,8 @@ class ModuleInfo(_Record):
     # the exact versions its registration resolved: {"python": …, "packages": ["name==1.0", …]}
     lock: dict[str, Any] | None = None
     staged: bool = False  # hidden from clients' list until published
+    as_of: str | None = None  # the operator's install.resolve_as_of (a date or "commit")
+    python_requested: str | None = None  # the operator's install.python_version
 
     def to_dict(self) -> dict[str, Any]:
         """The module's own metadata keys first, then Orchestra's (which win on a clash)."""

@@ -19,6 +19,8 @@ from orchestra.errors import InvalidInput
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("modules", __name__)
 _SOURCE_KEYS = ("source", "ref", "subdir")
+# what an operator supplies for a module that does not declare it (SPEC §2)
+_CHOICE_KEYS = ("as_of", "python_version")
 
 
 def accepted(body: dict[str, Any], location: str) -> Response:
@@ -39,15 +41,18 @@ def register_module() -> Response:
     """Accept a registration from a source or a zip upload; it installs in the background."""
     fields, upload, staged = _registration_request()
     svc = service()
+    as_of, python = fields.get("as_of"), fields.get("python_version")
     if upload is None:
         info = svc.register_in_background(
-            fields["source"], ref=fields.get("ref"), subdir=fields.get("subdir"), staged=staged
-        )
+            fields["source"], ref=fields.get("ref"), subdir=fields.get("subdir"), staged=staged,
+            as_of=as_of, python=python,
+        )  # fmt: skip
     else:
         archive = save_upload(upload, svc.settings.uploads_dir)
         try:
             info = svc.register_in_background(
-                archive=archive, subdir=fields.get("subdir"), staged=staged
+                archive=archive, subdir=fields.get("subdir"), staged=staged, as_of=as_of,
+                python=python,
             )
         except BaseException:
             archive.unlink(missing_ok=True)
@@ -62,7 +67,7 @@ def _registration_request() -> tuple[dict[str, str], FileStorage | None, bool]:
         raise InvalidInput("give a JSON object with 'source', or upload a zip as field 'file'")
     raw, upload = _fields_and_upload(kind, "a registration")
     staged = _flag(raw.pop("staged", None), "staged")
-    fields = _source_fields(raw, _SOURCE_KEYS)
+    fields = _source_fields(raw, _SOURCE_KEYS + _CHOICE_KEYS)
     if upload is not None and ("source" in fields or "ref" in fields):
         raise InvalidInput("give either a source or an uploaded zip, not both", key="file")
     if upload is None and "source" not in fields:

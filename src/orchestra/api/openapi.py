@@ -41,6 +41,11 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _STRING_OR_NULL = {"type": ["string", "null"]}
+# what an operator supplies for a module that does not declare it (SPEC §2)
+_CHOICES = {
+    "as_of": {"type": "string", "description": "YYYY-MM-DD or commit: install.resolve_as_of"},
+    "python_version": {"type": "string", "description": "X.Y: install.python_version"},
+}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _SCALAR = {"type": ["string", "number", "integer", "boolean"]}
 _TASK_STATUS = {"type": "string", "enum": ["queued", "running", "done", "error", "killed"]}
@@ -86,6 +91,8 @@ SCHEMAS: dict[str, Any] = {
             "subdir": _STRING_OR_NULL,
             "commit": _STRING_OR_NULL,
             "python_version": _STRING_OR_NULL,
+            "as_of": _STRING_OR_NULL,
+            "python_requested": _STRING_OR_NULL,
             "created": {"type": "string", "format": "date-time"},
             "updated": {"type": "string", "format": "date-time"},
             "error": _STRING_OR_NULL,
@@ -110,6 +117,7 @@ SCHEMAS: dict[str, Any] = {
             "ref": {"type": ["string", "null"], "description": "branch, tag or commit"},
             "subdir": {"type": ["string", "null"], "description": "folder holding metadata.json"},
             "staged": {"type": "boolean", "description": "hidden from the list until published"},
+            **_CHOICES,
         },
     },
     "Upload": {
@@ -119,6 +127,7 @@ SCHEMAS: dict[str, Any] = {
             "file": {"type": "string", "format": "binary", "description": "a zip archive"},
             "subdir": {"type": "string"},
             "staged": {"type": "string", "enum": ["0", "1", "true", "false"]},
+            **_CHOICES,
         },
     },
     "Update": {

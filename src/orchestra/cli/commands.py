@@ -91,8 +91,9 @@ def register(ctx: Context, args: argparse.Namespace) -> int:
             skipped.append({"source": source, "name": name})
             continue
         info = ctx.service.register(
-            source, ref=args.ref, subdir=args.subdir, staged=args.staged, progress=ctx.note
-        )
+            source, ref=args.ref, subdir=args.subdir, staged=args.staged, progress=ctx.note,
+            as_of=args.as_of, python=args.python,
+        )  # fmt: skip
         registered.append(info)
         taken.add(info.name or "")
         if not ctx.json:

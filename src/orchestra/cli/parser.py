@@ -99,6 +99,17 @@ def _module_commands(commands: argparse._SubParsersAction, common: argparse.Argu
         help="skip a folder whose module name is already installed",
     )
     p.add_argument("--staged", action="store_true", help="hide it from clients until published")
+    p.add_argument(
+        "--as-of",
+        metavar="DATE|commit",
+        help="ignore packages released after DATE (YYYY-MM-DD) or the commit's date, "
+        "where the module does not say (install.resolve_as_of)",
+    )
+    p.add_argument(
+        "--python",
+        metavar="X.Y",
+        help="the interpreter, where the module does not say (install.python_version)",
+    )
     commands.add_parser(
         "list", parents=[common], help="list modules, staged and removed ones too (also: --list)"
     )

@@ -72,6 +72,8 @@ def module_details(module: ModuleInfo) -> str:
         ("subdir", module.subdir),
         ("commit", module.commit),
         ("python", module.python_version),
+        ("python asked", module.python_requested),
+        ("as of", _as_of(module)),
         ("created", _time(module.to_dict()["created"])),
         ("updated", _time(module.to_dict()["updated"])),
         ("error", module.error),
@@ -144,3 +146,11 @@ def task_details(task: TaskInfo) -> str:
 def emit(stream: TextIO, data: Any, text: str, *, json_output: bool) -> None:
     """Write ``data`` as JSON or ``text`` for people."""
     stream.write((as_json(data) if json_output else text) + "\n")
+
+
+def _as_of(module: ModuleInfo) -> str | None:
+    """The operator's as-of and the cutoff it came to, e.g. ``commit (2022-03-01T10:00:00Z)``."""
+    cutoff = (module.lock or {}).get("exclude_newer")
+    if module.as_of and cutoff:
+        return f"{module.as_of} ({cutoff})"
+    return module.as_of or cutoff

@@ -116,11 +116,13 @@ class WorkerModules:
         manifest = parse_manifest(package["metadata"])
         lock = [str(line) for line in package.get("lock") or []]
         python = interpreters.find_python(_wanted_python(manifest, package))
+        cutoff = package.get("exclude_newer")
+        cutoff = cutoff if isinstance(cutoff, str) and cutoff else None
         lines: list[str] = []
         _LOGGER.info("building the environment of generation %s (%d pins)", generation, len(lock))
         environments.build_environment(
             folder.env, requirements=lock, python=python, settings=self.settings,
-            log=lines.append,
+            log=lines.append, exclude_newer=cutoff,
         )  # fmt: skip
         folder.log.write_text("\n".join(lines) + "\n", encoding="utf-8")
         folder.lock.write_text("".join(line + "\n" for line in lock), encoding="utf-8")

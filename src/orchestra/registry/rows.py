@@ -70,7 +70,8 @@ def new_row(spec: SourceSpec, archive: Path | None, staged: bool = False) -> Mod
     return ModuleRow(
         name=None, status=INSTALLING, description="", source=source, source_kind=kind,
         ref=spec.ref, subdir=spec.subdir, installer_pid=os.getpid(), install_log="",
-        created=now(), updated=now(), staged=staged,
+        created=now(), updated=now(), staged=staged, as_of=spec.as_of,
+        python_requested=spec.python,
     )  # fmt: skip
 
 
@@ -87,6 +88,8 @@ def apply_built(row: ModuleRow, built: Built) -> None:
     row.python_version = built.python_version
     # what every worker installs: the exact versions this registration resolved
     row.lock = {"python": built.python_version, "packages": list(built.lock)}
+    if built.exclude_newer:
+        row.lock["exclude_newer"] = built.exclude_newer
     row.install_log = built.log
     row.error = None
     row.updated = now()
@@ -100,5 +103,5 @@ def info(row: ModuleRow) -> ModuleInfo:
         source_kind=row.source_kind, ref=row.ref, subdir=row.subdir, commit=row.commit,
         python_version=row.python_version, created=row.created, updated=row.updated,
         error=row.error, install_log=row.install_log or "", lock=row.lock,
-        staged=bool(row.staged),
+        staged=bool(row.staged), as_of=row.as_of, python_requested=row.python_requested,
     )  # fmt: skip

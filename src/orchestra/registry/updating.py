@@ -222,4 +222,4 @@ def _update_spec(row: ModuleRow, ref: str | None, archive: Path | None) -> Sourc
             f"module {row.id} was registered from an uploaded archive; "
             "upload the new version as an archive"
         )
-    return SourceSpec(row.source, ref or row.ref, row.subdir)
+    return SourceSpec(row.source, ref or row.ref, row.subdir, row.as_of, row.python_requested)

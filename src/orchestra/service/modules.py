@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from orchestra import installer
 from orchestra.errors import NotFound, WrongState
+from orchestra.manifest import check_choices
 from orchestra.records import ModuleInfo, ModuleSummary
 from orchestra.sources import SourceSpec
 from orchestra.storage import space
@@ -36,12 +37,19 @@ class Modules:
         subdir: str | None = None,
         staged: bool = False,
         progress: Progress | None = None,
+        as_of: str | None = None,
+        python: str | None = None,
     ) -> ModuleInfo:
-        """Install a module from a folder or git URL; atomic, returns when installed."""
+        """Install a module from a folder or git URL; atomic, returns when installed.
+
+        ``as_of`` and ``python`` stand for ``install.resolve_as_of`` and
+        ``install.python_version`` where the module does not declare them.
+        """
         report = progress or _LOGGER.info
+        check_choices(as_of, python)
         space.require(self.settings, "registration")
         # built before the registry is asked for, so that it installs while the backend opens
-        spec = SourceSpec(source, ref, subdir)
+        spec = SourceSpec(source, ref, subdir, as_of, python)
         built = installer.build(spec, self.settings, progress=report)
         registry = self._backend.registry
         return registry.registration.record(built, staged=staged, progress=report)
@@ -54,10 +62,13 @@ class Modules:
         subdir: str | None = None,
         archive: Path | None = None,
         staged: bool = False,
+        as_of: str | None = None,
+        python: str | None = None,
     ) -> ModuleInfo:
         """Accept a registration and install it in the background (status ``installing``)."""
+        check_choices(as_of, python)
         space.require(self.settings, "registration")
-        spec = SourceSpec(source or "", ref, subdir)
+        spec = SourceSpec(source or "", ref, subdir, as_of, python)
         return self._backend.registry.registration.begin(spec, archive=archive, staged=staged)
 
     def update(

@@ -22,6 +22,9 @@ class SourceSpec:
     location: str
     ref: str | None = None
     subdir: str | None = None
+    # what an operator supplies that an older module never declared (kept by updates)
+    as_of: str | None = None  # install.resolve_as_of: a date or "commit"
+    python: str | None = None  # install.python_version
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class FetchedSource:
     root: Path
     kind: str  # folder | git | archive
     commit: str | None = None
+    committed: str | None = None  # the commit's date (ISO 8601, with its offset)
 
 
 def fetch(

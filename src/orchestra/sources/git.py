@@ -143,10 +143,11 @@ def fetch_git(
     refs = _list_refs(git)
     repo = workdir / "repo"
     commit = _checkout(git, repo, ref, refs)
+    committed = _git_in(git, repo, "log", "-1", "--format=%cI", commit, "--").strip()
     # the module is plain files from here on; nothing may run git inside it again
     shutil.rmtree(repo / ".git", ignore_errors=True)
     root = module_root(repo, spec.subdir, where=f"{git.shown} at {commit[:12]}")
-    return FetchedSource(root=root, kind="git", commit=commit)
+    return FetchedSource(root=root, kind="git", commit=commit, committed=committed or None)
 
 
 def _session(location: str, settings: Settings, progress: Progress | None) -> _Git:

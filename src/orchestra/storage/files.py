@@ -91,6 +91,18 @@ class InstallFolder:
         """The module's metadata as this generation was built from it."""
         return self.root / "metadata.json"
 
+    @property
+    def exclude_newer(self) -> Path:
+        """The upload time after which the index's files were ignored, when one applied."""
+        return self.root / "exclude-newer.txt"
+
+    def read_exclude_newer(self) -> str | None:
+        """The recorded cutoff (RFC 3339), or None."""
+        try:
+            return self.exclude_newer.read_text(encoding="ascii").strip() or None
+        except OSError:
+            return None
+
     def read_lock(self) -> list[str] | None:
         """The recorded lock, or None for a generation built before locks were recorded."""
         try:

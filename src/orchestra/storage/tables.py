@@ -58,6 +58,10 @@ class ModuleRow(Base):
     # the exact package versions resolved at registration ({"python": …, "packages": […]}),
     # which every worker installs
     lock: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # what the operator supplied for a module that does not say (SPEC §2), kept by updates:
+    # install.resolve_as_of (a date or "commit") and install.python_version
+    as_of: Mapped[str | None] = mapped_column(String(32))
+    python_requested: Mapped[str | None] = mapped_column(String(32))
     created: Mapped[datetime] = mapped_column()
     updated: Mapped[datetime] = mapped_column()
 
