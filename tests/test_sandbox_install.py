@@ -15,6 +15,7 @@ from orchestra.executors import sandbox
 from orchestra.service import Service
 from tests.support.paths import DATA
 from tests.support.postgres import require_service
+from tests.support.pypi import PackageIndex
 
 STATE = sandbox.detect("auto")
 
@@ -76,13 +77,25 @@ version = "0.1"
 """
 
 
+@pytest.fixture(params=["file", "index"])
+def origin(request: pytest.FixtureRequest, package_index: PackageIndex) -> PackageIndex | None:
+    """Where the package comes from: a file named by the requirement, or a package index.
+
+    uv treats the two differently once the wheel is built (it takes a wheel it built from a
+    file when building is disabled, not one from an index's archive): both must pass.
+    """
+    return package_index if request.param == "index" else None
+
+
 @pytest.fixture
-def settings(tmp_path: Path, uv_cache: Path) -> Settings:
-    """Requirements may name a file (the package's source archive)."""
+def settings(tmp_path: Path, uv_cache: Path, origin: PackageIndex | None) -> Settings:
+    """Requirements may name a file (the package's source archive), or come from the index."""
+    index_url = origin.url + "/simple" if origin is not None else None
     return load_settings(
-        {"home": tmp_path / "home", "uv_cache": str(uv_cache), "allow_requirement_options": True},
+        {"home": tmp_path / "home", "uv_cache": str(uv_cache), "allow_requirement_options": True,
+         "index_url": index_url},
         environ={},
-    )
+    )  # fmt: skip
 
 
 def _sdist(folder: Path, backend: str) -> Path:
@@ -101,7 +114,7 @@ def _sdist(folder: Path, backend: str) -> Path:
 
 
 def test_a_source_package_is_built_in_the_sandbox(
-    service: Service, settings: Settings, tmp_path: Path
+    service: Service, settings: Settings, tmp_path: Path, origin: PackageIndex | None
 ) -> None:
     if not STATE.active:
         require_service("the task sandbox", STATE.detail)
@@ -110,7 +123,9 @@ def test_a_source_package_is_built_in_the_sandbox(
         settings.installs_dir.glob("*/code/*/*.py")
     )
     backend = textwrap.dedent(BACKEND).format(home=str(settings.home), other=str(other_code))
-    archive = _sdist(tmp_path, backend)
+    archive = _sdist(origin.folder if origin is not None else tmp_path, backend)
+    if origin is not None:
+        origin.add(archive, "escapereport")
     module = tmp_path / "module"
     module.mkdir()
     for path in (DATA / "modules" / "echo").rglob("*"):
@@ -121,7 +136,8 @@ def test_a_source_package_is_built_in_the_sandbox(
             target.write_bytes(path.read_bytes())
     metadata = json.loads((module / "metadata.json").read_text())
     metadata["name"] = "Echo with a source package"
-    metadata["install"]["requirements"] = [f"escapereport @ file://{archive}"]
+    direct = f"escapereport @ file://{archive}"
+    metadata["install"]["requirements"] = ["escapereport" if origin is not None else direct]
     (module / "metadata.json").write_text(json.dumps(metadata))
     built = service.register(str(module))
     assert built.status == "installed" and built.id != other.id

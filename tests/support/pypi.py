@@ -8,6 +8,7 @@ the one it was added with. Source archives are built here from a few files of te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -114,12 +115,12 @@ def _handler(index: PackageIndex) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
-    """An empty package index served on 127.0.0.1 for one test."""
-    index = PackageIndex(tmp_path_factory.mktemp("index"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(index))
-    index.url = f"http://127.0.0.1:{server.server_address[1]}"
+@contextlib.contextmanager
+def serving(folder: Path, host: str = "127.0.0.1") -> Iterator[PackageIndex]:
+    """An empty index of files in ``folder``, served on ``host`` (a free port) meanwhile."""
+    index = PackageIndex(folder)
+    server = ThreadingHTTPServer((host, 0), _handler(index))
+    index.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -128,6 +129,13 @@ def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageI
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
+    """An empty package index served on 127.0.0.1 for one test."""
+    with serving(tmp_path_factory.mktemp("index")) as index:
+        yield index
 
 
 # an in-tree build backend (PEP 517) that needs nothing from an index: it writes the wheel

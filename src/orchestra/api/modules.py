@@ -51,7 +51,10 @@ def register_module() -> Response:
         archive = save_upload(upload, svc.settings.uploads_dir)
         try:
             info = svc.register_in_background(
-                archive=archive, subdir=fields.get("subdir"), staged=staged, as_of=as_of,
+                archive=archive,
+                subdir=fields.get("subdir"),
+                staged=staged,
+                as_of=as_of,
                 python=python,
             )
         except BaseException:
