@@ -25,9 +25,14 @@ _GIT_ENV = {
 }
 
 
-def git(repo: Path, *args: str) -> str:
-    """Run ``git -C repo args`` for a test fixture; return its standard output, stripped."""
+def git(repo: Path, *args: str, date: str | None = None) -> str:
+    """Run ``git -C repo args`` for a test fixture; return its standard output, stripped.
+
+    ``date`` (ISO 8601) is the commit's date, when one is made.
+    """
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(repo), **_GIT_ENV}
+    if date is not None:
+        env.update(GIT_AUTHOR_DATE=date, GIT_COMMITTER_DATE=date)
     done = subprocess.run(
         ["git", "-C", str(repo), *args],
         env=env,
@@ -53,7 +58,12 @@ def write_files(folder: Path, files: Mapping[str, str | bytes]) -> None:
 
 
 def make_repo(
-    path: Path, files: Mapping[str, str | bytes], *, branch: str = "main", message: str = "commit"
+    path: Path,
+    files: Mapping[str, str | bytes],
+    *,
+    branch: str = "main",
+    message: str = "commit",
+    date: str | None = None,
 ) -> str:
     """Commit ``files`` to the repository at ``path`` (created when new); return the sha."""
     if not (path / ".git").exists():
@@ -63,7 +73,7 @@ def make_repo(
         git(path, "checkout", "--quiet", "-B", branch)
     write_files(path, files)
     git(path, "add", "--all")
-    git(path, "commit", "--quiet", "--allow-empty", "-m", message)
+    git(path, "commit", "--quiet", "--allow-empty", "-m", message, date=date)
     return git(path, "rev-parse", "HEAD")
 
 
