@@ -7,6 +7,7 @@ only: uv must build them, in the sandbox, and the environment then installs the 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,13 @@ from orchestra.errors import InstallError
 from orchestra.executors import sandbox
 from orchestra.service import Service
 from orchestra.storage.files import TaskFolder
+from tests.support.cluster import Cluster
 from tests.support.helpers import run_cli, wait_for, write_module
-from tests.support.postgres import require_service
-from tests.support.pypi import PackageIndex, backend_files
+from tests.support.netns import Network, require_namespaces
+from tests.support.postgres import PostgresServer, require_service
+from tests.support.pypi import PackageIndex, backend_files, serving
+from tests.support.redis import RedisServer, redis_program
+from tests.test_resolve_as_of import OLD, publish_dated
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
@@ -41,11 +46,12 @@ import json, fastcalc, plainparse
 """
 
 
-def publish_both(index: PackageIndex) -> None:
+def publish_both(index: PackageIndex, uploaded: datetime | None = None) -> None:
     """A pure-Python package and a C extension, both as source archives only."""
     plain = {"plainparse.py": "WORD = 'plain'\n"}
-    index.add_sdist("plainparse", "1.0", backend_files("plainparse", "1.0", plain))
-    index.add_sdist("fastcalc", "1.0", backend_files("fastcalc", "1.0", {"fastcalc.c": C_SOURCE}))
+    index.add_sdist("plainparse", "1.0", backend_files("plainparse", "1.0", plain), uploaded)
+    calc = {"fastcalc.c": C_SOURCE}
+    index.add_sdist("fastcalc", "1.0", backend_files("fastcalc", "1.0", calc), uploaded)
 
 
 @pytest.fixture
@@ -124,3 +130,50 @@ def test_a_failing_build_names_the_package_and_shows_its_own_last_lines(
     assert "unknown type name" in message, message  # the compiler's own words
     assert "--no-build" not in message and "hint:" not in message, message
     assert service.list_modules(everything=True) == []
+
+
+@pytest.mark.slow
+def test_a_worker_builds_the_source_packages_in_its_sandbox_as_of_the_registration(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> None:
+    """Workers install the lock: source archives built in their sandbox, the same as_of."""
+    if not STATE.active:
+        require_service("the task sandbox", STATE.detail)
+    require_namespaces()
+    root = tmp_path_factory.mktemp("cluster")
+    network = Network()
+    redis = RedisServer(redis_program(), root / "redis", bind=("127.0.0.1", network.host_address))
+    redis.start()
+    cluster = Cluster(root, network, redis, postgres_server)
+    try:
+        # the workers reach the index over the bridge, as another machine would
+        with serving(root / "index", network.host_address) as index:
+            publish_both(index, OLD)
+            publish_dated(index)
+            cluster.base_env.update(ORCHESTRA_SANDBOX="required",
+                                    ORCHESTRA_INDEX_URL=index.url + "/simple")  # fmt: skip
+            cluster.start_api()
+            folder = needing(root / "m", ["plainparse", "fastcalc", "dated"])
+            answer = cluster.call(
+                "POST", "/modules", {"source": str(folder), "as_of": "2022-06-01"}
+            )
+            assert answer.status == 202, answer.body
+            module_id = int(answer.json()["id"])
+            record = wait_for(
+                lambda: cluster.call("GET", f"/module/{module_id}").json(),
+                lambda m: m["status"] != "installing", timeout=180, what="the installation",
+            )  # fmt: skip
+            assert record["status"] == "installed", record["error"]
+            assert "dated==1.0" in record["lock"]["packages"]
+            worker = cluster.add_worker()
+            task = cluster.wait_status(cluster.run(module_id), {"done", "error"}, timeout=180)
+            assert task["status"] == "done", (task["error"], worker.text())
+            answer = cluster.call("GET", f"/task/{task['id']}/output/result.json")
+            assert json.loads(answer.body) == [42, "plain"]
+            built = next((worker.home / "installs").glob("*/install.log")).read_text()
+            assert "built in the sandbox: " in built and "--exclude-newer" in built, built
+            assert "2022-06-01T23:59:59Z" in built, built
+    finally:
+        cluster.close()
+        redis.stop()
+        network.close()

@@ -118,6 +118,7 @@ def _handler(index: PackageIndex) -> type[BaseHTTPRequestHandler]:
 @contextlib.contextmanager
 def serving(folder: Path, host: str = "127.0.0.1") -> Iterator[PackageIndex]:
     """An empty index of files in ``folder``, served on ``host`` (a free port) meanwhile."""
+    folder.mkdir(parents=True, exist_ok=True)
     index = PackageIndex(folder)
     server = ThreadingHTTPServer((host, 0), _handler(index))
     index.url = f"http://{host}:{server.server_address[1]}"
