@@ -31,6 +31,15 @@ def test_a_bad_value_names_the_setting(tmp_path: Path) -> None:
         load_settings(environ={"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_MAX_RUNNING": "x"})
 
 
+@pytest.mark.parametrize("url", ["ftp://index.example/simple", "index.example", "https:// x"])
+def test_the_index_url_must_be_an_http_or_file_url(tmp_path: Path, url: str) -> None:
+    env = {"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_INDEX_URL": url}
+    with pytest.raises(InvalidInput, match="setting index_url: .* is not an http"):
+        load_settings(environ=env)
+    good = "https://index.example/simple"
+    assert load_settings(environ={**env, "ORCHESTRA_INDEX_URL": good}).index_url == good
+
+
 def test_booleans_accept_the_usual_spellings(tmp_path: Path) -> None:
     env = {"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_INSECURE": "yes"}
     assert load_settings(environ=env).insecure is True

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,10 +92,7 @@ def collect_built(dists: Iterable[tuple[str, str]], cache: Path, target: Path) -
     wanted = set(dists)
     target.mkdir(parents=True, exist_ok=True)
     chosen: dict[str, Path] = {}
-    # uv keeps a wheel it built from an index's archive beside the unpacked source, as
-    # sdists-v*/index/<index>/<name>/<version>/<revision>/<wheel>; its cache is versioned
-    # with uv itself (pinned in pyproject.toml), and a test builds through it
-    for wheel in cache.glob("sdists-v*/index/*/*/*/*/*.whl"):
+    for wheel in _built_wheels(cache):
         parts = wheel.name.split("-")
         if len(parts) < 5 or (normalize(parts[0]), parts[1]) not in wanted:
             continue
@@ -106,6 +103,16 @@ def collect_built(dists: Iterable[tuple[str, str]], cache: Path, target: Path) -
         _link(wheel, target / name)
     _LOGGER.debug("wheels built from source: %s", sorted(chosen))
     return sorted(chosen)
+
+
+def _built_wheels(cache: Path) -> Iterator[Path]:
+    # uv keeps a wheel it built from an index's archive beside the unpacked source, as
+    # sdists-v*/pypi/<name>/<version>/<revision>/<wheel> for PyPI and
+    # sdists-v*/index/<index>/<name>/<version>/<revision>/<wheel> for any other index. Its
+    # cache is versioned with uv itself (pinned in pyproject.toml); the tests build through
+    # the second form, a registration from PyPI through the first
+    for pattern in ("sdists-v*/pypi/*/*/*/*.whl", "sdists-v*/index/*/*/*/*/*.whl"):
+        yield from cache.glob(pattern)
 
 
 def _link(source: Path, target: Path) -> None:

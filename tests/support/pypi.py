@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+_FOREVER = "max-age=365000000, immutable, public"
 
 
 def normalize(name: str) -> str:
@@ -93,7 +94,8 @@ def _handler(index: PackageIndex) -> type[BaseHTTPRequestHandler]:
             if len(parts) == 2 and parts[0] == "files" and "/" not in parts[1]:
                 path = index.folder / parts[1]
                 if path.is_file():
-                    return self._send(path.read_bytes(), "application/octet-stream")
+                    # as PyPI: a file never changes, so uv's cache may keep what it built
+                    return self._send(path.read_bytes(), "application/octet-stream", _FOREVER)
             if len(parts) == 2 and parts[0] == "simple":
                 page = index.page(parts[1])
                 if page is not None:
@@ -102,9 +104,10 @@ def _handler(index: PackageIndex) -> type[BaseHTTPRequestHandler]:
                     return self._send(_html(page).encode(), "text/html")
             self.send_error(404)
 
-        def _send(self, body: bytes, kind: str) -> None:
+        def _send(self, body: bytes, kind: str, cache: str = "no-cache") -> None:
             self.send_response(200)
             self.send_header("Content-Type", kind)
+            self.send_header("Cache-Control", cache)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
