@@ -144,3 +144,10 @@ def test_the_command_line_refuses_a_bad_value_in_one_line(
     assert code != 0 and "as_of: 'last year'" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli(["register", folder, "--python", "3.99"], settings)
     assert code != 0 and "3.99" in err and "Traceback" not in err, err
+
+
+def test_the_module_s_own_keys_win_over_the_operator_s(service: Service, tmp_path: Path) -> None:
+    folder = dated_module(tmp_path / "m", "Says", resolve_as_of="2022-06-01")
+    module = service.register(str(folder), as_of="2025-01-01")
+    assert module.as_of == "2025-01-01" and dated_version(service, module.id) == "1.0"
+    assert "install.resolve_as_of is 2022-06-01 in the module's metadata" in module.install_log

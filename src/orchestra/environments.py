@@ -38,14 +38,17 @@ Log = Callable[[str], None]
 
 def uv_env(settings: Settings) -> dict[str, str]:
     """The scrubbed environment uv runs with."""
-    return clean_env(
-        {
-            "UV_CACHE_DIR": str(settings.uv_cache_dir),
-            "UV_PYTHON_DOWNLOADS": "never",
-            "UV_NO_CONFIG": "1",
-            "UV_NO_PROGRESS": "1",
-        }
-    )
+    extra = {
+        "UV_CACHE_DIR": str(settings.uv_cache_dir),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_CONFIG": "1",
+        "UV_NO_PROGRESS": "1",
+    }
+    if settings.index_url:
+        # in the environment, not on the command line: an index URL may hold a password,
+        # and the command lines go into install logs that clients read
+        extra["UV_DEFAULT_INDEX"] = settings.index_url
+    return clean_env(extra)
 
 
 def build_environment(
@@ -71,7 +74,7 @@ def build_environment(
         _create_venv(env_dir, interpreter, settings, neutral, log)
         version = _env_version(env_dir, neutral)
         if lines:
-            options = resolution_options(settings, exclude_newer)
+            options = resolution_options(exclude_newer)
             _install(env_dir, lines, settings, neutral, log, options)
         else:
             log("no requirements to install")
@@ -166,10 +169,9 @@ def _build_in_sandbox(
     return wheels
 
 
-def resolution_options(settings: Settings, exclude_newer: str | None) -> list[str]:
-    """uv's options for where and as of when requirements are resolved."""
-    options = ["--index-url", settings.index_url] if settings.index_url else []
-    return options + (["--exclude-newer", exclude_newer] if exclude_newer else [])
+def resolution_options(exclude_newer: str | None) -> list[str]:
+    """uv's options for as of when requirements are resolved (the index is in ``uv_env``)."""
+    return ["--exclude-newer", exclude_newer] if exclude_newer else []
 
 
 def _run_uv(argv: list[str], settings: Settings, cwd: Path, log: Log) -> None:

@@ -89,9 +89,8 @@ def _build_generation(
     from orchestra.sources.folder import copy_files
 
     lines: list[str] = []
-    chosen = manifest.python_version or spec.python
+    chosen, cutoff = _resolution(spec, manifest, fetched, lines.append)
     python = interpreters.find_python(chosen)
-    cutoff = exclude_newer(manifest.resolve_as_of or spec.as_of, fetched)
     folder = _new_generation(settings)
     try:
         copy_files(fetched.root, manifest.files, folder.code)
@@ -118,6 +117,18 @@ def _build_generation(
         abandon(folder)
         raise
     return Built(spec, folder, manifest, fetched, version, text, lock, cutoff)
+
+
+def _resolution(
+    spec: SourceSpec, manifest: Manifest, fetched: FetchedSource, log: Progress
+) -> tuple[str | None, str | None]:
+    """The interpreter version and the cutoff: the module's own, else the operator's."""
+    for key, own, given in (("python_version", manifest.python_version, spec.python),
+                            ("resolve_as_of", manifest.resolve_as_of, spec.as_of)):  # fmt: skip
+        if own and given and own != given:
+            log(f"install.{key} is {own} in the module's metadata: {given} is not used")
+    as_of = manifest.resolve_as_of or spec.as_of
+    return manifest.python_version or spec.python, exclude_newer(as_of, fetched)
 
 
 def exclude_newer(as_of: str | None, fetched: FetchedSource) -> str | None:
