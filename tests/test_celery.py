@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +17,15 @@ from typing import Any
 
 import pytest
 
+from orchestra.config import load_settings
 from orchestra.executors import proctree
-from tests.support.cluster import Cluster, ClusterWorker
+from orchestra.executors.local import LocalExecutor
+from tests.support.cluster import LEASE, Cluster, ClusterWorker
 from tests.support.helpers import wait_for, write_module
 from tests.support.netns import Network, require_namespaces
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.postgres import PostgresServer, require_service
-from tests.support.processes import host_pid
+from tests.support.processes import TREE, alive, host_pid
 from tests.support.redis import RedisServer, redis_program
 
 pytestmark = pytest.mark.slow
@@ -252,6 +256,81 @@ def test_a_worker_cut_off_is_settled_and_its_late_result_is_dropped(cluster: Clu
              what="the worker to learn that its task was settled")  # fmt: skip
     record = cluster.task(task_id)
     assert record["status"] == "error" and record["output"] is None
+
+
+def _tree_module(cluster: Cluster, queue: str) -> int:
+    """The ``sleeps`` module (a child and a detached grandchild) on a queue of its own."""
+    folder = cluster.root / "modules" / f"tree-{queue}"
+    shutil.copytree(DATA / "modules" / "sleeps", folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["name"], metadata["install"]["queue"] = f"Sleeps on {queue}", queue
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return cluster.register(folder)
+
+
+def _running_tree(cluster: Cluster, module: int) -> tuple[int, list[int]]:
+    """A task of ``module`` started with its tree, once running: its id and its three pids."""
+    task_id = cluster.run(module, seconds=300, tree="true")
+    record = wait_for(
+        lambda: cluster.task(task_id), lambda t: t["status"] == "running" and t["worker"],
+        timeout=90, what="the task to run",
+    )  # fmt: skip
+    pids = _pids(cluster, task_id, record["worker"])
+    assert len(alive(pids)) == 3
+    return task_id, pids
+
+
+def _gone_within(pids: list[int], seconds: float, began: float) -> None:
+    wait_for(lambda: alive(pids), lambda left: not left, timeout=seconds + 10,
+             what="the task's processes to end")  # fmt: skip
+    took = time.monotonic() - began
+    assert took < seconds, f"the task's processes outlived the lease: {took:.1f} s"
+
+
+def test_a_sigkilled_workers_task_tree_ends_with_it(cluster: Cluster) -> None:
+    worker = cluster.add_worker(queues="sigkilled")
+    task_id, pids = _running_tree(cluster, _tree_module(cluster, "sigkilled"))
+    worker.kill()
+    _gone_within(pids, float(LEASE), time.monotonic())
+    final = cluster.wait_status(task_id, {"done", "error", "killed"}, timeout=40)
+    assert final["status"] == "error" and f"worker {worker.name} lost" in final["error"]
+
+
+def test_a_cut_off_worker_stops_its_task_tree_within_the_lease(cluster: Cluster) -> None:
+    worker = cluster.add_worker(queues="severed")
+    task_id, pids = _running_tree(cluster, _tree_module(cluster, "severed"))
+    worker.namespace.cut()
+    try:
+        _gone_within(pids, float(LEASE), time.monotonic())
+        final = cluster.wait_status(task_id, {"done", "error", "killed"}, timeout=40)
+        assert final["status"] == "error" and f"worker {worker.name} lost" in final["error"]
+    finally:
+        worker.namespace.restore()
+    assert f"stopping task {task_id}: its lease could not be renewed" in worker.text()
+    worker.stop()
+
+
+def test_a_worker_restarted_under_its_name_stops_what_an_earlier_run_left(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    worker = cluster.add_worker(queues="phoenix")
+    worker.stop()
+    # a supervisor that no lifeline ties to the new run (one still in its grace period, or
+    # one an older release left), in the worker's own data folder
+    pid_file = tmp_path / "pids.json"
+    left = LocalExecutor(load_settings({"home": worker.home}, environ={}))
+    left.launch(987654, {"argv": [sys.executable, "-c", TREE, str(pid_file)], "cwd": "/",
+                         "env": {}, "timeout": 600, "grace": 1.0})  # fmt: skip
+    wait_for(pid_file.exists, bool, timeout=20, what="the leftover tree to start")
+    pids = json.loads(pid_file.read_text())
+    assert len(alive(pids)) == 3
+    worker.start(queues="phoenix")
+    wait_for(lambda: worker.text().count(" ready."), lambda n: n == 2, timeout=90,
+             what="the worker to be ready again")  # fmt: skip
+    assert alive(pids) == []
+    assert "stopping task 987654, left running by an earlier run" in worker.text()
+    assert not (worker.home / "tasks" / "987654").exists()
+    worker.stop()
 
 
 def test_a_broker_restart_loses_no_queued_task(cluster: Cluster) -> None:

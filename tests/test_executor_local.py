@@ -248,3 +248,63 @@ def test_a_spec_stored_by_the_first_release_runs_in_this_data_folder(
     ]
     assert request["cwd"] == str(install / "code")
     assert TaskSpec.from_json(spec).outputs == ("r.csv",)
+
+
+# a process that owns a tied executor (as a worker does), starts one task tree and waits
+_OWNER = """
+import json, sys, time
+from orchestra.config import load_settings
+from orchestra.executors.local import LocalExecutor
+settings = load_settings({"home": sys.argv[1], "kill_grace": 1.0}, environ={})
+executor = LocalExecutor(settings, tied=True)
+executor.open()
+executor.launch(1, json.loads(sys.argv[2]))
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_tied_executors_tasks_stop_when_its_process_is_sigkilled(
+    local: Settings, task_dir: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pids.json"
+    spec = json.dumps(_spec(TREE, str(pid_file)))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(local.home), spec], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == "started\n"
+        wait_for_file(pid_file)
+        pids = json.loads(pid_file.read_text())
+        assert len(alive(pids)) == 3
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        began = time.monotonic()
+        wait_for_file(task_dir / "result.json", timeout=10)
+        deadline = time.monotonic() + 5
+        while alive(pids):
+            assert time.monotonic() < deadline, f"outlived their owner: {alive(pids)}"
+            time.sleep(0.02)
+        assert time.monotonic() - began < 1.0 + 2.0  # the grace period, and no more
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _result(task_dir)["reason"] == "orphaned"
+
+
+def test_closing_a_tied_executor_stops_its_tasks_and_an_untied_ones_go_on(
+    local: Settings, task_dir: Path, tmp_path: Path
+) -> None:
+    for tied, survives in ((False, True), (True, False)):
+        pid_file = tmp_path / f"pids-{tied}.json"
+        executor = LocalExecutor(local, tied=tied)
+        executor.open()
+        handle = executor.launch(1, _spec(TREE, str(pid_file)))
+        wait_for_file(pid_file)
+        pids = json.loads(pid_file.read_text())
+        executor.close()
+        time.sleep(0.5)
+        assert (alive(pids) == pids) is survives, (tied, alive(pids))
+        LocalExecutor(local).kill(handle)
+        wait_for_file(task_dir / "result.json")
+        (task_dir / "result.json").unlink()

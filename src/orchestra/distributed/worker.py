@@ -6,6 +6,11 @@ supervisor as a local task (in the worker's own data folder), send the logs to t
 it runs, then the outputs, then record the outcome, conditional on still being the task's
 worker: a task settled meanwhile (its worker counted as lost) stays settled. A heartbeat
 thread renews the worker's leases and stops the tasks whose kill the database asks for.
+
+Nothing a worker started outlives it: its executor is tied to the worker process (a dead
+worker's supervisors stop their tasks, see ``executors.local``), and a worker that cannot
+renew its lease for long enough that the server is about to count it as lost (its network
+cut, its database away) stops its tasks itself, before the lease runs out.
 """
 
 from __future__ import annotations
@@ -47,9 +52,22 @@ LOG_CHUNK = 1024 * 1024  # bytes of one log sent at most per request
 DROP_INTERVAL = 60.0  # seconds between two looks for generations nobody uses any more
 
 
+LEASE_LOST = "its lease could not be renewed"
+
+
 def heartbeat_interval(lease: float) -> float:
     """Seconds between heartbeats: five per lease, at most 5 s, at least 0.5 s."""
     return max(0.5, min(5.0, lease / 5))
+
+
+def give_up_after(lease: float, grace: float) -> float:
+    """Seconds without a renewal after which a worker stops its tasks.
+
+    Late enough to ride out a short outage, early enough that the tasks, given their kill
+    grace, are gone before the lease runs out and the server counts the worker as lost.
+    """
+    interval = heartbeat_interval(lease)
+    return max(interval, lease - grace - interval)
 
 
 @dataclass
@@ -74,7 +92,8 @@ class Worker:
         self.concurrency = concurrency
         self.client = ApiClient(settings.api_url, settings.api_token, name)
         self.modules = WorkerModules(settings, self.client)
-        self.executor = LocalExecutor(settings)
+        self.executor = LocalExecutor(settings, tied=True)
+        self._renewed = time.monotonic()  # when the leases were last renewed
         self._running: dict[int, _Running] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -94,6 +113,7 @@ class Worker:
         self._beats = threading.Thread(target=self._beat, name="orchestra-heartbeat", daemon=True)
         self._beats.start()
         threading.Thread(target=self._hear_kills, name="orchestra-kills", daemon=True).start()
+        threading.Thread(target=self._guard_lease, name="orchestra-lease", daemon=True).start()
 
     def _abandon_earlier(self) -> None:
         """Tasks still running under this name were run by an earlier process of it: lost."""
@@ -184,6 +204,8 @@ class Worker:
         steps.mark("run")
         shipper.send()
         outcome = self.executor.outcome(task_id, spec)
+        if entry.stop == LEASE_LOST:  # not the user's kill: the server says "lost" anyway
+            return Outcome(TaskStatus.ERROR, None, f"worker {self.name} lost: {LEASE_LOST}")
         if outcome is None:
             return self.executor.orphan_outcome(task_id, entry.handle, entry.stop is not None)
         outcome = self._send_outputs(task_id, folder, outcome)
@@ -239,6 +261,7 @@ class Worker:
         while not self._stopping.wait(interval):
             try:
                 self._renew()
+                self._renewed = time.monotonic()
                 if time.monotonic() - last_drop > DROP_INTERVAL:
                     last_drop = time.monotonic()
                     self.modules.drop_unused(self.db)
@@ -260,6 +283,19 @@ class Worker:
             row = lifecycle.read(self.db, task_id)
             if row is None or row.status != TaskStatus.RUNNING or row.worker != self.name:
                 self._stop(task_id, "settled elsewhere")
+
+    def _guard_lease(self) -> None:
+        """Stop every task once the leases went unrenewed for too long (a cut network).
+
+        Its own thread: a renewal may hang in a dead connection for longer than a lease.
+        """
+        limit = give_up_after(self.settings.worker_lease, self.settings.kill_grace)
+        while not self._stopping.wait(min(0.5, limit / 4)):
+            if time.monotonic() - self._renewed > limit:
+                with self._lock:
+                    mine = list(self._running)
+                for task_id in mine:  # each is told once, by _stop
+                    self._stop(task_id, LEASE_LOST)
 
     def _hear_kills(self) -> None:
         """Act on kills announced on the broker at once; the heartbeat reads the flags anyway."""

@@ -3,6 +3,11 @@
 It resolves a task's spec (module generation, arguments) into the supervisor's launch
 request (argv, working directory, environment) in this data folder; the supervisor's own
 files are read back by ``executors.outcomes``.
+
+A server's tasks outlive it (a restarted server adopts them). A worker's must not outlive
+the worker: built ``tied``, the executor holds the only writing end of a pipe (the
+lifeline) whose reading end every supervisor watches, so that the kernel closes it, and
+each supervisor stops its task, when the worker process ends in any way, SIGKILL included.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ class LocalExecutor:
     name = "local"
     runs_here = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tied: bool = False) -> None:
         self._settings = settings
+        self._tied = tied
+        self._lifeline: tuple[int, int] | None = None  # (read, write), while open and tied
         self._lock = threading.Lock()
         self._users = 0
         self._launcher: _Launcher | None = None
@@ -54,20 +61,30 @@ class LocalExecutor:
         with self._lock:
             self._users += 1
             if self._users == 1:
+                # non-inheritable: only a process that is given the reading end holds it
+                self._lifeline = os.pipe() if self._tied else None
                 cgroups = sandbox.prepared_cgroups(self._settings)
-                self._launcher = _Launcher(self._settings.home, cgroups)
+                self._launcher = _Launcher(self._settings.home, cgroups, self._lifeline_fds())
                 self._watcher = _ExitWatcher()
 
+    def _lifeline_fds(self) -> tuple[int, ...]:
+        return () if self._lifeline is None else (self._lifeline[0],)
+
     def close(self) -> None:
-        """Stop the launcher and the watcher once the last user is gone; tasks go on."""
+        """Stop the launcher and the watcher once the last user is gone.
+
+        Tasks go on, unless the executor is tied: closing the lifeline stops them.
+        """
         with self._lock:
             self._users = max(0, self._users - 1)
             if self._users or self._launcher is None or self._watcher is None:
                 return
-            launcher, watcher = self._launcher, self._watcher
-            self._launcher = self._watcher = None
+            launcher, watcher, lifeline = self._launcher, self._watcher, self._lifeline
+            self._launcher = self._watcher = self._lifeline = None
         launcher.close()
         watcher.stop()
+        for fd in lifeline or ():
+            os.close(fd)
 
     def send(self, spec: TaskSpec) -> None:
         """Nothing to send: the server that claims a task starts it."""
@@ -96,6 +113,8 @@ class LocalExecutor:
         (task_dir / "output").mkdir(parents=True, exist_ok=True)  # made at submit when queued
         launcher = self._launcher
         reply: dict[str, Any] | None = None
+        if self._lifeline is not None:  # the same number in every process that inherits it
+            request = {**request, "lifeline": self._lifeline[0]}
         if launcher is not None:
             try:
                 # the request travels through the pipe (the task's row keeps the spec): no file
@@ -104,7 +123,7 @@ class LocalExecutor:
                 _LOGGER.warning("launcher failed (%s); starting task %s directly", exc, task_id)
         if reply is None:
             (task_dir / "spec.json").write_text(json.dumps(request), encoding="utf-8")
-            reply = _start_detached(task_dir)
+            reply = _start_detached(task_dir, self._lifeline_fds())
         return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
 
     def launch_request(self, task_id: int, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,7 +216,7 @@ def _module_identity(task_dir: Path) -> tuple[int, int | None] | None:
         return None
 
 
-def _start_detached(task_dir: Path) -> dict[str, Any]:
+def _start_detached(task_dir: Path, pass_fds: tuple[int, ...] = ()) -> dict[str, Any]:
     """Start a supervisor that is nobody's child here (it forks away and reports its pid)."""
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", str(SUPERVISOR), str(task_dir), "--detach"],
@@ -205,6 +224,7 @@ def _start_detached(task_dir: Path) -> dict[str, Any]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        pass_fds=pass_fds,
     )
     try:
         out, _ = proc.communicate(timeout=_START_TIMEOUT)
@@ -221,10 +241,13 @@ def _start_detached(task_dir: Path) -> dict[str, Any]:
 class _Launcher:
     """The pre-started process that forks supervisors, one request at a time."""
 
-    def __init__(self, log_dir: Path | None, cgroups: list[str] | None = None) -> None:
+    def __init__(
+        self, log_dir: Path | None, cgroups: list[str] | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self._lock = threading.Lock()
         self._log_dir = log_dir
         self._cgroups = cgroups or []
+        self._pass_fds = pass_fds  # handed down to every supervisor it forks (the lifeline)
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawn()
 
@@ -241,6 +264,7 @@ class _Launcher:
                 stderr=log,
                 # its own session: a Ctrl-C meant for the server must not reach it mid-fork
                 start_new_session=True,
+                pass_fds=self._pass_fds,
             )
         finally:
             if not isinstance(log, int):

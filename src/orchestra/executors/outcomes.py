@@ -40,6 +40,8 @@ def outcome_from_result(
     code, signum = result.get("exit_code"), result.get("signal")
     if reason == "killed":
         return Outcome(TaskStatus.KILLED, code, "killed on request")
+    if reason == "orphaned":
+        return Outcome(TaskStatus.ERROR, code, "stopped: whoever started it is gone")
     if reason == "timeout":
         return Outcome(TaskStatus.ERROR, code, f"timed out after {spec.get('timeout', 0):g} s")
     if reason == "start_failed":

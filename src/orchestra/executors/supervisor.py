@@ -9,10 +9,12 @@ It takes the spec ({argv, cwd, env, timeout, grace}) from the launcher, or reads
 (``setsid``, double fork) stay below it, starts the module in a new session with its output
 streamed to ``stdout.log`` / ``stderr.log``, writes ``supervisor.json`` (one line: its pid and
 the module's, with start times against pid reuse), and waits. SIGTERM means "kill the task";
-the timeout does the same. Either way the whole tree gets SIGTERM, then SIGKILL after the
-grace period. Finally the result is appended to ``supervisor.json`` as a second line and the
-file is renamed to ``result.json``, so that ``result.json`` appears whole, at once:
-{exit_code, signal, reason: exited|timeout|killed|start_failed, error, started, finished}.
+the timeout does the same, and so does the end of the spec's ``lifeline`` (a pipe whose
+only writer is a worker: it closes when the worker dies, however it dies). Either way the
+whole tree gets SIGTERM, then SIGKILL after the grace period. Finally the result is
+appended to ``supervisor.json`` as a second line and the file is renamed to
+``result.json``, so that ``result.json`` appears whole, at once: {exit_code, signal,
+reason: exited|timeout|killed|orphaned|start_failed, error, started, finished}.
 
 Creating a file is the slow part of writing one on some machines (up to a millisecond on a
 busy ext4 without a journal), so a task creates three here: its two logs before the module
@@ -50,6 +52,7 @@ class _State:
     """What the signal handlers learnt."""
 
     stop_requested = False
+    orphaned = False  # the lifeline closed: whoever started the task is gone
     wake_read = -1
 
 
@@ -85,10 +88,13 @@ def _install_signals() -> None:
     signal.signal(signal.SIGHUP, lambda *_: None)
 
 
-def _wait_for_signal(timeout: float) -> None:
-    ready, _, _ = select.select([_State.wake_read], [], [], max(timeout, 0.0))
-    if ready:
+def _wait_for_signal(timeout: float, lifeline: int | None = None) -> None:
+    watched = [_State.wake_read] if lifeline is None else [_State.wake_read, lifeline]
+    ready, _, _ = select.select(watched, [], [], max(timeout, 0.0))
+    if _State.wake_read in ready:
         os.read(_State.wake_read, 512)
+    if lifeline is not None and lifeline in ready and not os.read(lifeline, 512):
+        _State.orphaned = True  # nobody writes to it: readable means its writer is gone
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -209,9 +215,9 @@ def _has_children() -> bool:
 
 
 def _watch(
-    module_pid: int, timeout: float | None, guard: limits.Guard | None
+    module_pid: int, timeout: float | None, guard: limits.Guard | None, lifeline: int | None
 ) -> tuple[str, int | None]:
-    """Wait until the module ends, a stop is requested, the time is up or a limit is crossed."""
+    """Wait until the module ends, or a stop, the timeout, a limit or the lifeline's end."""
     deadline = None if timeout is None else time.monotonic() + timeout
     interval = 3600.0 if guard is None or guard.interval is None else guard.interval
     while True:
@@ -220,12 +226,27 @@ def _watch(
             return "exited", status
         if _State.stop_requested:
             return "killed", None
+        if _State.orphaned:
+            return "orphaned", None
         remaining = 3600.0 if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
             return "timeout", None
         if guard is not None and guard.interval is not None and guard.check():
             return "limit", None
-        _wait_for_signal(min(remaining, interval))
+        _wait_for_signal(min(remaining, interval), lifeline)
+
+
+def _lifeline(spec: dict[str, Any]) -> int | None:
+    """The lifeline's descriptor, kept from the module (it inherited it from the launcher)."""
+    fd = spec.get("lifeline")
+    if not isinstance(fd, int):
+        return None
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:  # not open: its writer was gone before this process started
+        _State.orphaned = True
+        return None
+    return fd
 
 
 def _stop_tree(module_pid: int, grace: float, status: int | None) -> int | None:
@@ -269,6 +290,7 @@ def _supervise(
     task_dir: str, spec: dict[str, Any], record: _Record, guard: limits.Guard | None
 ) -> dict[str, Any]:
     started = time.time()
+    lifeline = _lifeline(spec)
     try:
         if guard is not None:
             guard.enter()
@@ -290,7 +312,7 @@ def _supervise(
             "module_start": proctree.start_time(module_pid),
         }
     )
-    reason, status = _watch(module_pid, spec.get("timeout"), guard)
+    reason, status = _watch(module_pid, spec.get("timeout"), guard, lifeline)
     grace = float(spec.get("grace", 5.0))
     if reason != "exited" or _has_children():
         # also when the module ended normally: what it left running dies with the task
