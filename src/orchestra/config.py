@@ -1,18 +1,21 @@
 """Settings: built once, with explicit precedence, then passed down.
 
 Precedence, highest first: explicit overrides (CLI flags, tests) > ``ORCHESTRA_*`` environment
-variables > the config file (``$ORCHESTRA_HOME/config.toml`` or ``ORCHESTRA_CONFIG``) > defaults.
-Every path derives from the data folder.
+variables > the config files, each filling what the ones before left out (the file
+``ORCHESTRA_CONFIG`` names, ``$ORCHESTRA_HOME/config.toml``, ``/etc/orchestra/config.toml``)
+> defaults. Every path derives from the data folder. Every value is checked here, where it is
+loaded (type, range, choices): a bad one is an ``InvalidInput`` naming where it came from, the
+value and what is allowed, so that a program stops at its start with one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
-from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 from orchestra.errors import InvalidInput
 
 ENV_PREFIX = "ORCHESTRA_"
+SYSTEM_CONFIG = Path("/etc/orchestra/config.toml")  # read last, by every user's commands
 
 
 def _default_home() -> Path:
@@ -99,35 +103,124 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_CHOICES = {"sandbox": ("auto", "required", "off")}
-_URLS = ("index_url",)
-_URL = re.compile(r"^(https?://[^\s/]+|file:///)\S*$")
-_NON_NEGATIVE = ("task_memory_mb", "task_cpu_seconds", "task_output_mb", "task_processes",
-                 "min_free_mb")  # fmt: skip
+_SECRET = re.compile(r"(://[^:/@]*:)[^@]*@")  # the password in a URL
+_INDEX_URL = re.compile(r"^(https?://[^\s/]+|file:///)\S*$")
+_URL_SCHEMES = {
+    "url": ("http", "https"),
+    "api_url": ("http", "https"),
+    "broker_url": ("redis", "rediss"),
+}
 
 
-def _coerce(name: str, raw: Any) -> Any:
-    kind = _FIELDS[name].type
-    if name in _CHOICES and str(raw) not in _CHOICES[name]:
-        allowed = " | ".join(_CHOICES[name])
-        raise InvalidInput(f"setting {name}: {raw!r} is not one of {allowed}", key=name)
-    if name in _URLS and raw and not _URL.match(str(raw)):
-        raise InvalidInput(f"setting {name}: {raw!r} is not an http(s) or file URL", key=name)
+@dataclass(frozen=True)
+class _Rule:
+    """What a setting allows, beyond its type: a check and the words that say it."""
+
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+def _at_least(low: float, unit: str) -> _Rule:
+    return _Rule(lambda v: v >= low, f"{unit} of at least {low:g}")
+
+
+def _one_of(*choices: str) -> _Rule:
+    return _Rule(lambda v: v in choices, "one of " + " | ".join(choices))
+
+
+def _url(schemes: tuple[str, ...]) -> _Rule:
+    pattern = re.compile(rf"^({'|'.join(schemes)})://[^/\s]+")
+    return _Rule(lambda v: v == "" or bool(pattern.match(v)), f"empty or a {schemes[0]}:// URL")
+
+
+_POSITIVE_SECONDS = _Rule(lambda v: v > 0, "a number of seconds above 0")
+_RULES: dict[str, _Rule] = {
+    "home": _Rule(lambda v: str(v) not in ("", "."), "a folder path"),
+    "database_url": _Rule(
+        lambda v: v == "" or "://" in v, "empty (SQLite in the data folder) or a SQLAlchemy URL"
+    ),
+    "max_running": _at_least(1, "a whole number"),
+    "task_timeout": _POSITIVE_SECONDS,
+    "task_retention_days": _at_least(0, "a number of days"),
+    "kill_grace": _at_least(0, "a number of seconds"),
+    "host": _Rule(lambda v: v != "", "an address to listen on"),
+    "port": _Rule(lambda v: 0 <= v <= 65535, "a port number from 0 to 65535"),
+    "threads": _at_least(1, "a whole number"),
+    "max_upload": _at_least(1, "a number of bytes"),
+    "max_unpacked": _at_least(1, "a number of bytes"),
+    "max_archive_members": _at_least(1, "a whole number"),
+    "max_arg_length": _at_least(1, "a number of characters"),
+    "git_timeout": _POSITIVE_SECONDS,
+    "install_timeout": _POSITIVE_SECONDS,
+    "poll_interval": _POSITIVE_SECONDS,
+    "executor": _one_of("local", "celery"),
+    # a lease shorter than a second leaves no room for a heartbeat (twice a second at most)
+    "worker_lease": _at_least(1, "a number of seconds"),
+    "sandbox": _one_of("auto", "required", "off"),
+    "task_memory_mb": _at_least(0, "a whole number of MB (0: no limit)"),
+    "task_cpu_seconds": _at_least(0, "a whole number of seconds (0: no limit)"),
+    "task_output_mb": _at_least(0, "a whole number of MB (0: no limit)"),
+    "task_processes": _at_least(0, "a whole number (0: no limit)"),
+    "min_free_mb": _at_least(0, "a whole number of MB"),
+    **{name: _url(schemes) for name, schemes in _URL_SCHEMES.items()},
+    "index_url": _Rule(
+        lambda v: v == "" or bool(_INDEX_URL.match(v)), "empty (PyPI) or an http(s) or file URL"
+    ),
+}
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
+def _shown(name: str, raw: Any) -> str:
+    """The value as an error may show it: never a token, never a URL's password."""
+    if name == "api_token":
+        return "(hidden)"
+    return _SECRET.sub(r"\1***@", str(raw)) if isinstance(raw, str) else repr(raw)
+
+
+def _refuse(name: str, raw: Any, template: str) -> InvalidInput:
+    rule = _RULES.get(name)
+    kind = str(_FIELDS[name].type)
+    allowed = rule.allowed if rule is not None else _TYPE_WORDS.get(kind, "a string")
+    said = template.replace("{NAME}", name.upper()).replace("{name}", name)
+    said = said.replace("{value}", _shown(name, raw))
+    return InvalidInput(f"{said} is refused: {name} must be {allowed}", key=name)
+
+
+def _typed(kind: str, raw: Any) -> Any:
+    """``raw`` as the field's type; ValueError or TypeError when it is not one."""
+    if kind == "Path":
+        return Path(raw).expanduser()
+    if kind == "bool":
+        return _to_bool(raw)
+    if isinstance(raw, bool) and kind in ("int", "float"):
+        raise TypeError(raw)  # TOML's true is not a number
+    if kind == "int":
+        if isinstance(raw, float) and not raw.is_integer():
+            raise ValueError(raw)
+        return int(raw)
+    if kind == "float":
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+    if not isinstance(raw, str):
+        raise TypeError(raw)
+    return raw
+
+
+_GIVEN = "setting {name}={value}"  # how an error names a value, by where it came from
+_ENVIRONMENT = ENV_PREFIX + "{NAME}={value}"
+
+
+def _coerce(name: str, raw: Any, template: str = _GIVEN) -> Any:
     try:
-        if kind == "Path":
-            return Path(raw).expanduser()
-        if kind == "bool":
-            return _to_bool(raw)
-        if kind == "int":
-            value = int(raw)
-            if name in _NON_NEGATIVE and value < 0:
-                raise ValueError(raw)
-            return value
-        if kind == "float":
-            return float(raw)
-        return str(raw)
+        value = _typed(str(_FIELDS[name].type), raw)
     except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"setting {name}: {raw!r} is not a valid {kind}", key=name) from exc
+        raise _refuse(name, raw, template) from exc
+    rule = _RULES.get(name)
+    if rule is not None and not rule.check(value):
+        raise _refuse(name, raw, template)
+    return value
 
 
 def _to_bool(raw: Any) -> bool:
@@ -141,11 +234,13 @@ def _to_bool(raw: Any) -> bool:
     raise ValueError(raw)
 
 
-def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+def _coerce_all(
+    values: Mapping[str, Any], template: str = _GIVEN, source: str = ""
+) -> dict[str, Any]:
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
-        raise InvalidInput(f"unknown setting(s): {', '.join(unknown)}", key=unknown[0])
-    return {name: _coerce(name, raw) for name, raw in values.items()}
+        raise InvalidInput(f"unknown setting(s) {', '.join(unknown)}{source}", key=unknown[0])
+    return {name: _coerce(name, raw, template) for name, raw in values.items()}
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -158,24 +253,47 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _from_file(path: Path) -> dict[str, Any]:
+def _from_file(path: Path, *, required: bool = False) -> dict[str, Any]:
+    """The settings a TOML file holds, checked; {} when it does not exist (unless required)."""
     if not path.is_file():
+        if required:
+            raise InvalidInput(f"ORCHESTRA_CONFIG={path}: no such file", key="config")
         return {}
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"config file {path}: {exc}", key="config") from exc
+    return _coerce_all(raw, f"{{name}} = {{value}} in {path}", f" in {path}")
+
+
+def _config_files(
+    environ: Mapping[str, str], home: Path | None, system: Path | None
+) -> list[dict[str, Any]]:
+    """The config files' settings, first first: ORCHESTRA_CONFIG's, the data folder's, /etc's."""
+    named = environ.get(ENV_PREFIX + "CONFIG")
+    first = _from_file(Path(named), required=True) if named else {}
+    last = _from_file(system) if system is not None else {}
+    home = home or first.get("home") or last.get("home") or _default_home()
+    own = _from_file(home / "config.toml")
+    if own.get("home", home) != home:
+        raise InvalidInput(
+            f"home in {home / 'config.toml'} names another data folder ({own['home']}): "
+            "set it in ORCHESTRA_HOME or in /etc/orchestra/config.toml", key="home",
+        )  # fmt: skip
+    return [first, own, last, {"home": home}]
 
 
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    system_config: Path | None = SYSTEM_CONFIG,
 ) -> Settings:
-    """Build the settings from overrides > environment > config file > defaults."""
+    """Build the settings from overrides > environment > config files > defaults."""
     environ = os.environ if environ is None else environ
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    env = _from_env(environ)
-    home_raw = given.get("home") or env.get("home")
-    home = Path(home_raw).expanduser() if home_raw else _default_home()
-    config_path = Path(environ.get(ENV_PREFIX + "CONFIG") or home / "config.toml")
-    merged = ChainMap(given, env, _from_file(config_path), {"home": home})
-    return Settings(**_coerce_all(dict(merged)))
+    given = _coerce_all({k: v for k, v in (overrides or {}).items() if v is not None})
+    env = _coerce_all(_from_env(environ), _ENVIRONMENT)
+    home = given.get("home") or env.get("home")
+    merged: dict[str, Any] = {}
+    for layer in reversed([given, env, *_config_files(environ, home, system_config)]):
+        merged.update(layer)
+    return Settings(**merged)
