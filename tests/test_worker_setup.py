@@ -233,7 +233,12 @@ def _worker_env(home: Path, api_url: str, token: str, **more: str) -> dict[str, 
     [("wrong-token", "ORCHESTRA_API_TOKEN"), ("api-token", "ORCHESTRA_EXECUTOR=local")],
 )
 def test_a_worker_refuses_to_start_where_it_would_fail_every_task(
-    tmp_path: Path, uv_cache: Path, postgres_server: PostgresServer, token: str, named: str
+    tmp_path: Path,
+    uv_cache: Path,
+    postgres_server: PostgresServer,
+    redis_server: RedisServer,
+    token: str,
+    named: str,
 ) -> None:
     """A wrong token, or an API that runs its tasks itself: it says so instead of consuming,
     and never announces itself as a worker."""
@@ -242,7 +247,10 @@ def test_a_worker_refuses_to_start_where_it_would_fail_every_task(
     try:
         argv = [sys.executable, "-m", "orchestra", "worker", "--name", "w"]
         database = postgres_server.orchestra_database()
-        env = _worker_env(tmp_path / "worker", api.url, token, ORCHESTRA_DATABASE_URL=database)
+        env = _worker_env(
+            tmp_path / "worker", api.url, token, ORCHESTRA_DATABASE_URL=database,
+            ORCHESTRA_BROKER_URL=redis_server.url(),
+        )  # fmt: skip
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     finally:
         api.close()

@@ -170,11 +170,16 @@ _RULES: dict[str, _Rule] = {
 _TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
+def hide_password(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    return _SECRET.sub(r"\1***@", url)
+
+
 def _shown(name: str, raw: Any) -> str:
     """The value as an error may show it: never a token, never a URL's password."""
     if name == "api_token":
         return "(hidden)"
-    return _SECRET.sub(r"\1***@", str(raw)) if isinstance(raw, str) else repr(raw)
+    return hide_password(raw) if isinstance(raw, str) else repr(raw)
 
 
 def _refuse(name: str, raw: Any, template: str) -> InvalidInput:

@@ -60,16 +60,19 @@ class PostgresServer:
     root: Path
     process: subprocess.Popen[bytes]
     _template: str = ""  # the database holding the current schema, made on first use
+    password: str = ""  # the superuser's, when the server asks for one (scram-sha-256)
 
     def url(self, database: str = "postgres") -> str:
         """The SQLAlchemy URL (psycopg 3) of ``database`` on this server."""
-        return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{database}"
+        login = f"{USER}:{self.password}" if self.password else USER
+        return f"postgresql+psycopg://{login}@127.0.0.1:{self.port}/{database}"
 
     def execute(self, sql: str) -> None:
         """Run one statement outside a transaction (CREATE / DROP DATABASE need that)."""
         import psycopg
 
         dsn = f"host=127.0.0.1 port={self.port} user={USER} dbname=postgres"
+        dsn += f" password={self.password}" if self.password else ""
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as connection:
             connection.execute(sql)  # type: ignore[arg-type]
 
@@ -125,13 +128,23 @@ def _make_root() -> Path:
     return root
 
 
-def start_server(binaries: Path) -> PostgresServer:
-    """initdb into a temporary folder, start postgres on a free port, wait until it answers."""
+def start_server(
+    binaries: Path, password: str = "", listen: tuple[str, ...] = ("127.0.0.1",)
+) -> PostgresServer:
+    """initdb into a temporary folder, start postgres on a free port, wait until it answers.
+
+    With ``password``, every connection must give it (scram-sha-256), as in a deployment.
+    """
     root = _make_root()
     user = _as_server_user()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": str(root)}
+    auth = ["--auth=trust"]
+    if password:
+        (root / "password").write_text(password + "\n")
+        os.chmod(root / "password", 0o644)  # initdb runs as nobody
+        auth = ["--auth=scram-sha-256", f"--pwfile={root / 'password'}"]
     initdb = [
-        str(binaries / "initdb"), "-D", str(root / "data"), "-U", USER, "--auth=trust",
+        str(binaries / "initdb"), "-D", str(root / "data"), "-U", USER, *auth,
         "-E", "UTF8", "--no-sync", "--no-instructions",
     ]  # fmt: skip
     done = subprocess.run(initdb, env=env, capture_output=True, cwd=root, check=False, **user)
@@ -141,13 +154,13 @@ def start_server(binaries: Path) -> PostgresServer:
     port = free_port()
     argv = [
         str(binaries / "postgres"), "-D", str(root / "data"), "-p", str(port),
-        "-h", "127.0.0.1", "-k", str(root), "-c", "max_connections=200", *_FAST,
+        "-h", ",".join(listen), "-k", str(root), "-c", "max_connections=200", *_FAST,
     ]  # fmt: skip
     with open(root / "server.log", "wb") as log:
         process = subprocess.Popen(
             argv, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **user
         )
-    server = PostgresServer(port=port, root=root, process=process)
+    server = PostgresServer(port=port, root=root, process=process, password=password)
     _wait_until_ready(server)
     return server
 

@@ -16,17 +16,26 @@ from tests.support.postgres import require_service
 class RedisServer:
     """One redis-server process: no persistence, so a restart forgets every message."""
 
-    def __init__(self, program: str, folder: Path, *, bind: tuple[str, ...] = ("127.0.0.1",)):
+    def __init__(
+        self,
+        program: str,
+        folder: Path,
+        *,
+        bind: tuple[str, ...] = ("127.0.0.1",),
+        password: str = "",
+    ) -> None:
         # 127.0.0.1 first: that is where the fixture waits for it to answer
         self.program = program
         self.folder = folder
         self.bind = bind
+        self.password = password  # requirepass, as a deployment sets it
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, host: str | None = None, db: int = 0) -> str:
         """The redis:// URL through ``host`` (the first bound address by default)."""
-        return f"redis://{host or self.bind[0]}:{self.port}/{db}"
+        login = f":{self.password}@" if self.password else ""
+        return f"redis://{login}{host or self.bind[0]}:{self.port}/{db}"
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
@@ -37,6 +46,8 @@ class RedisServer:
             "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         wait_for_port(self.port, process=self.process, timeout=30)
 

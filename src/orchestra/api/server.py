@@ -98,8 +98,10 @@ def serve(settings: Settings, service: Service | None = None) -> int:
     """Run the API and the task runner until SIGTERM or SIGINT; returns the exit code."""
     check_listen_address(settings)
     if service is None:
+        from orchestra import preflight
         from orchestra.service import Service
 
+        preflight.check(settings)  # one line and an exit code, not a traceback, if they refuse
         service = Service(settings)
     try:
         server = ApiServer(settings, service)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from orchestra.errors import InvalidInput, Unreachable
+from orchestra.errors import InvalidInput
 from orchestra.outages import Outage
 
 if TYPE_CHECKING:
@@ -84,10 +84,9 @@ def wait_for_api(settings: Settings, name: str) -> None:
 
 def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency: int) -> int:
     """Consume the queues until stopped (SIGTERM or Ctrl-C: Celery's warm shutdown)."""
-    from orchestra.distributed import check_settings, require_extra
+    from orchestra import preflight
 
-    require_extra()
-    check_settings(settings, worker=True)
+    preflight.check(settings, worker=True)
     from orchestra.distributed.app import make_app
     from orchestra.distributed.worker import Worker
     from orchestra.executors import sandbox
@@ -102,9 +101,8 @@ def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency:
         db.create_schema()  # a worker may start first; the schema's lock serialises this
         wait_for_api(settings, name)
         worker.start()
-    except OperationalError as exc:
-        where = make_url(settings.database_url).render_as_string(hide_password=True)
-        raise Unreachable(f"cannot reach the database {where}: {exc.orig}") from exc
+    except OperationalError as exc:  # it went away since the check
+        raise preflight.database_error(settings.database_url, exc) from exc
     _LOGGER.info("worker %s takes queue(s) %s, %d at once", name, ",".join(queues), concurrency)
     try:
         make_app(settings, worker).worker_main(
