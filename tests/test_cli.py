@@ -74,7 +74,8 @@ def test_help_and_version_exit_0(settings: Settings) -> None:
 def test_register_list_show_and_remove_in_the_flag_spelling(settings: Settings) -> None:
     code, out, err = run_cli(["--register", CATALOG], settings)
     assert code == 0, err
-    assert out == "registered module 1: Example catalog (installed)\n"
+    where = f"{settings.home} (SQLite)"  # every change names the data folder it went to
+    assert out == f"registered module 1 into {where}: Example catalog (installed)\n"
     assert "orchestra: fetching" in err  # progress of the long steps
     code, out, _ = run_cli(["--list"], settings)
     assert code == 0
@@ -82,7 +83,7 @@ def test_register_list_show_and_remove_in_the_flag_spelling(settings: Settings) 
     assert header.split() == ["ID", "NAME", "VERSION", "STATUS", "OUTPUT", "DESCRIPTION"]
     assert row.startswith("1   Example catalog  1.0.0    installed  catalog")
     code, out, _ = run_cli(["--remove", "1"], settings)
-    assert (code, out) == (0, "removed module 1\n")
+    assert (code, out) == (0, f"removed module 1 from {where}\n")
     assert run_cli(["--list"], settings)[1] == "no modules\n"
 
 
@@ -147,7 +148,7 @@ def test_clear_without_a_terminal_refuses_unless_yes(settings: Settings) -> None
     assert "pass --yes" in err
     assert len(json.loads(run_cli(["list", "--json"], settings)[1])) == 1
     code, out, _ = run_cli(["clear", "--yes"], settings)
-    assert (code, out) == (0, "removed 1 module(s) and every task\n")
+    assert (code, out) == (0, f"removed 1 module(s) and every task from {settings.home} (SQLite)\n")
     assert run_cli(["list", "--json"], settings)[1] == "[]\n"
 
 
@@ -158,7 +159,7 @@ def test_run_wait_follows_the_log_and_prints_the_final_task(settings: Settings) 
     assert "status:    done" in out
     assert "parameter=Bx" in out
     assert "catalog.txt" in out
-    assert "orchestra: task 1: " in err
+    assert f"orchestra: task 1 in {settings.home} (SQLite): " in err
 
 
 def test_run_wait_exits_non_zero_when_the_task_fails(settings: Settings, tmp_path: Path) -> None:
@@ -207,6 +208,25 @@ def test_tasks_task_log_and_output(
     assert (tmp_path / "x" / "copy.txt").read_bytes() == (tmp_path / "catalog.txt").read_bytes()
 
 
+def test_a_saved_output_gets_the_umasks_mode_or_keeps_the_one_it_had(
+    settings: Settings, tmp_path: Path
+) -> None:
+    run_cli(["register", CATALOG], settings)
+    assert run_cli(["run", "1", "--wait"], settings)[0] == 0
+    old = os.umask(0o027)
+    try:
+        assert run_cli(["output", "1", "-o", str(tmp_path / "a.txt")], settings)[0] == 0
+        os.umask(0o002)
+        assert run_cli(["output", "1", "-o", str(tmp_path / "b.txt")], settings)[0] == 0
+        (tmp_path / "b.txt").chmod(0o600)
+        assert run_cli(["output", "1", "-o", str(tmp_path / "b.txt")], settings)[0] == 0
+        assert run_cli(["output", "1", "-o", str(tmp_path / "c.txt")], settings)[0] == 0
+    finally:
+        os.umask(old)
+    modes = [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.txt", "b.txt", "c.txt")]
+    assert modes == [0o640, 0o600, 0o664]
+
+
 def test_output_of_several_files_is_a_zip(settings: Settings, tmp_path: Path) -> None:
     code = "(out / 'a.txt').write_text('a')\n(out / 'b.txt').write_text('b')"
     run_cli(["register", str(write_module(tmp_path / "two", name="two", code=code))], settings)
@@ -222,9 +242,45 @@ def test_kill_stops_a_running_task(settings: Settings, tmp_path: Path) -> None:
     code, out, _ = run_cli(["run", "1", "--json"], settings)
     assert code == 0 and json.loads(out)["status"] in {"queued", "running"}
     code, out, err = run_cli(["kill", "1"], settings)
-    assert (code, out) == (0, "task 1: killed\n"), err
+    assert (code, out) == (0, f"task 1 in {settings.home} (SQLite): killed\n"), err
     code, _, err = run_cli(["kill", "1"], settings)
     assert code == 4 and "already ended" in err
+
+
+def test_kill_takes_several_ids_and_checks_them_all_first(
+    settings: Settings, tmp_path: Path
+) -> None:
+    run_cli(["register", str(write_module(tmp_path / "s", name="sleeper", code=SLEEPER))], settings)
+    for _ in range(2):
+        assert run_cli(["run", "1"], settings)[0] == 0
+    code, _, err = run_cli(["kill", "1", "2", "99"], settings)
+    assert code == 3 and "no task 99" in err
+    assert json.loads(run_cli(["task", "2", "--json"], settings)[1])["status"] != "killed"
+    code, out, err = run_cli(["kill", "1", "2"], settings)
+    where = f"{settings.home} (SQLite)"
+    assert (code, out) == (0, f"task 1 in {where}: killed\ntask 2 in {where}: killed\n"), err
+    assert run_cli(["task", "2", "--json"], settings)[1].count('"killed"') == 1
+
+
+def test_a_task_and_run_wait_show_the_worker_that_ran_it(settings: Settings) -> None:
+    run_cli(["register", CATALOG], settings)
+    code, out, _ = run_cli(["run", "1", "--wait"], settings)
+    worker = json.loads(run_cli(["task", "1", "--json"], settings)[1])["worker"]
+    assert code == 0 and worker and f"worker:    {worker}\n" in out
+    assert f"worker:    {worker}\n" in run_cli(["task", "1"], settings)[1]
+
+
+def test_worker_and_serve_do_not_offer_a_url_they_would_ignore(settings: Settings) -> None:
+    for command in ("worker", "serve"):
+        assert "--url" not in subprocess.run(
+            [sys.executable, "-m", "orchestra", command, "--help"], capture_output=True,
+            text=True, env={**clean_environ(), "PYTHONPATH": str(ROOT / "src")}, check=True,
+        ).stdout  # fmt: skip
+        code, _, err = run_cli(["--url", "http://127.0.0.1:9", command], settings)
+        assert code == 2 and err.count("\n") == 1 and f"`{command}` runs on this machine" in err
+    code, _, err = run_cli(["worker", "--url", "http://127.0.0.1:9"], settings)
+    assert code == 2 and "unrecognized arguments: --url" in err
+    assert "ORCHESTRA_API_URL" in run_cli(["--url", "http://127.0.0.1:9", "worker"], settings)[2]
 
 
 def test_ctrl_c_while_following_exits_130_with_one_line(settings: Settings, tmp_path: Path) -> None:
@@ -258,7 +314,8 @@ def test_python_dash_m_orchestra_runs_the_flag_spelling(tmp_path: Path, uv_cache
     done = orchestra("--register", CATALOG)
     assert done.returncode == 0, done.stderr
     # the process ends without the interpreter's teardown: what it printed must all be there
-    assert done.stdout == "registered module 1: Example catalog (installed)\n"
+    where = f"{home} (SQLite)"
+    assert done.stdout == f"registered module 1 into {where}: Example catalog (installed)\n"
     assert done.stderr.endswith("orchestra: installed Example catalog as module 1\n")
     listed = orchestra("--list", "--json")
     assert [m["name"] for m in json.loads(listed.stdout)] == ["Example catalog"]
@@ -274,7 +331,7 @@ def test_update_reinstalls_a_module_from_its_source(settings: Settings, tmp_path
     (folder / "metadata.json").write_text(json.dumps({**metadata, "version": "0.2"}))
     code, out, err = run_cli(["update", "1"], settings)
     assert code == 0, err
-    assert out == "updated module 1: grows (installed)\n"
+    assert out == f"updated module 1 in {settings.home} (SQLite): grows (installed)\n"
     assert json.loads(run_cli(["show", "1", "--json"], settings)[1])["version"] == "0.2"
 
 

@@ -96,7 +96,7 @@ def test_staging_from_the_command_line(settings: Settings, tmp_path: Path) -> No
     assert json.loads(run_cli(["--json", "publish", "1"], settings)[1])["staged"] is False
     assert "(staged)" not in run_cli(["list"], settings)[1]
     code, out, _ = run_cli(["stage", "1"], settings)
-    assert (code, out) == (0, "staged module 1: history\n")
+    assert (code, out) == (0, f"staged module 1 in {settings.home} (SQLite): history\n")
     listed = json.loads(run_cli(["--json", "list"], settings)[1])
     assert [(m["id"], m["staged"]) for m in listed] == [(1, True)]
     assert run_cli(["publish", "7"], settings)[0] != 0
@@ -204,7 +204,9 @@ def test_removing_with_purge_forgets_the_tasks_from_the_command_line(
 ) -> None:
     run_cli(["register", str(_module(tmp_path / "m"))], settings)
     assert run_cli(["run", "1", "--wait"], settings)[0] == 0
-    assert run_cli(["remove", "1"], settings)[1] == "removed module 1\n"
+    assert (
+        run_cli(["remove", "1"], settings)[1] == f"removed module 1 from {settings.home} (SQLite)\n"
+    )
     code, out, _ = run_cli(["task", "1"], settings)
     assert code == 0 and "module:    1 (history, removed)" in out
     assert run_cli(["remove", "1", "--purge"], settings)[0] == 0
@@ -226,7 +228,8 @@ def test_prune_forgets_old_tasks_and_then_their_removed_module(
     _age(service, old["id"], 10)
     service.remove(module_id)
     code, out, _ = run_cli(["prune", "--older-than", "5"], settings)
-    assert (code, out) == (0, "forgot 1 task(s) ended more than 5 day(s) ago\n")
+    where = f"{settings.home} (SQLite)"
+    assert (code, out) == (0, f"forgot 1 task(s) ended more than 5 day(s) ago in {where}\n")
     assert client.get(f"/task/{old['id']}").status_code == 404
     assert not (settings.tasks_dir / str(old["id"])).exists()
     assert client.get(f"/task/{recent['id']}").status_code == 200

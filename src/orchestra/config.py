@@ -96,6 +96,19 @@ class Settings:
         """The installer cache shared by every environment (links, not copies)."""
         return Path(self.uv_cache) if self.uv_cache else self.home / "cache" / "uv"
 
+    def place(self) -> str:
+        """Where commands make their changes, as their output names it (no password)."""
+        if self.url:
+            return hide_password(self.url)
+        if not self.database_url:
+            return f"{self.home} (SQLite)"
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        kind = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(url.get_backend_name())
+        where = f"{url.username or ''}@{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+        return f"{self.home} ({kind or url.get_backend_name()} {where})"
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some fields replaced (None values are ignored)."""
         given = {k: v for k, v in overrides.items() if v is not None}

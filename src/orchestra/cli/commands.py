@@ -97,7 +97,10 @@ def register(ctx: Context, args: argparse.Namespace) -> int:
         registered.append(info)
         taken.add(info.name or "")
         if not ctx.json:
-            ctx.out.write(f"registered module {info.id}: {info.name} ({info.status})\n")
+            where = ctx.settings.place()
+            ctx.out.write(
+                f"registered module {info.id} into {where}: {info.name} ({info.status})\n"
+            )
     if ctx.json:
         ctx.emit({"registered": [m.to_dict() for m in registered], "skipped": skipped}, "")
     return 0
@@ -132,7 +135,7 @@ def remove(ctx: Context, args: argparse.Namespace) -> int:
     for module_id in dict.fromkeys(args.ids):
         ctx.service.remove(module_id, force=args.force, purge=args.purge)
         if not ctx.json:
-            ctx.out.write(f"removed module {module_id}\n")
+            ctx.out.write(f"removed module {module_id} from {ctx.settings.place()}\n")
     if ctx.json:
         ctx.emit({"removed": list(dict.fromkeys(args.ids))}, "")
     return 0
@@ -145,7 +148,8 @@ def clear(ctx: Context, args: argparse.Namespace) -> int:
         ctx.note("cancelled; nothing removed")
         return 1
     ctx.service.clear()
-    ctx.emit({"removed_modules": count}, f"removed {count} module(s) and every task")
+    where = ctx.settings.place()
+    ctx.emit({"removed_modules": count}, f"removed {count} module(s) and every task from {where}")
     return 0
 
 
@@ -172,7 +176,9 @@ def update(ctx: Context, args: argparse.Namespace) -> int:
     """Re-install a module from its source, or from a new zip archive."""
     archive = _zip_argument(args.zip) if args.zip else None
     module = ctx.service.update(args.id, ref=args.ref, archive=archive, progress=ctx.note)
-    ctx.emit(module.to_dict(), f"updated module {module.id}: {module.name} ({module.status})")
+    where = ctx.settings.place()
+    text = f"updated module {module.id} in {where}: {module.name} ({module.status})"
+    ctx.emit(module.to_dict(), text)
     return 0
 
 
@@ -186,21 +192,27 @@ def _zip_argument(text: str) -> Path:
 def publish(ctx: Context, args: argparse.Namespace) -> int:
     """Show a staged module to clients."""
     module = ctx.service.publish(args.id)
-    ctx.emit(module.to_dict(), f"published module {module.id}: {module.name}")
+    where = ctx.settings.place()
+    ctx.emit(module.to_dict(), f"published module {module.id} in {where}: {module.name}")
     return 0
 
 
 def stage(ctx: Context, args: argparse.Namespace) -> int:
     """Hide a module from clients until it is published."""
     module = ctx.service.stage(args.id)
-    ctx.emit(module.to_dict(), f"staged module {module.id}: {module.name}")
+    ctx.emit(
+        module.to_dict(), f"staged module {module.id} in {ctx.settings.place()}: {module.name}"
+    )
     return 0
 
 
 def prune(ctx: Context, args: argparse.Namespace) -> int:
     """Forget ended tasks older than a number of days, with their files."""
     pruned = ctx.service.prune(args.older_than)
-    text = f"forgot {pruned.tasks} task(s) ended more than {pruned.older_than_days:g} day(s) ago"
+    text = (
+        f"forgot {pruned.tasks} task(s) ended more than {pruned.older_than_days:g} day(s) ago "
+        f"in {ctx.settings.place()}"
+    )
     if pruned.modules:
         text += f", and {pruned.modules} removed module(s) left without tasks"
     ctx.emit(pruned.to_dict(), text)
@@ -211,6 +223,8 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     """The REST API and the task runner, until SIGTERM or Ctrl-C."""
     from orchestra.api.server import serve as run_server
 
+    _runs_here("serve", args)
+    _LOGGER.info("data folder: %s", ctx.settings.with_overrides(url="").place())
     return run_server(ctx.settings)
 
 
@@ -218,10 +232,23 @@ def worker(ctx: Context, args: argparse.Namespace) -> int:
     """Take tasks from the queues and run them here, until SIGTERM or Ctrl-C."""
     from orchestra.distributed.main import default_name, run_worker
 
+    _runs_here("worker", args)
     return run_worker(
         ctx.settings, name=args.name or default_name(), queues=args.queues,
         concurrency=args.concurrency,
     )  # fmt: skip
+
+
+def _runs_here(command: str, args: argparse.Namespace) -> None:
+    """Refuse ``--url`` (given before the command) where it would be ignored."""
+    if getattr(args, "url", None):
+        reach = (
+            "; a worker reaches its API through ORCHESTRA_API_URL" if command == "worker" else ""
+        )
+        raise InvalidInput(
+            f"--url drives a remote server's commands; `{command}` runs on this machine{reach}",
+            key="url",
+        )
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -231,9 +258,9 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     """Start a task; with --wait, follow it to its end."""
     task = ctx.service.run(args.id, parse_assignments(args.arguments))
     if not args.wait:
-        ctx.emit(task.to_dict(), f"task {task.id}: {task.status}")
+        ctx.emit(task.to_dict(), f"task {task.id} in {ctx.settings.place()}: {task.status}")
         return 0
-    ctx.note(f"task {task.id}: {task.status}")
+    ctx.note(f"task {task.id} in {ctx.settings.place()}: {task.status}")
     final = follow(ctx, task.id)
     ctx.emit(final.to_dict(), render.task_details(final))
     return 0 if final.status == TaskStatus.DONE else 1
@@ -289,9 +316,15 @@ def task(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def kill(ctx: Context, args: argparse.Namespace) -> int:
-    """Kill a task."""
-    info = ctx.service.kill(args.id)
-    ctx.emit(info.to_dict(), f"task {info.id}: {info.status}")
+    """Kill tasks; every id is checked before any is killed."""
+    for task_id in args.ids:
+        ctx.service.get_task(task_id)
+    killed = [ctx.service.kill(task_id) for task_id in dict.fromkeys(args.ids)]
+    where = ctx.settings.place()
+    text = "\n".join(f"task {info.id} in {where}: {info.status}" for info in killed)
+    # one id answers one record, as it always did; several, a list
+    data = killed[0].to_dict() if len(killed) == 1 else [info.to_dict() for info in killed]
+    ctx.emit(data, text)
     return 0
 
 
@@ -367,10 +400,22 @@ def _write_via_temp(target: Path, write: Callable[[Any], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            # mkstemp makes it 0600: give it the mode any new file gets here (or the old one's)
+            os.fchmod(handle.fileno(), _new_file_mode(target))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode(target: Path) -> int:
+    """The mode of ``target`` if it exists, else what the umask leaves of 0666."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)  # read it; the command line has no other thread creating files
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 COMMANDS: dict[str, Handler] = {

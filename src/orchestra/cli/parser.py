@@ -51,19 +51,20 @@ def object_id(text: str) -> int:
     return int(text)
 
 
-def _globals(*, suppress: bool) -> argparse.ArgumentParser:
+def _globals(*, suppress: bool, url: bool = True) -> argparse.ArgumentParser:
     # the same options before and after the command; the copy on each sub-command
     # suppresses its defaults so that it never overwrites a value given before it
     text_default = argparse.SUPPRESS if suppress else None
     flag_default = argparse.SUPPRESS if suppress else False
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--home", metavar="DIR", default=text_default, help="the data folder")
-    parent.add_argument(
-        "--url",
-        metavar="URL",
-        default=text_default,
-        help="drive the server at URL through its REST API (also: ORCHESTRA_URL)",
-    )
+    if url:  # not offered by the commands that run here (serve, worker), which ignore it
+        parent.add_argument(
+            "--url",
+            metavar="URL",
+            default=text_default,
+            help="drive the server at URL through its REST API (also: ORCHESTRA_URL)",
+        )
     parent.add_argument(
         "--json", action="store_true", default=flag_default, help="machine-readable output"
     )
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _globals(suppress=True)
     for add in (_module_commands, _task_commands):
         add(commands, common)
+    _service_commands(commands, _globals(suppress=True, url=False))
     return parser
 
 
@@ -138,7 +140,10 @@ def _module_commands(commands: argparse._SubParsersAction, common: argparse.Argu
     p.add_argument("id", type=object_id, metavar="ID")
     p.add_argument("--ref", help="git branch, tag or commit to move to")
     p.add_argument("--zip", metavar="FILE", help="install this zip archive as the new version")
-    p = commands.add_parser("serve", parents=[common], help="serve the REST API and run tasks")
+
+
+def _service_commands(commands: argparse._SubParsersAction, local: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("serve", parents=[local], help="serve the REST API and run tasks")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on")
     p.add_argument(
@@ -148,7 +153,9 @@ def _module_commands(commands: argparse._SubParsersAction, common: argparse.Argu
         help="allow a non-loopback address without an API token",
     )
 
-    p = commands.add_parser("worker", parents=[common], help="run tasks for a cluster (SPEC §6)")
+    p = commands.add_parser(
+        "worker", parents=[local], help="run tasks for a cluster (its API: ORCHESTRA_API_URL)"
+    )
     p.add_argument("--concurrency", type=_positive, default=1, help="tasks at once (default 1)")
     p.add_argument(
         "--queues", type=_queues, default=["default"], help="queues to take, comma-separated"
@@ -176,9 +183,11 @@ def _task_commands(commands: argparse._SubParsersAction, common: argparse.Argume
     p.add_argument("--limit", type=_positive, default=50, help="tasks on one page")
     p.add_argument("--offset", type=_non_negative, default=0, help="tasks to skip first")
     p.add_argument("--cursor", help="continue after a previous page")
-    for name, text in (("task", "show one task"), ("kill", "kill a task"), ("log", "a task's log")):
+    for name, text in (("task", "show one task"), ("log", "a task's log")):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("id", type=object_id, metavar="ID")
+    p = commands.add_parser("kill", parents=[common], help="kill tasks")
+    p.add_argument("ids", nargs="+", type=object_id, metavar="ID")
     p = commands.add_parser("output", parents=[common], help="save a task's output")
     p.add_argument("id", type=object_id, metavar="ID")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write it")

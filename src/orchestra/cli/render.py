@@ -130,6 +130,7 @@ def task_details(task: TaskInfo) -> str:
             ("id", task.id),
             ("module", _module_of(task)),
             ("status", task.status),
+            ("worker", task.worker),
             ("arguments", _args(task.args)),
             ("created", _time(plain["created"])),
             ("started", _time(plain["started"])),
