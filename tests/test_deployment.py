@@ -23,6 +23,13 @@ from orchestra.config import ENV_PREFIX, Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 ORCHESTRA_SERVICES = ("api", "worker-1", "worker-2")
 TOKEN = "a-token-from-the-operator"
+# what the operator exports before `docker compose up`: the file holds no secret itself
+SECRETS = {
+    "ORCHESTRA_API_TOKEN": TOKEN,
+    "ORCHESTRA_DB_PASSWORD": "db-password-from-the-operator",
+    "ORCHESTRA_REDIS_PASSWORD": "redis-password-from-the-operator",
+}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +37,22 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def _fill(text: str, exported: dict[str, str] = SECRETS) -> str:
+    """``text`` with ``${NAME:?…}`` and ``${NAME:-default}`` filled in as Compose would."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, default = match.groups()
+        if name in exported:
+            return exported[name]
+        assert kind == "-", f"${{{name}}} has no default and is not exported"
+        return default
+
+    return _VARIABLE.sub(one, text)
+
+
 def _environment(service: dict[str, Any]) -> dict[str, str]:
-    """The service's environment with ``${NAME:?…}`` filled in as Compose would."""
-    given = {str(k): str(v) for k, v in service["environment"].items()}
-    fill = lambda m: TOKEN if m.group(1) == "ORCHESTRA_API_TOKEN" else m.group(0)  # noqa: E731
-    return {k: re.sub(r"\$\{(\w+)(?::\?[^}]*)?\}", fill, v) for k, v in given.items()}
+    """The service's environment as Compose would fill it in."""
+    return {str(k): _fill(str(v)) for k, v in service["environment"].items()}
 
 
 def _settings(compose: dict[str, Any], name: str) -> Settings:
@@ -64,7 +82,7 @@ def test_each_service_runs_the_celery_executor_on_the_shared_services(
     database, broker = urlsplit(settings.database_url), urlsplit(settings.broker_url)
     assert database.scheme == "postgresql+psycopg" and broker.scheme == "redis"
     assert database.hostname in services and broker.hostname in services
-    postgres = services[database.hostname]["environment"]
+    postgres = _environment(services[database.hostname])
     assert (database.username, database.password, database.path.lstrip("/")) == (
         postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]
     )  # fmt: skip
@@ -79,7 +97,34 @@ def test_workers_reach_the_api_where_it_listens(compose: dict[str, Any]) -> None
     for name in ORCHESTRA_SERVICES:
         target = urlsplit(_settings(compose, name).api_url)
         assert (target.hostname, target.port) == ("api", api.port), name
-    assert f"{api.port}:{api.port}" in compose["services"]["api"]["ports"]
+    assert f"127.0.0.1:{api.port}:{api.port}" in map(_fill, compose["services"]["api"]["ports"])
+
+
+def test_the_api_is_published_on_loopback_unless_told_otherwise(compose: dict[str, Any]) -> None:
+    (published,) = compose["services"]["api"]["ports"]
+    assert _fill(published) == "127.0.0.1:8470:8470"
+    told = _fill(published, {**SECRETS, "ORCHESTRA_PUBLISH": "0.0.0.0"})
+    assert told == "0.0.0.0:8470:8470"
+
+
+def test_no_secret_is_written_in_the_file_and_each_must_be_given() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in SECRETS:
+        assert f"${{{name}:?" in text, name
+    for secret in SECRETS.values():
+        assert secret not in text
+    with pytest.raises(AssertionError, match="ORCHESTRA_DB_PASSWORD"):
+        _fill(text, {})
+
+
+def test_redis_asks_for_the_password_the_broker_url_gives(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = [_fill(word) for word in redis["command"]]
+    password = command[command.index("--requirepass") + 1]
+    assert password == SECRETS["ORCHESTRA_REDIS_PASSWORD"]
+    for name in ORCHESTRA_SERVICES:
+        assert urlsplit(_settings(compose, name).broker_url).password == password
+    assert _environment(redis)["REDISCLI_AUTH"] == password  # its health check logs in
 
 
 @pytest.mark.parametrize("name", ["worker-1", "worker-2"])
@@ -103,7 +148,10 @@ def test_orchestra_waits_for_healthy_database_and_broker(compose: dict[str, Any]
             assert services[dependency]["healthcheck"]["test"], dependency
 
 
-def test_the_image_installs_what_the_services_need() -> None:
+def test_the_image_installs_what_the_services_need_and_runs_unprivileged() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "'.[distributed]'" in dockerfile  # Celery, Redis's client, psycopg
+    # Celery, Redis's client, psycopg; astropy for VOTable outputs
+    assert "'.[distributed,amda]'" in dockerfile
     assert re.search(r"apt-get install[^\n]*\bgit\b[^\n]*\bbubblewrap\b", dockerfile)
+    users = re.findall(r"^USER (\S+)$", dockerfile, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
