@@ -40,6 +40,15 @@ def require_service(name: str, reason: str) -> None:
     pytest.skip(message)
 
 
+def require_program(program: str, service: str, reason: str) -> str:
+    """``program``'s path on PATH; skips (or fails in CI) without it."""
+    found = shutil.which(program)
+    if found is None:
+        require_service(service, reason)
+    assert found is not None
+    return found
+
+
 def find_binaries() -> Path | None:
     """The folder holding PostgreSQL's initdb and postgres: PATH, /usr/local/bin, Debian's."""
     candidates = [shutil.which("initdb"), "/usr/local/bin/initdb"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.helpers import free_port, wait_for_port
-from tests.support.postgres import require_service
+from tests.support.postgres import require_program
 
 
 class RedisServer:
@@ -71,11 +70,7 @@ class RedisServer:
 
 def redis_program() -> str:
     """redis-server's path; skips (or fails in CI) without it."""
-    found = shutil.which("redis-server")
-    if found is None:
-        require_service("Redis", "redis-server is not installed")
-    assert found is not None
-    return found
+    return require_program("redis-server", "Redis", "redis-server is not installed")
 
 
 @pytest.fixture
