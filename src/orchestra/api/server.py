@@ -102,6 +102,7 @@ def serve(settings: Settings, service: Service | None = None) -> int:
         from orchestra.service import Service
 
         preflight.check(settings)  # one line and an exit code, not a traceback, if they refuse
+        _LOGGER.info("data folder: %s", settings.with_overrides(url="").place())
         service = Service(settings)
     try:
         server = ApiServer(settings, service)

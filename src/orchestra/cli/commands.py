@@ -224,7 +224,6 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     from orchestra.api.server import serve as run_server
 
     _runs_here("serve", args)
-    _LOGGER.info("data folder: %s", ctx.settings.with_overrides(url="").place())
     return run_server(ctx.settings)
 
 
