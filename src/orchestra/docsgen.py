@@ -269,10 +269,13 @@ def settings_page(source: str) -> str:
     out = [
         "# Settings reference\n\n",
         "Each setting is read from, highest first: a command-line flag where one exists, the ",
-        f"environment variable `{ENV_PREFIX}<NAME>`, the TOML config file (`$ORCHESTRA_HOME/",
-        "config.toml`, or the file `ORCHESTRA_CONFIG` names, with the names in lower case), ",
-        "then the default. Booleans accept `1`, `true`, `yes`, `on` and `0`, `false`, `no`, ",
-        "`off`.\n\n",
+        f"environment variable `{ENV_PREFIX}<NAME>`, the TOML config files (the one ",
+        "`ORCHESTRA_CONFIG` names, `$ORCHESTRA_HOME/config.toml`, then ",
+        "`/etc/orchestra/config.toml`, each filling what the ones before left out, with the ",
+        "names in lower case), then the default. Booleans accept `1`, `true`, `yes`, `on` and ",
+        "`0`, `false`, `no`, `off`. Each value is checked where it is read: a wrong type, range ",
+        "or choice stops the program with one line naming the setting, its value and what is ",
+        "allowed.\n\n",
         "| variable | default | meaning |\n| --- | --- | --- |\n",
     ]
     for field in dataclasses.fields(Settings):

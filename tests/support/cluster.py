@@ -45,7 +45,7 @@ class ClusterWorker:
         self.process = self.namespace.popen(argv, env=self.env, log=self.log)
 
     def kill(self) -> None:
-        """SIGKILL the worker process (its tasks' supervisors, in their own sessions, live on)."""
+        """SIGKILL the worker process (its tasks end with it: their supervisors watch it)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=30)

@@ -70,17 +70,18 @@ class PostgresServer:
     process: subprocess.Popen[bytes]
     _template: str = ""  # the database holding the current schema, made on first use
     password: str = ""  # the superuser's, when the server asks for one (scram-sha-256)
+    user: str = USER  # the superuser
 
     def url(self, database: str = "postgres") -> str:
         """The SQLAlchemy URL (psycopg 3) of ``database`` on this server."""
-        login = f"{USER}:{self.password}" if self.password else USER
+        login = f"{self.user}:{self.password}" if self.password else self.user
         return f"postgresql+psycopg://{login}@127.0.0.1:{self.port}/{database}"
 
     def execute(self, sql: str) -> None:
         """Run one statement outside a transaction (CREATE / DROP DATABASE need that)."""
         import psycopg
 
-        dsn = f"host=127.0.0.1 port={self.port} user={USER} dbname=postgres"
+        dsn = f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres"
         dsn += f" password={self.password}" if self.password else ""
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as connection:
             connection.execute(sql)  # type: ignore[arg-type]
@@ -138,7 +139,10 @@ def _make_root() -> Path:
 
 
 def start_server(
-    binaries: Path, password: str = "", listen: tuple[str, ...] = ("127.0.0.1",)
+    binaries: Path,
+    password: str = "",
+    listen: tuple[str, ...] = ("127.0.0.1",),
+    superuser: str = USER,
 ) -> PostgresServer:
     """initdb into a temporary folder, start postgres on a free port, wait until it answers.
 
@@ -153,7 +157,7 @@ def start_server(
         os.chmod(root / "password", 0o644)  # initdb runs as nobody
         auth = ["--auth=scram-sha-256", f"--pwfile={root / 'password'}"]
     initdb = [
-        str(binaries / "initdb"), "-D", str(root / "data"), "-U", USER, *auth,
+        str(binaries / "initdb"), "-D", str(root / "data"), "-U", superuser, *auth,
         "-E", "UTF8", "--no-sync", "--no-instructions",
     ]  # fmt: skip
     done = subprocess.run(initdb, env=env, capture_output=True, cwd=root, check=False, **user)
@@ -169,7 +173,7 @@ def start_server(
         process = subprocess.Popen(
             argv, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **user
         )
-    server = PostgresServer(port=port, root=root, process=process, password=password)
+    server = PostgresServer(port, root, process, password=password, user=superuser)
     _wait_until_ready(server)
     return server
 
