@@ -7,6 +7,7 @@ still exits 0 for many of them, so any output is a failure here.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from orchestra.cli.parser import build_parser
+from orchestra.executors import sandbox
 from tests.support.paths import ROOT
-from tests.support.postgres import require_program
+from tests.support.postgres import require_program, require_service
 
 UNITS = ROOT / "deploy" / "systemd"
 INSTALLED = "/opt/orchestra/bin/orchestra"  # where docs/several-machines.md installs it
@@ -96,3 +98,19 @@ def test_each_worker_instance_has_its_own_name_and_data_folder() -> None:
     assert service["StateDirectory"] == "orchestra-worker/%i"
     assert "ORCHESTRA_HOME=/var/lib/orchestra-worker/%i" in service["Environment"]
     assert service["KillMode"] == "control-group"  # its tasks end with it
+
+
+def test_the_sandbox_works_for_the_units_unprivileged_users() -> None:
+    """The units run as system users with NoNewPrivileges: bubblewrap must still make every
+    namespace a task gets (unprivileged user namespaces, no setuid)."""
+    bwrap = require_program("bwrap", "bubblewrap", "bubblewrap is not installed")
+    if os.geteuid() != 0:
+        require_service("another user", "running a command as nobody needs root")
+    as_unit = ["runuser", "-u", "nobody", "--", "setpriv", "--no-new-privs"]
+    done = subprocess.run(
+        [*as_unit, *sandbox.trial_argv(bwrap)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    who = subprocess.run([*as_unit, "id", "-u"], capture_output=True, text=True, check=True)
+    assert who.stdout.strip() != "0"

@@ -113,9 +113,14 @@ def detect(mode: str) -> SandboxState:
     return SandboxState(mode, works, detail, bwrap if works else "", memory, pids)
 
 
-def _try_bwrap(bwrap: str) -> tuple[bool, str]:
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
+def trial_argv(bwrap: str) -> list[str]:
+    """The trial run of bubblewrap: every namespace a task gets, and nothing else."""
+    return [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]  # fmt: skip
+
+
+def _try_bwrap(bwrap: str) -> tuple[bool, str]:
+    argv = trial_argv(bwrap)
     try:
         version = subprocess.run(
             [bwrap, "--version"], capture_output=True, text=True, timeout=_CHECK_TIMEOUT
