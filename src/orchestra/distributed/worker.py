@@ -108,6 +108,7 @@ class Worker:
             self.db, self.name, queues=self.queues, concurrency=self.concurrency,
             hostname=socket.gethostname(),
         )  # fmt: skip
+        self._renewed = time.monotonic()  # announcing it was its first heartbeat
         self._abandon_earlier()
         self._stop_orphans()
         self._beats = threading.Thread(target=self._beat, name="orchestra-heartbeat", daemon=True)
