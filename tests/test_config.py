@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,38 @@ def test_a_missing_named_config_file_and_unknown_keys_are_refused(tmp_path: Path
     (tmp_path / "config.toml").write_text("worker_leese = 30\n")
     with pytest.raises(InvalidInput, match=r"unknown setting\(s\) worker_leese in .*config.toml"):
         load_settings(environ={"ORCHESTRA_HOME": str(tmp_path)}, system_config=None)
+
+
+def test_a_config_file_this_user_cannot_read_is_refused_not_skipped() -> None:
+    """Skipped, its settings would not apply: a command would use a data folder of its own."""
+    with tempfile.TemporaryDirectory() as folder:  # pytest's own is closed to other users
+        os.chmod(folder, 0o755)
+        system = Path(folder) / "etc.toml"
+        system.write_text('home = "/var/lib/orchestra"\n')
+        system.chmod(0o600)
+        assert _load_as_another_user(system) == 0
+
+
+def _load_as_another_user(system: Path) -> int:
+    """0 when loading the settings as a user who cannot read ``system`` names that problem."""
+
+    def load() -> int:
+        try:
+            load_settings(environ={}, system_config=system)
+        except InvalidInput as exc:
+            return 0 if "cannot be read by this user" in str(exc) else 1
+        return 2
+
+    if os.geteuid() != 0:
+        system.chmod(0)
+        return load()
+    pid = os.fork()  # root reads every file: the check runs as nobody, in a child
+    if pid == 0:
+        code = 3
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            code = load()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

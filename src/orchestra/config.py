@@ -279,6 +279,11 @@ def _from_file(path: Path, *, required: bool = False) -> dict[str, Any]:
         return {}
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except PermissionError as exc:  # not skipped: its settings would silently not apply
+        raise InvalidInput(
+            f"config file {path} cannot be read by this user: run as its owner or a member of "
+            "its group (orchestra, as deploy/install-systemd makes it)", key="config",
+        ) from exc  # fmt: skip
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"config file {path}: {exc}", key="config") from exc
     return _coerce_all(raw, f"{{name}} = {{value}} in {path}", f" in {path}")
@@ -287,7 +292,7 @@ def _from_file(path: Path, *, required: bool = False) -> dict[str, Any]:
 def _config_files(
     environ: Mapping[str, str], home: Path | None, system: Path | None
 ) -> list[dict[str, Any]]:
-    """The config files' settings, first first: ORCHESTRA_CONFIG's, the data folder's, /etc's."""
+    """The config files' settings, strongest first: ORCHESTRA_CONFIG's, home's, /etc's."""
     named = environ.get(ENV_PREFIX + "CONFIG")
     first = _from_file(Path(named), required=True) if named else {}
     last = _from_file(system) if system is not None else {}
