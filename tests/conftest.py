@@ -50,6 +50,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, uv_cache: Path) -> 
         {"home": tmp_path / "home", "uv_cache": str(uv_cache), "max_running": 2,
          "database_url": url},
         environ={},
+        system_config=None,  # a machine's /etc/orchestra/config.toml is not the test's
     )  # fmt: skip
 
 
