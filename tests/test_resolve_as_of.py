@@ -78,7 +78,7 @@ def test_commit_takes_the_date_of_the_registered_commit_and_updates_keep_it(
     make_repo(repo, {}, date="2021-05-04T12:00:00+02:00")
     code, out, err = run_cli(["register", f"file://{repo}", "--as-of", "commit"], settings)
     assert code == 0, err
-    module_id = int(out.split("registered module ")[1].split(":")[0])
+    module_id = int(out.split("registered module ")[1].split()[0])
     module = service.get_module(module_id)
     assert module.as_of == "commit"
     assert module.lock["exclude_newer"] == "2021-05-04T10:00:00Z"  # type: ignore[index]

@@ -96,7 +96,7 @@ def test_source_only_packages_register_from_the_command_line_and_run(
     module = needing(tmp_path / "m", ["plainparse", "fastcalc==1.0"])
     code, out, err = run_cli(["register", str(module)], settings)
     assert code == 0, err
-    module_id = int(out.split("registered module ")[1].split(":")[0])
+    module_id = int(out.split("registered module ")[1].split()[0])
     info = service.get_module(module_id)
     assert "built in the sandbox: fastcalc-1.0-cp3" in info.install_log
     assert "plainparse-1.0-py3-none-any.whl" in info.install_log
