@@ -33,7 +33,7 @@ CHANGING = [
     ("GET", "/tasks/7/kill"),
     ("POST", "/tasks/7/kill"),
 ]
-READS = ["/modules", "/module/7", "/tasks", "/task/7", "/task/7/log", "/health", "/openapi.json"]
+READS = ["/modules", "/module/7", "/tasks", "/task/7", "/task/7/log", "/openapi.json"]
 
 
 def _client(settings: Settings, **overrides: object) -> Iterator[FlaskClient]:
@@ -93,6 +93,10 @@ def test_reads_stay_open_with_a_token(guarded: FlaskClient, path: str) -> None:
 def test_protected_reads_need_the_token_too(locked: FlaskClient, path: str) -> None:
     assert locked.get(path).status_code == 401
     assert locked.get(path, headers=GOOD).status_code in {200, 404}
+
+
+def test_health_stays_open_even_with_protected_reads(locked: FlaskClient) -> None:
+    assert locked.get("/health").status_code == 200
 
 
 def test_with_the_token_a_module_is_registered_and_run(

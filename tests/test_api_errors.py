@@ -150,9 +150,12 @@ def test_a_bad_force_flag_is_a_400(client: FlaskClient) -> None:
 
 
 def test_an_unexpected_error_is_logged_and_answered_as_json_500(
-    service: Service, caplog: pytest.LogCaptureFixture
+    service: Service, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from orchestra.access import rules
+
     app = create_app(service=service)
+    monkeypatch.setitem(rules.RULES, "broken", rules.READ)
 
     def broken() -> str:
         raise RuntimeError("a bug")

@@ -17,7 +17,7 @@ from orchestra.errors import InvalidMetadata
 from orchestra.manifest import parse_manifest
 from orchestra.storage.db import Database
 from orchestra.tasks import workers
-from tests.support.helpers import clean_environ, free_port, run_cli, wait_for
+from tests.support.helpers import clean_environ, free_port, http, make_token, run_cli, wait_for
 from tests.support.paths import DATA
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
@@ -230,7 +230,11 @@ def _worker_env(home: Path, api_url: str, token: str, **more: str) -> dict[str, 
 
 @pytest.mark.parametrize(
     ("token", "named"),
-    [("wrong-token", "ORCHESTRA_API_TOKEN"), ("api-token", "ORCHESTRA_EXECUTOR=local")],
+    [
+        ("wrong-token", "ORCHESTRA_API_TOKEN"),
+        ("api-token", "--role worker"),
+        ("worker", "ORCHESTRA_EXECUTOR=local"),
+    ],
 )
 def test_a_worker_refuses_to_start_where_it_would_fail_every_task(
     tmp_path: Path,
@@ -245,6 +249,10 @@ def test_a_worker_refuses_to_start_where_it_would_fail_every_task(
     api = ServerProcess(tmp_path / "api", uv_cache, api_token="api-token")
     api.start()
     try:
+        if token == "worker":  # a good worker token, made through the API
+            made = http("POST", api.url + "/tokens", json_body={"name": "w", "role": "worker"},
+                        headers={"Authorization": "Bearer api-token"})  # fmt: skip
+            token = made.json()["token"]
         argv = [sys.executable, "-m", "orchestra", "worker", "--name", "w"]
         database = postgres_server.orchestra_database()
         env = _worker_env(
@@ -270,7 +278,8 @@ def test_a_worker_started_before_its_api_waits_for_it_then_takes_tasks(
     """A reboot or a compose file may start workers first: they wait, telling it once."""
     port, database = free_port(), postgres_server.orchestra_database()
     shared = {"ORCHESTRA_BROKER_URL": redis_server.url(), "ORCHESTRA_DATABASE_URL": database}
-    env = _worker_env(tmp_path / "worker", f"http://127.0.0.1:{port}", "t", **shared)
+    token = make_token(database, "early")
+    env = _worker_env(tmp_path / "worker", f"http://127.0.0.1:{port}", token, **shared)
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
@@ -283,7 +292,8 @@ def test_a_worker_started_before_its_api_waits_for_it_then_takes_tasks(
                  what="the worker to say the API is out of reach")  # fmt: skip
         time.sleep(3)  # a few more tries, each refused
         assert worker.poll() is None and " ready." not in log.read_text()
-        api_env = {**env, "ORCHESTRA_HOME": str(tmp_path / "api"), "ORCHESTRA_EXECUTOR": "celery"}
+        api_env = {**env, "ORCHESTRA_HOME": str(tmp_path / "api"), "ORCHESTRA_EXECUTOR": "celery",
+                   "ORCHESTRA_API_TOKEN": "t"}  # fmt: skip
         api = subprocess.Popen(
             [sys.executable, "-m", "orchestra", "serve", "--port", str(port)], env=api_env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -39,7 +39,18 @@ from orchestra.errors import (
     WrongState,
 )
 from orchestra.manifest import check_choices
-from orchestra.records import ModuleInfo, ModuleSummary, OutputFile, Pruned, TaskInfo, TaskPage
+from orchestra.records import (
+    AuditEntry,
+    AuditPage,
+    ModuleInfo,
+    ModuleSummary,
+    NewToken,
+    OutputFile,
+    Pruned,
+    TaskInfo,
+    TaskPage,
+    TokenInfo,
+)
 
 _LOGGER = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -49,6 +60,7 @@ PROGRESS_EVERY = 10.0  # seconds between "still installing" notes
 _CHUNK = 256 * 1024  # bytes sent or received at a time
 _UPDATE_FAILED = "update failed: "  # how the server records a failed update of a serving module
 _BUSY = frozenset({"installing", "updating"})  # module states that end by themselves
+USER_HEADER = "X-Orchestra-User"  # the end user the command acts for (SPEC §11)
 _STEP_FAILED = re.compile(r"(?P<step>[\w][\w .-]{0,40}?) failed: (?P<rest>.*)", re.DOTALL)
 
 
@@ -86,9 +98,10 @@ def parse_url(url: str) -> _Endpoint:
 class _Connection:
     """One kept-alive HTTP connection, opened again when the server has closed it."""
 
-    def __init__(self, endpoint: _Endpoint, token: str) -> None:
+    def __init__(self, endpoint: _Endpoint, token: str, user: str | None = None) -> None:
         self.endpoint = endpoint
         self._token = token
+        self._user = user
         self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
@@ -110,6 +123,8 @@ class _Connection:
         sent = {"Accept": "application/json", **(headers or {})}
         if self._token:
             sent["Authorization"] = f"Bearer {self._token}"
+        if self._user:
+            sent[USER_HEADER] = self._user
         target = self.endpoint.prefix + path
         for attempt in (1, 2):
             reused = self._conn is not None
@@ -308,10 +323,10 @@ def task_page(data: Mapping[str, Any]) -> TaskPage:
 class Client:
     """The service's module and task methods, answered by a server's REST API."""
 
-    def __init__(self, url: str, *, token: str = "") -> None:
+    def __init__(self, url: str, *, token: str = "", user: str | None = None) -> None:
         endpoint = parse_url(url)
         self.url = endpoint.url
-        self._http = _Connection(endpoint, token)
+        self._http = _Connection(endpoint, token, user)
 
     def close(self) -> None:
         """Close the connection."""
@@ -514,9 +529,12 @@ class Client:
         limit: int = 50,
         offset: int = 0,
         cursor: str | None = None,
+        submitted_by: str | None = None,
+        user: str | None = None,
     ) -> TaskPage:
         """Tasks newest first, filtered and paginated."""
-        query = {"status": status, "module": module, "limit": limit, "offset": offset}
+        query = {"status": status, "module": module, "limit": limit, "offset": offset,
+                 "submitted_by": submitted_by, "user": user}  # fmt: skip
         return task_page(self._json("GET", "/tasks", query={**query, "cursor": cursor}))
 
     def get_task(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
@@ -548,6 +566,39 @@ class Client:
         disposition = response.getheader("Content-Disposition") or ""
         found = re.search(r'filename="([^"/]+)"', disposition)
         return (found.group(1) if found else f"task-{task_id}.xml"), _read(response)
+
+    # -- access ---------------------------------------------------------------------------
+
+    def create_token(self, name: str, *, role: str, expires_days: float | None = None) -> NewToken:
+        """Make a token on the server; its secret is in the answer only."""
+        payload = {"name": name, "role": role, "expires": expires_days}
+        return _record(NewToken, self._json("POST", "/tokens", payload=payload))
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """The server's tokens not revoked."""
+        return [_record(TokenInfo, item) for item in self._json("GET", "/tokens")["tokens"]]
+
+    def revoke_token(self, name: str) -> TokenInfo:
+        """Revoke a token on the server."""
+        listed = {token.name: token for token in self.list_tokens()}
+        self._json("DELETE", f"/token/{quote(name, safe='')}")
+        return listed.get(name) or TokenInfo(name, "", datetime.min, None, None)
+
+    def audit_log(
+        self,
+        *,
+        who: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        cursor: str | None = None,
+    ) -> AuditPage:
+        """The server's audit entries newest first, filtered and paginated."""
+        query = {"who": who, "action": action, "limit": limit, "offset": offset,
+                 "cursor": cursor, "since": since.isoformat() if since else None}  # fmt: skip
+        data = self._json("GET", "/audit", query=query)
+        return _record(AuditPage, data, entries=lambda item: _record(AuditEntry, item))
 
     def open_output(self, task_id: int, name: str) -> http.client.HTTPResponse:
         """One output file's bytes as they arrive."""

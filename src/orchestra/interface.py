@@ -8,10 +8,20 @@ signatures, so a method added to one and forgotten in the other fails at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from orchestra.records import ModuleInfo, ModuleSummary, Pruned, TaskInfo, TaskPage
+from orchestra.records import (
+    AuditPage,
+    ModuleInfo,
+    ModuleSummary,
+    NewToken,
+    Pruned,
+    TaskInfo,
+    TaskPage,
+    TokenInfo,
+)
 
 Progress = Callable[[str], None]
 
@@ -77,6 +87,8 @@ class Orchestra(Protocol):
         limit: int = 50,
         offset: int = 0,
         cursor: str | None = None,
+        submitted_by: str | None = None,
+        user: str | None = None,
     ) -> TaskPage: ...
 
     def get_task(self, task_id: int, *, wait: float = 0.0) -> TaskInfo: ...
@@ -84,3 +96,19 @@ class Orchestra(Protocol):
     def task_log(self, task_id: int) -> dict[str, str]: ...
     def task_outputs(self, task_id: int) -> Sequence[tuple[str, OutputFile]]: ...
     def task_votable(self, task_id: int, name: str | None = None) -> tuple[str, bytes]: ...
+    def create_token(
+        self, name: str, *, role: str, expires_days: float | None = None
+    ) -> NewToken: ...
+    def list_tokens(self) -> list[TokenInfo]: ...
+    def revoke_token(self, name: str) -> TokenInfo: ...
+
+    def audit_log(
+        self,
+        *,
+        who: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        cursor: str | None = None,
+    ) -> AuditPage: ...

@@ -103,6 +103,8 @@ class TaskInfo(_Record):
     module_name: str | None = None
     module_status: str | None = None
     worker: str | None = None  # the server process or remote worker that ran it
+    submitted_by: str = "local"  # the token's name (SPEC §11), "local" for the command line
+    user: str | None = None  # the end user the caller acted for (X-Orchestra-User)
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,47 @@ class Pruned(_Record):
     tasks: int
     modules: int
     older_than_days: float
+
+
+@dataclass(frozen=True)
+class TokenInfo(_Record):
+    """An API token as listed: never its secret."""
+
+    name: str
+    role: str
+    created: datetime
+    expires: datetime | None
+    last_used: datetime | None
+
+
+@dataclass(frozen=True)
+class NewToken(_Record):
+    """A token just made: the only time its secret is shown."""
+
+    name: str
+    role: str
+    token: str
+    expires: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEntry(_Record):
+    """One entry of the audit log."""
+
+    id: int
+    at: datetime
+    who: str
+    action: str
+    object: str
+    outcome: str  # ok | refused | failed
+    detail: str
+
+
+@dataclass(frozen=True)
+class AuditPage(_Record):
+    """One page of the audit log, newest first; ``next_cursor`` continues it."""
+
+    entries: tuple[AuditEntry, ...]
+    limit: int
+    offset: int
+    next_cursor: str | None

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.helpers import Answer, clean_environ, free_port, http, wait_for
+from tests.support.helpers import Answer, clean_environ, free_port, http, make_token, wait_for
 from tests.support.netns import Forwarder, Namespace, Network
 from tests.support.paths import ROOT
 from tests.support.postgres import PostgresServer
@@ -88,6 +88,8 @@ class Cluster(ApiCalls):
         self.worker_db = self.database.replace("127.0.0.1:", f"{host}:").replace(
             f":{postgres.port}/", f":{self.relay.port}/"
         )
+        # workers hold a token with the worker role, never the admin one (SPEC §11)
+        self.worker_token = make_token(self.database, "workers", "worker")
 
     def start_api(self) -> None:
         """``orchestra serve`` on the bridge, with the celery executor."""
@@ -128,6 +130,7 @@ class Cluster(ApiCalls):
         env = {
             **self.base_env, "ORCHESTRA_HOME": str(home), "ORCHESTRA_API_URL": self.url,
             "ORCHESTRA_BROKER_URL": self.redis.url(host), "ORCHESTRA_DATABASE_URL": self.worker_db,
+            "ORCHESTRA_API_TOKEN": self.worker_token,
         }  # fmt: skip
         worker = ClusterWorker(f"w{index}", namespace, home, env)
         self.workers.append(worker)

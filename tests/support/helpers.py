@@ -29,6 +29,19 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
 
 
+def make_token(database_url: str, name: str, role: str = "worker") -> str:
+    """A new token of ``role`` made straight in a database (as ``orchestra token create``)."""
+    from orchestra.access.tokens import TokenStore
+    from orchestra.storage.db import Database
+
+    db = Database(database_url)
+    try:
+        db.create_schema()
+        return TokenStore(db).create(name, role).token
+    finally:
+        db.dispose()
+
+
 def run_cli(argv: Sequence[str], settings: Settings | None = None) -> tuple[int, str, str]:
     """Run the command line in this process; returns (exit code, stdout, stderr)."""
     from orchestra.cli import main

@@ -16,7 +16,7 @@ _LOGGER = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
     """A Flask app serving ``service`` (built from ``settings`` when not given)."""
-    from orchestra.api import auth, errors, modules, routing, system, tasks, workers
+    from orchestra.api import access, auth, errors, modules, routing, system, tasks, workers
 
     if service is None:
         from orchestra.config import load_settings
@@ -30,8 +30,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     app.extensions["orchestra"] = service
     errors.init_app(app)
     routing.init_app(app)
-    auth.init_app(app, settings.api_token, protect_reads=settings.protect_reads)
-    for blueprint in (modules.bp, tasks.bp, system.bp, workers.bp):
+    auth.init_app(app, service.access.tokens, protect_reads=settings.protect_reads)
+    for blueprint in (modules.bp, tasks.bp, system.bp, workers.bp, access.bp):
         app.register_blueprint(blueprint)
     from orchestra import web
 

@@ -15,7 +15,8 @@ from flask import Flask
 from werkzeug.routing import Rule
 
 from orchestra import __version__
-from orchestra.api.auth import changes_state_view, needs_token_view
+from orchestra.access.rules import rule_for
+from orchestra.api.auth import changes_state_view
 from orchestra.limits import MAX_ID
 
 _LOGGER = logging.getLogger(__name__)
@@ -194,6 +195,77 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "the server process (host:pid) or the worker that ran it",
             },
+            "submitted_by": {
+                "type": "string",
+                "description": "the token that submitted it (local: the server's command line)",
+            },
+            "user": {
+                "type": ["string", "null"],
+                "description": "the end user it was submitted for (X-Orchestra-User)",
+            },
+        },
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["name", "role"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"},
+            "role": {"type": "string", "enum": ["read", "run", "operate", "admin", "worker"]},
+            "expires": {"type": ["number", "null"], "description": "days until it expires"},
+        },
+    },
+    "NewToken": {
+        "type": "object",
+        "required": ["name", "role", "token", "expires"],
+        "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string"},
+            "token": {"type": "string", "description": "the secret: shown this once only"},
+            "expires": _TIME,
+        },
+    },
+    "TokenList": {
+        "type": "object",
+        "required": ["tokens"],
+        "properties": {
+            "tokens": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "role": {"type": "string"},
+                        "created": {"type": "string", "format": "date-time"},
+                        "expires": _TIME,
+                        "last_used": _TIME,
+                    },
+                },
+            }
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["entries", "limit", "offset", "next_cursor"],
+        "properties": {
+            "entries": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "who": {"type": "string"},
+                        "action": {"type": "string"},
+                        "object": {"type": "string"},
+                        "outcome": {"type": "string", "enum": ["ok", "refused", "failed"]},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "next_cursor": _STRING_OR_NULL,
         },
     },
     "TaskPage": {
@@ -406,6 +478,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "parameters": [
             _query("status", _TASK_STATUS, "only tasks in this status"),
             _query("module", {"type": "integer", "minimum": 1}, "only tasks of this module"),
+            _query("submitted_by", {"type": "string"}, "only tasks submitted by this token"),
+            _query("user", {"type": "string"}, "only tasks submitted for this end user"),
             _query("limit", {"type": "integer", "minimum": 1, "default": 50}, "page size (capped)"),
             _query("offset", {"type": "integer", "minimum": 0}, "tasks to skip"),
             _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
@@ -517,6 +591,37 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "409": _error("the task does not run, or the chunk leaves a gap"),
         },
     },
+    "access.create_token": {
+        "summary": "Make a token with a role (admin); its secret is in this answer only",
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("TokenRequest")}},
+        },
+        "responses": {
+            "201": _json(_ref("NewToken"), "the token"),
+            "409": _error("a token of that name exists"),
+        },
+    },
+    "access.list_tokens": {
+        "summary": "The tokens not revoked (admin): never a secret",
+        "responses": {"200": _json(_ref("TokenList"), "the tokens")},
+    },
+    "access.revoke_token": {
+        "summary": "Revoke a token at once (admin)",
+        "responses": {"204": {"description": "revoked"}, "404": _error("no such token")},
+    },
+    "access.audit_log": {
+        "summary": "The audit log, newest first (admin)",
+        "parameters": [
+            _query("who", {"type": "string"}, "a token's name, or local"),
+            _query("action", {"type": "string"}, "e.g. module.register, token.revoke"),
+            _query("since", {"type": "string", "format": "date-time"}, "entries from then on"),
+            _query("limit", {"type": "integer", "minimum": 1}, "entries per page"),
+            _query("offset", {"type": "integer", "minimum": 0}, "entries to skip"),
+            _query("cursor", {"type": "string"}, "continue after a previous page"),
+        ],
+        "responses": {"200": _json(_ref("AuditPage"), "one page of entries")},
+    },
     "system.health": {
         "summary": "Liveness, version and counts",
         "responses": {"200": _json(_ref("Health"), "the server is up")},
@@ -604,9 +709,12 @@ def _operation(
         operation["requestBody"] = words["requestBody"]
     view = app.view_functions[rule.endpoint]
     changes = method not in {"GET", "HEAD"} or changes_state_view(view)
-    if token and (changes or protect_reads or needs_token_view(view)):
-        operation["security"] = [{"bearer": []}]
-        operation["responses"]["401"] = _error("missing or wrong bearer token")
+    access = rule_for(rule.endpoint)
+    if token and access is not None and access.anonymous != "always":
+        if access.anonymous == "never" or protect_reads:
+            operation["security"] = [{"bearer": []}]
+            operation["responses"]["401"] = _error("missing, unknown, revoked or expired token")
+        operation["responses"]["403"] = _error(f"the token's role may not (needs {access.needed})")
     if changes:  # any write may meet a full disk, or ORCHESTRA_MIN_FREE_MB (SPEC section 9)
         operation["responses"]["507"] = _error("no space left on the disk of the data folder")
     if method == "GET" and changes:

@@ -22,8 +22,10 @@ def health() -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI description of every route."""
-    settings = current_service().settings
+    service = current_service()
     document = build_document(
-        current_app, token=bool(settings.api_token), protect_reads=settings.protect_reads
+        current_app,
+        token=service.access.tokens.enabled(),
+        protect_reads=service.settings.protect_reads,
     )
     return jsonify(document)

@@ -24,7 +24,7 @@ _CHUNK = 256 * 1024  # bytes read from an output file at a time while zipping
 
 
 def list_tasks() -> Response:
-    """Tasks newest first, filtered by status and module, one page at a time."""
+    """Tasks newest first, filtered by status, module, submitter and user, one page at a time."""
     status = inputs.query_text("status")  # checked by the service, like every other filter
     module = inputs.query_int("module", 0, minimum=1) or None
     page = service().list_tasks(
@@ -33,6 +33,8 @@ def list_tasks() -> Response:
         limit=min(inputs.query_int("limit", 50, minimum=1), MAX_PAGE),
         offset=inputs.query_int("offset", 0),
         cursor=inputs.query_text("cursor"),
+        submitted_by=inputs.query_text("submitted_by"),
+        user=inputs.query_text("user"),
     )
     return jsonify(page.to_dict())
 

@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     _configure_logging(args)
     ctx: Context | None = None
     try:
-        ctx = Context(_settings(args, settings), json=bool(args.json))
+        ctx = Context(_settings(args, settings), json=bool(args.json), user=getattr(args, "user", None))
         return COMMANDS[args.command](ctx, args)
     except OrchestraError as err:
         _report(err, verbose=bool(args.verbose))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
 
+from orchestra.access.caller import Caller
 from orchestra.cli import render
 from orchestra.errors import InvalidInput, NotFound, OrchestraError, WrongState
 from orchestra.manifest import load_manifest
@@ -36,6 +37,7 @@ class Context:
 
     settings: Settings
     json: bool = False
+    user: str | None = None  # the end user the command acts for (--user)
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     _service: Orchestra | None = None
@@ -51,10 +53,15 @@ class Context:
             if self.settings.url:
                 from orchestra.client import Client
 
-                self._service = Client(self.settings.url, token=self.settings.api_token)
+                self._service = Client(
+                    self.settings.url, token=self.settings.api_token, user=self.user
+                )
             else:
+                from orchestra.access.caller import LOCAL, set_current
                 from orchestra.service import Service
 
+                # the command line on this data folder acts as "local" (SPEC §11)
+                set_current(Caller(LOCAL.name, LOCAL.role, self.user))
                 self._service = Service(self.settings)
         return self._service
 
@@ -302,6 +309,8 @@ def tasks(ctx: Context, args: argparse.Namespace) -> int:
         limit=args.limit,
         offset=args.offset,
         cursor=args.cursor,
+        submitted_by=args.submitted_by,
+        user=args.for_user,
     )
     ctx.emit(page.to_dict(), render.tasks_table(page))
     return 0
@@ -417,6 +426,36 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~umask
 
 
+# -- access --------------------------------------------------------------------------------
+
+
+def token(ctx: Context, args: argparse.Namespace) -> int:
+    """``token create|list|revoke``: API tokens with roles."""
+    if args.token_action == "create":
+        made = ctx.service.create_token(args.name, role=args.role, expires_days=args.expires)
+        expiry = made.to_dict()["expires"] or "never"
+        # the token alone on the last line, for scripts: `orchestra token create … | tail -1`
+        text = f"token {made.name} ({made.role}), expires {expiry}; it is shown only now:\n"
+        ctx.emit(made.to_dict(), text + made.token)
+    elif args.token_action == "list":
+        tokens = ctx.service.list_tokens()
+        ctx.emit({"tokens": [t.to_dict() for t in tokens]}, render.tokens_table(tokens))
+    else:
+        revoked = ctx.service.revoke_token(args.name)
+        ctx.emit({"revoked": revoked.name}, f"token {revoked.name}: revoked")
+    return 0
+
+
+def audit(ctx: Context, args: argparse.Namespace) -> int:
+    """The audit log, newest first."""
+    page = ctx.service.audit_log(
+        who=args.who, action=args.action, since=args.since, limit=args.limit,
+        offset=args.offset, cursor=args.cursor,
+    )  # fmt: skip
+    ctx.emit(page.to_dict(), render.audit_table(page))
+    return 0
+
+
 COMMANDS: dict[str, Handler] = {
     "register": register,
     "list": list_modules,
@@ -435,4 +474,6 @@ COMMANDS: dict[str, Handler] = {
     "kill": kill,
     "log": log,
     "output": output,
+    "token": token,
+    "audit": audit,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from orchestra import __version__
 from orchestra.limits import MAX_ID
@@ -22,7 +23,7 @@ FLAG_COMMANDS = {
     "--remove": "remove",
     "--clear": "clear",
 }
-_GLOBAL_WITH_VALUE = frozenset({"--home", "--url"})
+_GLOBAL_WITH_VALUE = frozenset({"--home", "--url", "--user"})
 
 
 def normalize(argv: Sequence[str]) -> list[str]:
@@ -65,6 +66,12 @@ def _globals(*, suppress: bool, url: bool = True) -> argparse.ArgumentParser:
             default=text_default,
             help="drive the server at URL through its REST API (also: ORCHESTRA_URL)",
         )
+        parent.add_argument(
+            "--user",
+            metavar="NAME",
+            default=text_default,
+            help="the end user this command acts for (recorded with the tasks it starts)",
+        )
     parent.add_argument(
         "--json", action="store_true", default=flag_default, help="machine-readable output"
     )
@@ -84,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _globals(suppress=True)
-    for add in (_module_commands, _task_commands):
+    for add in (_module_commands, _task_commands, _access_commands):
         add(commands, common)
     _service_commands(commands, _globals(suppress=True, url=False))
     return parser
@@ -183,6 +190,10 @@ def _task_commands(commands: argparse._SubParsersAction, common: argparse.Argume
     p.add_argument("--limit", type=_positive, default=50, help="tasks on one page")
     p.add_argument("--offset", type=_non_negative, default=0, help="tasks to skip first")
     p.add_argument("--cursor", help="continue after a previous page")
+    p.add_argument("--submitted-by", dest="submitted_by", metavar="TOKEN",
+                   help="only tasks submitted with this token (local: this machine)")  # fmt: skip
+    p.add_argument("--for-user", dest="for_user", metavar="NAME",
+                   help="only tasks submitted for this end user")  # fmt: skip
     for name, text in (("task", "show one task"), ("log", "a task's log")):
         p = commands.add_parser(name, parents=[common], help=text)
         p.add_argument("id", type=object_id, metavar="ID")
@@ -194,6 +205,45 @@ def _task_commands(commands: argparse._SubParsersAction, common: argparse.Argume
     p.add_argument(
         "--votable", action="store_true", help="a catalog or time table as an IVOA VOTable"
     )
+
+
+def _access_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from orchestra.access.roles import ROLES
+
+    p = commands.add_parser("token", parents=[common], help="API tokens with roles (SPEC §11)")
+    actions = p.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    q = actions.add_parser("create", parents=[common], help="make a token; printed once")
+    q.add_argument("name", help="[a-z][a-z0-9_-]{0,63}, unique among live tokens")
+    q.add_argument("--role", required=True, choices=ROLES)
+    q.add_argument("--expires", type=_days, metavar="DAYS", help="expire after DAYS days")
+    actions.add_parser("list", parents=[common], help="names, roles, use and expiry")
+    q = actions.add_parser("revoke", parents=[common], help="revoke a token at once")
+    q.add_argument("name")
+    p = commands.add_parser("audit", parents=[common], help="the audit log, newest first")
+    p.add_argument("--who", help="only entries of this token (local: this machine)")
+    p.add_argument("--action", help="only entries of this action (e.g. module.register)")
+    p.add_argument("--since", type=_moment, help="only entries from this ISO 8601 time on")
+    p.add_argument("--limit", type=_positive, default=50)
+    p.add_argument("--offset", type=_non_negative, default=0)
+    p.add_argument("--cursor", help="continue after a previous page")
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 36500:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (0 < DAYS <= 36500)")
+    return value
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _positive(text: str) -> int:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from orchestra.records import ModuleInfo, ModuleSummary, TaskInfo, TaskPage
+from orchestra.records import AuditPage, ModuleInfo, ModuleSummary, TaskInfo, TaskPage, TokenInfo
 
 _LOGGER = logging.getLogger(__name__)
 _DESCRIPTION_WIDTH = 50
@@ -108,14 +108,19 @@ def tasks_table(page: TaskPage) -> str:
     if not page.tasks:
         return "no tasks"
     rows = [
-        (t.id, t.module, t.status, _time(t.to_dict()["created"]), _args(t.args)) for t in page.tasks
+        (t.id, t.module, t.status, _time(t.to_dict()["created"]), _submitter(t), _args(t.args))
+        for t in page.tasks
     ]
-    text = table(("ID", "MODULE", "STATUS", "CREATED", "ARGUMENTS"), rows)
+    text = table(("ID", "MODULE", "STATUS", "CREATED", "SUBMITTED BY", "ARGUMENTS"), rows)
     shown = page.offset + len(page.tasks)
     if shown < page.total:
         more = f"--cursor {page.next_cursor}" if page.next_cursor else f"--offset {shown}"
         text += f"\n({len(page.tasks)} of {page.total}; next page: {more})"
     return text
+
+
+def _submitter(task: TaskInfo) -> str:
+    return task.submitted_by if task.user is None else f"{task.submitted_by} ({task.user})"
 
 
 def _args(args: dict[str, str]) -> str:
@@ -132,6 +137,7 @@ def task_details(task: TaskInfo) -> str:
             ("status", task.status),
             ("worker", task.worker),
             ("arguments", _args(task.args)),
+            ("submitter", _submitter(task)),
             ("created", _time(plain["created"])),
             ("started", _time(plain["started"])),
             ("finished", _time(plain["finished"])),
@@ -141,6 +147,30 @@ def task_details(task: TaskInfo) -> str:
     )
     if task.output:
         text += "\noutput:\n" + "\n".join(f"  {f.name} ({f.size} bytes)" for f in task.output)
+    return text
+
+
+def tokens_table(tokens: Sequence[TokenInfo]) -> str:
+    """The tokens: names, roles, creation, last use, expiry (never a secret)."""
+    if not tokens:
+        return "no tokens"
+    rows = []
+    for token in tokens:
+        plain = token.to_dict()
+        used, expires = _time(plain["last_used"]) or "never", _time(plain["expires"]) or "never"
+        rows.append((token.name, token.role, _time(plain["created"]), used, expires))
+    return table(("NAME", "ROLE", "CREATED", "LAST USED", "EXPIRES"), rows)
+
+
+def audit_table(page: AuditPage) -> str:
+    """One page of the audit log, newest first, and how to get the next one."""
+    if not page.entries:
+        return "no audit entries"
+    rows = [(e.id, _time(e.to_dict()["at"]), e.who, e.action, e.object, e.outcome, e.detail)
+            for e in page.entries]  # fmt: skip
+    text = table(("ID", "AT", "WHO", "ACTION", "OBJECT", "OUTCOME", "DETAIL"), rows)
+    if page.next_cursor:
+        text += f"\n(next page: --cursor {page.next_cursor})"
     return text
 
 

@@ -63,8 +63,9 @@ def wait_for_api(settings: Settings, name: str) -> None:
         except ApiError as exc:
             if exc.status in (401, 403):
                 raise InvalidInput(
-                    f"the API at {where} refuses this worker's token: ORCHESTRA_API_TOKEN "
-                    "must be the API servers' own", key="api_token",
+                    f"the API at {where} refuses this worker's token ({exc}): "
+                    "ORCHESTRA_API_TOKEN must be a token with the worker role "
+                    "(orchestra token create NAME --role worker)", key="api_token",
                 ) from exc  # fmt: skip
             if exc.status is not None and exc.status < 500:
                 raise InvalidInput(

@@ -1,8 +1,9 @@
 """The one façade that the command line, the REST API and the dashboard call.
 
 No Flask, no argparse here. Each concern is a part in a module of its own (``modules``,
-``tasks``, ``transfers`` for workers, ``system``); ``Service`` opens what they share, starts
-and stops a server's background work, and lists below which part answers each call.
+``tasks``, ``transfers`` for workers, ``system``, ``access`` for tokens and the audit log);
+``Service`` opens what they share, starts and stops a server's background work, and lists
+below which part answers each call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from orchestra.config import Settings
+from orchestra.service.access import Access
 from orchestra.service.backend import Backend
 from orchestra.service.modules import Modules, Progress
 from orchestra.service.system import System
@@ -40,6 +42,7 @@ class Service:
         self.task_ops = tasks = Tasks(settings, self._backend)
         self.transfers = transfers = Transfers(settings, self._backend)
         self.system = system = System(settings, self._backend)
+        self.access = access = Access(settings, self._backend)
         # the table of contents: each call of the front ends, and the part that answers it
         self.register = modules.register
         self.register_in_background = modules.register_in_background
@@ -68,6 +71,10 @@ class Service:
         self.workers = system.workers
         self.finished_tasks = system.finished_tasks
         self.health = system.health
+        self.create_token = access.create_token
+        self.list_tokens = access.list_tokens
+        self.revoke_token = access.revoke_token
+        self.audit_log = access.audit_log
 
     @property
     def db(self) -> Database:

@@ -34,11 +34,14 @@ class Tasks:
         limit: int = 50,
         offset: int = 0,
         cursor: str | None = None,
+        submitted_by: str | None = None,
+        user: str | None = None,
     ) -> TaskPage:
         """Tasks newest first, filtered and paginated."""
         page = self._backend.runner.list(
-            status=status, module=module, limit=limit, offset=offset, cursor=cursor
-        )
+            status=status, module=module, limit=limit, offset=offset, cursor=cursor,
+            submitted_by=submitted_by, user=user,
+        )  # fmt: skip
         return dataclasses.replace(page, tasks=self._named(*page.tasks))
 
     def get_task(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:

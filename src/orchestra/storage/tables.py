@@ -1,4 +1,4 @@
-"""The database schema: modules and tasks (SQLAlchemy 2.0 typed models)."""
+"""The database schema: modules, tasks, workers, tokens, audit (SQLAlchemy 2.0 models)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # the modules whose name is taken: not a failed one, nor a removed one kept for its history
 _LIVE_NAME = "status NOT IN ('error', 'removed')"
+# the tokens whose name is taken: those not revoked (an expired one still holds its name)
+_LIVE_TOKEN = "revoked IS NULL"
 # ids are 64-bit everywhere (the API accepts any up to 2**63 - 1): BIGINT on PostgreSQL, whose
 # INTEGER is 32-bit; SQLite's INTEGER already is 64-bit, and must stay INTEGER to be the rowid
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -97,6 +99,13 @@ class TaskRow(Base):
     # the lease: renewed by whoever runs it; NULL for the local executor, whose tasks are
     # watched through their supervisors instead
     heartbeat: Mapped[datetime | None] = mapped_column()
+    # who asked (SPEC §11): the token's name ("local" for the command line on this data
+    # folder), the end user it acted for, and both as one key that fair share groups by
+    submitted_by: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
+    user: Mapped[str | None] = mapped_column(String(200))
+    submitter: Mapped[str] = mapped_column(String(270), default="local", server_default="local")
+    # the queue a worker takes it from (install.queue); copied from the spec to be indexed
+    queue: Mapped[str] = mapped_column(String(100), default="default", server_default="default")
 
     __table_args__ = (
         # the primary key alone, so that paging deep into the list scans a narrow index
@@ -104,6 +113,10 @@ class TaskRow(Base):
         Index("ix_tasks_id", "id"),
         Index("ix_tasks_status_id", "status", "id"),
         Index("ix_tasks_module_id", "module_id", "id"),
+        # fair share: each submitter's oldest queued task, its running count, its last start
+        Index("ix_tasks_status_submitter", "status", "submitter", "id"),
+        Index("ix_tasks_status_queue_submitter", "status", "queue", "submitter", "id"),
+        Index("ix_tasks_submitter_started", "submitter", "started"),
     )
 
 
@@ -119,12 +132,55 @@ class WorkerRow(Base):
     heartbeat: Mapped[datetime] = mapped_column()
 
 
+class TokenRow(Base):
+    """An API token (SPEC §11): only its SHA-256 is kept, never the token itself."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the token
+    # hex SHA-256 of the dashboard's cookie value (an HMAC of the token): the cookie signs in
+    # on every server sharing the database, and the token itself never travels in it
+    session_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column()
+    expires: Mapped[datetime | None] = mapped_column()
+    last_used: Mapped[datetime | None] = mapped_column()  # renewed at most once a minute
+    revoked: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        Index("ix_tokens_live_name", "name", unique=True, sqlite_where=text(_LIVE_TOKEN)),
+    )
+
+
+class AuditRow(Base):
+    """One entry of the audit log: appended in the transaction of the change it records."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime] = mapped_column()
+    who: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(300))
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        Index("ix_audit_who", "who", "id"),
+        Index("ix_audit_action", "action", "id"),
+    )
+
+
 def add_postgresql_options() -> None:
     """The PostgreSQL form of the partial index, set only for PostgreSQL.
 
     Naming a dialect's option loads that dialect: on every start, this one cost SQLite
     users ~65 ms, on the critical path of a command-line registration.
     """
-    table = Base.metadata.tables[ModuleRow.__tablename__]
-    index = next(i for i in table.indexes if i.name == "ix_modules_live_name")
-    index.dialect_kwargs["postgresql_where"] = text(_LIVE_NAME)
+    for table_name, index_name, where in (
+        (ModuleRow.__tablename__, "ix_modules_live_name", _LIVE_NAME),
+        (TokenRow.__tablename__, "ix_tokens_live_name", _LIVE_TOKEN),
+    ):
+        table = Base.metadata.tables[table_name]
+        index = next(i for i in table.indexes if i.name == index_name)
+        index.dialect_kwargs["postgresql_where"] = text(where)

@@ -139,6 +139,10 @@ class TaskRecord:
     kill_requested: bool = False
     worker: str | None = None
     heartbeat: datetime | None = None
+    submitted_by: str = "local"
+    user: str | None = None
+    submitter: str = "local"
+    queue: str = "default"
 
 
 def now() -> datetime:

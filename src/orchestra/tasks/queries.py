@@ -52,6 +52,7 @@ def info(found: TaskRecord) -> TaskInfo:
         id=found.id, module=found.module_id, args=dict(found.args or {}), status=found.status,
         created=found.created, started=found.started, finished=found.finished,
         exit_code=found.exit_code, error=found.error, output=output, worker=found.worker,
+        submitted_by=found.submitted_by, user=found.user,
     )  # fmt: skip
 
 
@@ -63,16 +64,22 @@ def page(
     limit: int = 50,
     offset: int = 0,
     cursor: str | None = None,
+    who: tuple[str | None, str | None] = (None, None),
 ) -> TaskPage:
-    """Tasks newest first, filtered; pages by offset or (faster when deep) by cursor."""
+    """Tasks newest first, filtered (``who``: submitted by, user); pages by offset or cursor."""
     conditions = _filters(status, module)
+    submitted_by, user = who
+    if submitted_by is not None:
+        conditions.append(TaskRow.submitted_by == submitted_by)
+    if user is not None:
+        conditions.append(TaskRow.user == user)
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit: {limit} is not between 1 and {MAX_PAGE}", key="limit")
     if offset < 0:
         raise InvalidInput(f"offset: {offset} must not be negative", key="offset")
     ids_query = select(TaskRow.id).where(*conditions).order_by(TaskRow.id.desc()).limit(limit + 1)
     if cursor:
-        ids_query = ids_query.where(TaskRow.id < _decode_cursor(cursor))
+        ids_query = ids_query.where(TaskRow.id < decode_cursor(cursor))
     else:
         ids_query = ids_query.offset(offset)
     with db.connect() as connection:
@@ -86,7 +93,7 @@ def page(
             select(*_LISTED).where(TaskRow.id.in_(wanted)).order_by(TaskRow.id.desc())
         )
         tasks = tuple(info(lifecycle.record(r)) for r in rows)
-    next_cursor = _encode_cursor(wanted[-1]) if len(ids) > limit else None
+    next_cursor = encode_cursor(wanted[-1]) if len(ids) > limit else None
     return TaskPage(tasks, total, limit, 0 if cursor else offset, next_cursor)
 
 
@@ -121,11 +128,13 @@ def _filters(status: str | None, module: int | None) -> list[Any]:
     return conditions
 
 
-def _encode_cursor(task_id: int) -> str:
+def encode_cursor(task_id: int) -> str:
+    """An opaque cursor continuing a newest-first list after ``task_id``."""
     return base64.urlsafe_b64encode(f"before:{task_id}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def decode_cursor(cursor: str) -> int:
+    """The id a cursor from ``encode_cursor`` continues after; InvalidInput otherwise."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, number = raw.partition(":")

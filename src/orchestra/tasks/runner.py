@@ -189,11 +189,14 @@ class TaskRunner:
         limit: int = 50,
         offset: int = 0,
         cursor: str | None = None,
+        submitted_by: str | None = None,
+        user: str | None = None,
     ) -> TaskPage:
         """Tasks newest first, filtered; pages by offset or (faster when deep) by cursor."""
         return queries.page(
-            self.db, status=status, module=module, limit=limit, offset=offset, cursor=cursor
-        )
+            self.db, status=status, module=module, limit=limit, offset=offset, cursor=cursor,
+            who=(submitted_by, user),
+        )  # fmt: skip
 
     def counts(self) -> dict[str, int]:
         """How many tasks are in each status."""

@@ -1,43 +1,44 @@
-"""Who may change what from a browser: the sign-in cookie and the same-origin rule.
+"""The dashboard's own rule on top of the rules table: changes come from this very origin.
 
-With ``ORCHESTRA_API_TOKEN`` set, the sign-in page takes the token once and keeps a value
-derived from it in an HttpOnly, SameSite=Strict cookie. A cookie alone does not stop another
-port of the same host (the same *site* for the browser), so every change must also come
-from this very origin, as its ``Origin`` (or failing that ``Referer``) header says.
+The sign-in page takes a token once and keeps a value derived from it in an HttpOnly,
+SameSite=Strict cookie (``access.tokens.session_value``), which the rules table's check
+accepts on the dashboard's routes. A cookie alone does not stop another port of the same host
+(the same *site* for the browser), so every change must also come from this very origin, as
+its ``Origin`` (or failing that ``Referer``) header says.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from urllib.parse import urlsplit
 
-from flask import redirect, request, url_for
-from werkzeug.wrappers import Response
+from flask import request
 
-from orchestra.api.auth import bearer_matches, token_matches
+from orchestra.access.caller import current
+from orchestra.access.rules import rule_for
+from orchestra.api.auth import COOKIE
 from orchestra.api.routing import current_service
-from orchestra.errors import Forbidden, Unauthorized
+from orchestra.errors import Forbidden
 
+__all__ = ["COOKIE", "check", "may", "same_origin", "signed_in"]
 _LOGGER = logging.getLogger(__name__)
-COOKIE = "orchestra_session"
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
-_OPEN_ENDPOINTS = frozenset({"web.signin", "web.signin_post", "web.static", "site.root"})
-
-
-def session_value(token: str) -> str:
-    """What the cookie holds: derived from the token, so the token itself never travels."""
-    return hmac.new(token.encode(), b"orchestra dashboard session", hashlib.sha256).hexdigest()
 
 
 def signed_in() -> bool:
-    """True when no token is set, or the request carries the cookie or the bearer token."""
-    token = current_service().settings.api_token
-    if not token:
-        return True
-    cookie = request.cookies.get(COOKIE, "")
-    return token_matches(cookie, session_value(token)) or bearer_matches(token)
+    """True when the request is made with a token (cookie or bearer)."""
+    return current().role is not None and current_service().access.tokens.enabled()
+
+
+def may(endpoint: str) -> bool:
+    """True when the current caller may use ``endpoint`` (to offer only what it may)."""
+    rule = rule_for(endpoint)
+    if rule is None:
+        return False
+    role = current().role
+    if role is None:
+        return rule.anonymous != "never"
+    return rule.allows(role)
 
 
 def same_origin() -> bool:
@@ -50,17 +51,8 @@ def same_origin() -> bool:
     return origin == expected
 
 
-def check() -> Response | None:
-    """Before each dashboard request: refuse foreign changes, ask to sign in where needed."""
-    changing = request.method not in _READS
-    if changing and not same_origin():
+def check() -> None:
+    """Before each dashboard request: refuse changes sent from another origin."""
+    if request.method not in _READS and not same_origin():
         _LOGGER.info("refused %s %s from another origin", request.method, request.path)
         raise Forbidden("refused: this change was sent from another site or port")
-    settings = current_service().settings
-    if request.endpoint in _OPEN_ENDPOINTS or signed_in():
-        return None
-    if changing:
-        raise Unauthorized("sign in first: changes need the API token")
-    if settings.protect_reads:
-        return redirect(url_for("web.signin", next=request.full_path))
-    return None

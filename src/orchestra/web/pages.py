@@ -26,10 +26,9 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from orchestra.api import inputs
 from orchestra.api import tasks as task_routes
-from orchestra.api.auth import token_matches
 from orchestra.api.modules import save_upload
 from orchestra.api.routing import current_service as service
-from orchestra.errors import InvalidInput, NotFound
+from orchestra.errors import InvalidInput, NotFound, Unauthorized
 from orchestra.manifest import Param, parse_manifest
 from orchestra.records import ModuleInfo, TaskInfo
 from orchestra.tasks.status import TaskStatus
@@ -50,8 +49,12 @@ FINAL = frozenset(s.value for s in TaskStatus if s.is_final)
 
 @bp.app_context_processor  # app-wide: error pages for unmatched /ui/ paths use it too
 def _page_globals() -> dict[str, Any]:
-    token_set = bool(service().settings.api_token)
-    return {"token_set": token_set, "signed_in": guard.signed_in(), "final_statuses": FINAL}
+    from orchestra.access.caller import current
+
+    return {
+        "token_set": service().access.tokens.enabled(), "signed_in": guard.signed_in(),
+        "final_statuses": FINAL, "may": guard.may, "caller": current(),
+    }  # fmt: skip
 
 
 def _see(endpoint: str, **values: Any) -> BaseResponse:
@@ -271,7 +274,17 @@ def _inline_image(task_id: int, name: str) -> Response:
     return send_file(service().task_output_file(task_id, name), mimetype=mimetype, max_age=0)
 
 
-# -- the machine and signing in -----------------------------------------------------------
+# -- the machine, the audit log and signing in ---------------------------------------------
+
+
+@bp.get("/audit")
+def audit() -> str:
+    """The audit log, newest first, filtered by who and action (admins only)."""
+    who, action = inputs.query_text("who"), inputs.query_text("action")
+    page = service().audit_log(
+        who=who, action=action, limit=PAGE_SIZE, cursor=inputs.query_text("cursor")
+    )
+    return render_template("audit.html", page=page, who=who, action=action)
 
 
 @bp.get("/machine")
@@ -297,13 +310,19 @@ def signin() -> str:
 @bp.post("/signin")
 def signin_post() -> BaseResponse | tuple[str, int]:
     """Check the token; keep a value derived from it in an HttpOnly, SameSite=Strict cookie."""
-    token = service().settings.api_token
-    given = request.form.get("token", "")
-    if not token or not token_matches(given, token):
+    from orchestra.access.tokens import session_value
+
+    tokens = service().access.tokens
+    given = request.form.get("token", "").strip()
+    try:
+        if not tokens.enabled() or not given:
+            raise Unauthorized("no token given")
+        tokens.identify(given)
+    except Unauthorized:
         return render_template("signin.html", next=_next_page(), failed=True), 401
     response = redirect(_next_page(), code=303)
     response.set_cookie(
-        guard.COOKIE, guard.session_value(token), httponly=True, samesite="Strict",
+        guard.COOKIE, session_value(given), httponly=True, samesite="Strict",
         secure=request.is_secure, path="/",
     )  # fmt: skip
     return response
