@@ -347,3 +347,39 @@ def test_a_broker_restart_loses_no_queued_task(cluster: Cluster) -> None:
         assert ended.count(task_id) == 1, task_id
     for worker in cluster.workers[:2]:  # running tasks are kept, quietly, through the loss
         assert "optional breaking change" not in worker.text()
+
+
+def _run_as(cluster: Cluster, token: str, user: str | None, module_id: int, **args: Any) -> int:
+    from tests.support.helpers import http
+
+    headers = {"Authorization": f"Bearer {token}", **({"X-Orchestra-User": user} if user else {})}
+    answer = http("POST", f"{cluster.url}/module/{module_id}/run", json_body=args,
+                  headers=headers)  # fmt: skip
+    assert answer.status == 202, answer.body
+    return int(answer.json()["task"])
+
+
+@pytest.mark.parametrize("two_users", [False, True], ids=["two-tokens", "two-users-of-one-token"])
+def test_workers_take_the_fairest_task_not_the_next_message(
+    cluster: Cluster, two_users: bool
+) -> None:
+    """A message only wakes a worker: a lone task starts within one task's end of a long
+    queue that another submitter filled before it."""
+    from tests.support.helpers import make_token
+
+    chatty = _module_id(cluster, "chatty")
+    suffix = "users" if two_users else "tokens"
+    front = make_token(cluster.database, f"front-{suffix}", "run")
+    other = front if two_users else make_token(cluster.database, f"batch-{suffix}", "run")
+    many = [_run_as(cluster, front, "alice" if two_users else None, chatty, seconds=1.5)
+            for _ in range(8)]  # fmt: skip
+    lone = _run_as(cluster, other, "bob" if two_users else None, chatty, seconds=0.1)
+    finals = [cluster.wait_status(t, {"done", "error", "killed"}, timeout=120)
+              for t in [*many, lone]]  # fmt: skip
+    assert {t["status"] for t in finals} == {"done"}, finals
+    order = [t["id"] for t in sorted(finals, key=lambda t: t["started"])]
+    # two workers were busy with the first two when it came: it is the third to start
+    assert order.index(lone) <= 2, order
+    assert (finals[-1]["submitted_by"], finals[-1]["user"]) == (
+        ("front-users", "bob") if two_users else ("batch-tokens", None)
+    )

@@ -70,6 +70,7 @@ class Settings:
     min_free_mb: int = 100  # MB free in the data folder below which tasks wait, installs refused
     broker_url: str = ""  # the Celery broker for the celery executor, e.g. redis://host:6379/0
     api_url: str = ""  # where a worker reaches the API (packages, outputs, logs)
+    max_queued_per_submitter: int = 0  # queued tasks one submitter may have (0 = no limit)
 
     @property
     def db_url(self) -> str:
@@ -175,6 +176,7 @@ _RULES: dict[str, _Rule] = {
     "task_output_mb": _at_least(0, "a whole number of MB (0: no limit)"),
     "task_processes": _at_least(0, "a whole number (0: no limit)"),
     "min_free_mb": _at_least(0, "a whole number of MB"),
+    "max_queued_per_submitter": _at_least(0, "a whole number of tasks (0: no limit)"),
     **{name: _url(schemes) for name, schemes in _URL_SCHEMES.items()},
     "index_url": _Rule(
         lambda v: v == "" or bool(_INDEX_URL.match(v)), "empty (PyPI) or an http(s) or file URL"

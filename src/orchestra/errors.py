@@ -99,6 +99,17 @@ class InstallError(OrchestraError):
         return {**super().to_dict(), "step": self.step, "log": self.log[-20000:]}
 
 
+class TooManyRequests(OrchestraError):
+    """A submitter over ORCHESTRA_MAX_QUEUED_PER_SUBMITTER; ``retry_after`` seconds to wait."""
+
+    http_status = 429
+    exit_code = 10
+
+    def __init__(self, message: str, *, retry_after: int = 1, key: str | None = None) -> None:
+        super().__init__(message, key=key)
+        self.retry_after = retry_after
+
+
 class Unreachable(OrchestraError):
     """A remote server (``--url``) that cannot be reached, or that stopped answering."""
 

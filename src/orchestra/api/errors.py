@@ -39,6 +39,9 @@ def _orchestra_error(exc: OrchestraError) -> Response:
     response.status_code = exc.http_status
     if exc.http_status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="orchestra"'
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

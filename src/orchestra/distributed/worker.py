@@ -1,6 +1,7 @@
 """``orchestra worker``: claims tasks from the database, runs them under the local supervisor.
 
-Per task: claim the row (queued -> running under this worker's name, or nothing happens),
+Per message: claim the fairest queued task of the message's queue (queued -> running under
+this worker's name, or nothing happens),
 build the module's generation if this worker lacks it, start it with the same executor and
 supervisor as a local task (in the worker's own data folder), send the logs to the API while
 it runs, then the outputs, then record the outcome, conditional on still being the task's
@@ -155,25 +156,36 @@ class Worker:
     # -- one task -----------------------------------------------------------------------------
 
     def run(self, task_id: int) -> None:
-        """Run task ``task_id`` if this worker wins its row; otherwise do nothing."""
+        """Woken by the message of ``task_id``: run the fairest queued task of its queue.
+
+        A message only wakes the worker; which task it runs is fair share's choice
+        (``lifecycle.claim_fairest``), so that the broker's order never lets one client's
+        thousand tasks hold back another's. Each queued task has its message, and each
+        message claims at most one task: the queue drains as before. A claim that finds no
+        task queued (another wake-up took it, it was killed) runs nothing.
+        """
+        steps = _Steps()
+        queue = self._persist(lambda: self._queue_of(task_id))
+        row = self._persist(lambda: lifecycle.claim_fairest(self.db, self.name, queue))
+        steps.mark("claim")
+        if row is None:
+            _LOGGER.info("woken by task %s: no task queued in %s any more", task_id, queue)
+            return
         entry = _Running()
         with self._lock:
-            if task_id in self._running:
-                return  # a second delivery while this worker runs it
-            self._running[task_id] = entry
+            self._running[row.id] = entry
         try:
-            steps = _Steps()
-            row = self._persist(lambda: lifecycle.claim(self.db, task_id, self.name))
-            steps.mark("claim")
-            if row is None:
-                _LOGGER.info("task %s is not queued any more: nothing to run", task_id)
-                return
             outcome = self._outcome(row, entry, steps)
             self._settle(row, outcome, steps)
         finally:
             with self._lock:
-                self._running.pop(task_id, None)
-            shutil.rmtree(TaskFolder(self.settings.tasks_dir, task_id).root, ignore_errors=True)
+                self._running.pop(row.id, None)
+            shutil.rmtree(TaskFolder(self.settings.tasks_dir, row.id).root, ignore_errors=True)
+
+    def _queue_of(self, task_id: int) -> str:
+        """The queue a message came through: its task's (the first of this worker's if gone)."""
+        row = lifecycle.read(self.db, task_id)
+        return row.queue if row is not None else self.queues[0]
 
     def _outcome(self, row: TaskRecord, entry: _Running, steps: _Steps) -> Outcome:
         try:

@@ -7,8 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestra.errors import WrongState
+from orchestra.access import audit
+from orchestra.access.caller import current
+from orchestra.access.roles import Role
+from orchestra.errors import Forbidden, WrongState
 from orchestra.records import Pruned, TaskInfo, TaskPage
+from orchestra.tasks import queries
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
@@ -50,7 +54,26 @@ class Tasks:
 
     def kill(self, task_id: int) -> TaskInfo:
         """Stop a running task's whole process tree, or drop a queued one."""
-        return self._named(self._backend.runner.kill(task_id))[0]
+        by = self._may_change(task_id, "kill")
+        return self._named(self._backend.runner.kill(task_id, by=by))[0]
+
+    def _may_change(self, task_id: int, action: str) -> str:
+        """Who asks to kill or delete a task; Forbidden when only its submitter may.
+
+        The ``run`` role may kill and delete the tasks it submitted; ``operate`` any task.
+        """
+        caller = current()
+        if caller.may(Role.OPERATE):
+            return caller.name
+        row = queries.row(self._backend.db, task_id)
+        if caller.may(Role.RUN) and row.submitted_by == caller.name:
+            return caller.name
+        audit.record_now(self._backend.db, caller.name, f"task.{action}", f"task {task_id}",
+                         audit.REFUSED, f"submitted by {row.submitted_by}")  # fmt: skip
+        raise Forbidden(
+            f"task {task_id} was submitted by {row.submitted_by!r}: to {action} it needs the "
+            f"role operate (token {caller.name!r} has {caller.role})"
+        )
 
     def _named(self, *tasks: TaskInfo) -> tuple[TaskInfo, ...]:
         """The tasks with their module's name and status (a removed module keeps its name)."""
@@ -63,7 +86,7 @@ class Tasks:
 
     def delete_task(self, task_id: int) -> None:
         """Forget a finished task and its files."""
-        self._backend.runner.delete(task_id)
+        self._backend.runner.delete(task_id, by=self._may_change(task_id, "delete"))
 
     def prune(self, older_than_days: float | None = None) -> Pruned:
         """Forget ended tasks older than that (default: the retention setting) with their files."""

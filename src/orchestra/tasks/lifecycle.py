@@ -27,6 +27,8 @@ from typing import Any
 from sqlalchemy import Connection, Table, Update, bindparam, delete, func, insert, select, text
 from sqlalchemy import update as sql_update
 
+from orchestra.access import audit
+from orchestra.errors import TooManyRequests
 from orchestra.storage.db import Database
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks.status import FINAL, Outcome, TaskStatus
@@ -58,6 +60,12 @@ _OLDER_QUEUED = (
 _SLOTS = select(_COUNT_RUNNING.scalar_subquery(), _OLDEST_QUEUED.scalar_subquery())
 _SLOTS_BEFORE = select(_COUNT_RUNNING.scalar_subquery(), _OLDER_QUEUED.scalar_subquery())
 _ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
+_QUEUED_OF = (
+    select(func.count())
+    .select_from(_TASKS)
+    .where(_COLUMNS.status == _QUEUED, _COLUMNS.submitter == bindparam("submitter"))
+)
+QUOTA_RETRY_AFTER = 5  # seconds a submitter over its quota is told to wait
 # an arbitrary key ("slots"): the lock that serialises claims under max_running on PostgreSQL
 _SLOT_LOCK = text(f"SELECT pg_advisory_xact_lock({0x736C6F7473})")
 
@@ -178,6 +186,15 @@ class NewTask:
     install_dir: str | None
     build_spec: Callable[[int], dict[str, Any]]
     executor: str = "local"
+    submitted_by: str = "local"  # who asked (SPEC §11): the token's name
+    user: str | None = None  # the end user it asked for
+    queue: str = "default"  # the queue workers take it from
+    max_queued: int = 0  # the submitter's queued tasks allowed (0: no limit)
+
+    @property
+    def submitter(self) -> str:
+        """The key fair share groups by: the token's name, with its user when given."""
+        return self.submitted_by if self.user is None else f"{self.submitted_by}/{self.user}"
 
 
 def create(
@@ -193,11 +210,15 @@ def create(
         "module_id": new.module_id, "status": _QUEUED, "args": dict(new.args),
         "created": now(), "timeout": new.timeout, "install_dir": new.install_dir,
         "executor": new.executor, "kill_requested": False, "started": None, "worker": None,
+        "submitted_by": new.submitted_by, "user": new.user, "submitter": new.submitter,
+        "queue": new.queue,
     }  # fmt: skip
     slot_free = max_running is None
     with db.begin_write() as connection:
         if max_running is not None:
             _lock_slots(connection)
+        if new.max_queued:
+            _check_quota(connection, new)
         # the insert assigns the id that the spec needs
         inserted = connection.execute(_INSERT, values).inserted_primary_key
         assert inserted is not None
@@ -216,10 +237,107 @@ def create(
     return TaskRecord(id=task_id, **values), slot_free
 
 
+def _check_quota(connection: Connection, new: NewTask) -> None:
+    """TooManyRequests when the submitter already has ``max_queued`` tasks waiting."""
+    waiting = connection.execute(_QUEUED_OF, {"submitter": new.submitter}).scalar() or 0
+    if waiting >= new.max_queued:
+        raise TooManyRequests(
+            f"{new.submitter} has {waiting} tasks queued, the most allowed "
+            f"(ORCHESTRA_MAX_QUEUED_PER_SUBMITTER={new.max_queued}): try again later",
+            retry_after=QUOTA_RETRY_AFTER,
+        )
+
+
 def _next_claim(connection: Connection, max_running: int) -> int | None:
-    """The oldest queued task's id when a slot is free, else None."""
+    """The fairest queued task's id when a slot is free, else None."""
     running, oldest = connection.execute(_SLOTS).one()
-    return None if int(running or 0) >= max_running else oldest
+    if oldest is None or int(running or 0) >= max_running:
+        return None
+    return fairest(connection)
+
+
+def fairest(connection: Connection, queue: str | None = None) -> int | None:
+    """The queued task (of ``queue``, or any) that fair share starts next (SPEC §11).
+
+    The oldest queued task of the submitter with the fewest tasks running, ties going to
+    the submitter whose last task started longest ago (one that never started one first).
+    A plain query: PostgreSQL refuses FOR UPDATE with it (PITFALLS #25); the caller locks
+    the row it names, and picks again when another claim took it.
+    """
+    picked = connection.execute(_FAIREST[queue is not None], {"queue": queue}).first()
+    return None if picked is None else int(picked[0])
+
+
+def _fair_pick(in_queue: bool) -> Any:
+    """The fair-share pick, each step an index lookup.
+
+    The distinct submitters with queued tasks are found by skipping through the index on
+    (status, [queue,] submitter, id), one lookup per submitter, instead of reading every
+    queued row; then each one's oldest queued task, running count and last start.
+    """
+
+    def waiting(table: str) -> str:
+        queue = f" AND {table}.queue = :queue" if in_queue else ""
+        return f"{table}.status = 'queued'{queue}"
+
+    # no input is formatted in: the two forms are fixed here, values are bound. Each lookup
+    # is spelled ORDER BY … LIMIT 1 rather than MIN/MAX, so that the planner walks the index
+    # whatever its statistics say (PostgreSQL otherwise may aggregate a whole range)
+    return text(f"""
+        WITH RECURSIVE subs(submitter) AS (
+            SELECT (SELECT t.submitter FROM tasks t WHERE {waiting("t")}
+                    ORDER BY t.submitter LIMIT 1)
+            UNION ALL
+            SELECT (SELECT t.submitter FROM tasks t
+                    WHERE {waiting("t")} AND t.submitter > subs.submitter
+                    ORDER BY t.submitter LIMIT 1)
+            FROM subs WHERE subs.submitter IS NOT NULL
+        )
+        SELECT first_id FROM (
+            SELECT
+                (SELECT t.id FROM tasks t WHERE {waiting("t")} AND t.submitter = subs.submitter
+                 ORDER BY t.id LIMIT 1) AS first_id,
+                (SELECT COUNT(*) FROM tasks t
+                 WHERE t.status = 'running' AND t.submitter = subs.submitter) AS running,
+                (SELECT t.started FROM tasks t
+                 WHERE t.submitter = subs.submitter AND t.started IS NOT NULL
+                 ORDER BY t.started DESC LIMIT 1) AS last_start
+            FROM subs WHERE subs.submitter IS NOT NULL
+        ) AS candidates
+        ORDER BY running, CASE WHEN last_start IS NULL THEN 0 ELSE 1 END, last_start, first_id
+        LIMIT 1
+    """)
+
+
+_FAIREST = {False: _fair_pick(False), True: _fair_pick(True)}
+_LOCK_QUEUED = text(
+    "SELECT id FROM tasks WHERE id = :task_id AND status = 'queued' FOR UPDATE SKIP LOCKED"
+)
+CLAIM_TRIES = 20  # picks a worker's claim makes while other claims take its candidates
+
+
+def claim_fairest(db: Database, worker: str, queue: str) -> TaskRecord | None:
+    """Move the fairest queued task of ``queue`` to running for ``worker``; None if none waits.
+
+    A worker's message only wakes it: which task it runs is fair share's choice, so that a
+    client that queued a thousand tasks holds back another's single task by at most one
+    task's end, whatever order the broker delivers in.
+    """
+    moment = now()
+    with db.begin_write() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        for _ in range(CLAIM_TRIES):
+            task_id = fairest(connection, queue)
+            if task_id is None:
+                return None
+            if postgres and connection.execute(_LOCK_QUEUED, {"task_id": task_id}).first() is None:
+                continue  # taken (or being taken) by another claim: pick again
+            row = _CLAIM.apply(
+                connection, task_id, {"now": moment, "worker": worker, "heartbeat": moment}
+            )
+            if row is not None:
+                return row
+    return None
 
 
 def may_claim(db: Database, max_running: int) -> bool:
@@ -270,12 +388,21 @@ def _read(connection: Connection, task_id: int) -> TaskRecord | None:
 # -- ending -----------------------------------------------------------------------------------
 
 
-def request_kill(db: Database, task_id: int) -> TaskStatus | None:
-    """Drop a queued task (killed) or flag a running one; the status found before the move."""
+def request_kill(db: Database, task_id: int, *, by: str | None = None) -> TaskStatus | None:
+    """Drop a queued task (killed) or flag a running one; the status found before the move.
+
+    ``by``: who asks; a kill by someone other than the task's submitter is audited with it.
+    """
     with db.write() as session:
-        status = session.scalar(select(TaskRow.status).where(TaskRow.id == task_id))
-        if status is None:
+        found = session.execute(
+            select(TaskRow.status, TaskRow.submitted_by).where(TaskRow.id == task_id)
+        ).first()
+        if found is None:
             return None
+        status, submitted_by = found
+        if by is not None and by != submitted_by and status in (_QUEUED, _RUNNING):
+            audit.record(session, by, "task.kill", f"task {task_id}", audit.OK,
+                         f"submitted by {submitted_by}; it was {status}")  # fmt: skip
         if status == TaskStatus.QUEUED:
             _move(
                 session, task_id, TaskStatus.QUEUED, status=TaskStatus.KILLED, finished=now(),
@@ -354,17 +481,25 @@ def settle_lost(db: Database, lease: float) -> list[TaskRecord]:
     return settled
 
 
-def delete_final(db: Database, task_ids: list[int]) -> list[int]:
-    """Delete the rows among ``task_ids`` that are final; the ids deleted."""
+def delete_final(db: Database, task_ids: list[int], *, by: str | None = None) -> list[int]:
+    """Delete the rows among ``task_ids`` that are final; the ids deleted.
+
+    ``by``: who asks; deleting someone else's task is audited with it.
+    """
     if not task_ids:
         return []
     with db.write() as session:
         final = [s.value for s in FINAL]
-        ids = list(
-            session.scalars(
-                select(TaskRow.id).where(TaskRow.id.in_(task_ids), TaskRow.status.in_(final))
+        rows = session.execute(
+            select(TaskRow.id, TaskRow.submitted_by).where(
+                TaskRow.id.in_(task_ids), TaskRow.status.in_(final)
             )
-        )
+        ).all()
+        for task_id, submitted_by in rows:
+            if by is not None and by != submitted_by:
+                audit.record(session, by, "task.delete", f"task {task_id}", audit.OK,
+                             f"submitted by {submitted_by}")  # fmt: skip
+        ids = [task_id for task_id, _ in rows]
         session.execute(delete(TaskRow).where(TaskRow.id.in_(ids)))
     return ids
 

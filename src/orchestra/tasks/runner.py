@@ -208,10 +208,13 @@ class TaskRunner:
 
     # -- changing ---------------------------------------------------------------------------
 
-    def kill(self, task_id: int) -> TaskInfo:
-        """Drop a queued task or stop a running one's whole tree; WrongState once final."""
+    def kill(self, task_id: int, *, by: str | None = None) -> TaskInfo:
+        """Drop a queued task or stop a running one's whole tree; WrongState once final.
+
+        ``by``: who asks (audited when it is not the task's submitter).
+        """
         queries.check_id(task_id)
-        before = lifecycle.request_kill(self.db, task_id)
+        before = lifecycle.request_kill(self.db, task_id, by=by)
         if before is None:
             raise NotFound(f"no task {task_id}")
         if before.is_final:
@@ -243,20 +246,20 @@ class TaskRunner:
                 return  # the sweep signals it when it shows up: kill_requested is set
             time.sleep(HANDLE_SLICE)
 
-    def delete(self, task_id: int) -> None:
-        """Forget a finished task: its row and its folder."""
+    def delete(self, task_id: int, *, by: str | None = None) -> None:
+        """Forget a finished task: its row and its folder (``by``: who asks, as for kill)."""
         row = queries.row(self.db, task_id)
         folder = TaskFolder(self.settings.tasks_dir, task_id).root
         if not TaskStatus(row.status).is_final:
             raise WrongState(f"task {task_id} is {row.status}; only ended tasks can be deleted")
         try:
-            deleted = lifecycle.delete_final(self.db, [task_id])
+            deleted = lifecycle.delete_final(self.db, [task_id], by=by)
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
             # the database needs room to forget it: its files go first, they are what frees it
             shutil.rmtree(folder, ignore_errors=True)
-            deleted = lifecycle.delete_final(self.db, [task_id])
+            deleted = lifecycle.delete_final(self.db, [task_id], by=by)
         if not deleted:
             raise WrongState(f"task {task_id} is {row.status}; only ended tasks can be deleted")
         shutil.rmtree(folder, ignore_errors=True)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestra import catalogs
+from orchestra.access.caller import current
 from orchestra.executors import sandbox
 from orchestra.executors.base import TaskSpec
 from orchestra.manifest import Manifest, argument_tail, bind_arguments
@@ -49,7 +50,12 @@ class Submitter:
         def build_spec(task_id: int) -> dict[str, Any]:
             return self.spec(task_id, module_id, manifest, generation, bound, timeout).to_json()
 
-        new = NewTask(module_id, bound, timeout, generation, build_spec, self.executor_name)
+        caller = current()
+        new = NewTask(
+            module_id, bound, timeout, generation, build_spec, self.executor_name,
+            submitted_by=caller.name, user=caller.user, queue=manifest.queue,
+            max_queued=self.settings.max_queued_per_submitter,
+        )  # fmt: skip
         limit = slots if claim_for is not None else None
         return lifecycle.create(self.db, new, max_running=limit, worker=claim_for)
 
