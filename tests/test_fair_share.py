@@ -119,3 +119,18 @@ def test_a_submitter_over_its_quota_is_answered_429_with_retry_after(
         assert service.list_tasks(submitted_by="front").total == 3
     finally:
         service.close()
+
+
+def test_metrics_give_the_queue_depth_per_submitter(settings: Settings, tmp_path: Path) -> None:
+    service = Service(settings.with_overrides(max_running=0))
+    folder = write_module(tmp_path / "nap", name="nap", code="pass")
+    module_id = service.register(str(folder)).id
+    try:
+        for _ in range(3):
+            _run_as(service, module_id, "front", "alice")
+        _run_as(service, module_id, "batch")
+        text = create_app(service=service).test_client().get("/metrics").get_data(as_text=True)
+        assert 'orchestra_queue_depth_by_submitter{submitted_by="front",user="alice"} 3.0' in text
+        assert 'orchestra_queue_depth_by_submitter{submitted_by="batch",user=""} 1.0' in text
+    finally:
+        service.close()

@@ -12,10 +12,12 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from orchestra.access import audit
+from orchestra.access.caller import current
 from orchestra.errors import InvalidInput
 from orchestra.records import Pruned
 from orchestra.storage.files import TaskFolder
@@ -40,10 +42,16 @@ def prune_tasks(db: Database, registry: Registry, tasks_dir: Path, days: float) 
     final = [status.value for status in FINAL]
     query = select(TaskRow.id).where(TaskRow.status.in_(final), TaskRow.finished < cutoff)
     forgotten = 0
+    who = current().name
+
+    def note(session: Any, ids: list[int]) -> None:
+        audit.record(session, who, "tasks.prune", f"{len(ids)} task(s)", audit.OK,
+                     f"ended over {days:g} days ago: ids {min(ids)} to {max(ids)}")  # fmt: skip
+
     while True:
         with db.connect() as connection:
             ids = list(connection.execute(query.limit(_BATCH)).scalars())
-        deleted = lifecycle.delete_final(db, ids)
+        deleted = lifecycle.delete_final(db, ids, note=note)
         for task_id in deleted:
             shutil.rmtree(TaskFolder(tasks_dir, task_id).root, ignore_errors=True)
         forgotten += len(deleted)

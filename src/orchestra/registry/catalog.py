@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
 
+from orchestra.access import audit
+from orchestra.access.caller import current
 from orchestra.errors import NotFound, WrongState
 from orchestra.manifest import Manifest, parse_manifest
 from orchestra.records import ModuleInfo, ModuleSummary
@@ -70,6 +72,9 @@ class Catalog:
             if row.status == REMOVED:
                 raise WrongState(f"module {module_id} was removed")
             row.staged, row.updated = staged, now()
+            action = "module.stage" if staged else "module.publish"
+            audit.record(session, current().name, action, f"module {module_id}", audit.OK,
+                         row.name or "")  # fmt: skip
         return self.get(module_id)
 
     def names(self, module_ids: Iterable[int]) -> dict[int, tuple[str | None, str]]:

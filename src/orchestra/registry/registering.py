@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
@@ -14,6 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestra import installer
+from orchestra.access import audit
+from orchestra.access.caller import current
 from orchestra.errors import WrongState
 from orchestra.records import ModuleInfo
 from orchestra.registry.rows import (
@@ -58,7 +61,9 @@ class Background:
                 with self._lock:
                     self._threads.discard(threading.current_thread())
 
-        thread = threading.Thread(target=run, name=name, daemon=True)
+        # the thread acts for the caller that started it (the audit log names who)
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(run,), name=name, daemon=True)
         with self._lock:
             self._threads.add(thread)
         thread.start()
@@ -119,6 +124,8 @@ class Registration:
                 apply_built(row, built)
                 row.name, row.status, row.installer_pid = built.manifest.name, INSTALLED, None
                 session.flush()
+                audit.record(session, current().name, "module.register", f"module {row.id}",
+                             audit.OK, f"{row.name} from {row.source}")  # fmt: skip
                 return row
         except IntegrityError:
             self._check_name_free(built.manifest.name, module_id)
@@ -192,11 +199,15 @@ class Registration:
                 key="name",
             )
 
-    def mark_error(self, module_id: int, exc: BaseException) -> None:
-        """Record a failed installation on its row."""
+    def mark_error(
+        self, module_id: int, exc: BaseException, action: str = "module.register"
+    ) -> None:
+        """Record a failed installation on its row, and in the audit log."""
         message, log = failure_text(exc)
         with self.db.write() as session:
             row = session.get(ModuleRow, module_id)
             if row is not None:
                 row.status, row.error, row.install_log = ERROR, message, log or message
                 row.installer_pid, row.updated = None, now()
+            audit.record(session, current().name, action, f"module {module_id}", audit.FAILED,
+                         message)  # fmt: skip

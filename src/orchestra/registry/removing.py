@@ -9,6 +9,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from orchestra import environments, installer
+from orchestra.access import audit
+from orchestra.access.caller import current
 from orchestra.errors import NotFound, WrongState
 from orchestra.executors import proctree
 from orchestra.registry.rows import ACTIVE_TASKS, ERROR, INSTALLING, REMOVED, check_id, epoch, now
@@ -96,6 +98,8 @@ class Removal:
                     raise NotFound(f"no module {module_id}")
                 install_dir = row.install_dir
                 session.delete(row)
+                audit.record(session, current().name, "module.remove", f"module {module_id}",
+                             audit.OK, f"{row.name or ''}, with its tasks")  # fmt: skip
         except IntegrityError:
             raise WrongState(f"module {module_id} still has tasks; remove them first") from None
         self._drop_files(module_id, install_dir)
@@ -109,6 +113,8 @@ class Removal:
                 raise NotFound(f"no module {module_id}")
             install_dir = row.install_dir
             row.status, row.install_dir, row.staged = REMOVED, None, False
+            audit.record(session, current().name, "module.remove", f"module {module_id}",
+                         audit.OK, f"{row.name or ''}, its tasks kept")  # fmt: skip
             row.installer_pid, row.error, row.updated = None, None, now()
         self._drop_files(module_id, install_dir)
 

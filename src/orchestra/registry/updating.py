@@ -13,6 +13,8 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 
 from orchestra import installer
+from orchestra.access import audit
+from orchestra.access.caller import current
 from orchestra.errors import InvalidInput, WrongState
 from orchestra.records import ModuleInfo
 from orchestra.registry.rows import (
@@ -150,7 +152,7 @@ class Updates:
         with self.db.read() as session:
             row = session.get(ModuleRow, module_id)
         if row is None or row.status != INSTALLED:
-            self._registration.mark_error(module_id, exc)
+            self._registration.mark_error(module_id, exc, "module.update")
             return
         # the old version goes on serving: the failure is told beside it
         message, log = failure_text(exc)
@@ -160,6 +162,8 @@ class Updates:
                 row.error = f"update failed: {message}"
                 row.install_log = (row.install_log or "") + "\nupdate failed:\n" + (log or message)
                 row.updated = now()
+            audit.record(session, current().name, "module.update", f"module {module_id}",
+                         audit.FAILED, message)  # fmt: skip
 
     def _swap(
         self,
@@ -179,6 +183,8 @@ class Updates:
                 row.status, row.installer_pid = INSTALLED, None
                 if archive is not None:
                     row.source, row.subdir = f"upload:{archive.name}", None
+                audit.record(session, current().name, "module.update", f"module {module_id}",
+                             audit.OK, f"{row.name} at {row.commit or row.source}")  # fmt: skip
         except IntegrityError:
             raise WrongState(
                 f"a module named {built.manifest.name!r} already exists", key="name"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestra import installer
+from orchestra.access import audit
 from orchestra.errors import NotFound, WrongState
 from orchestra.manifest import check_choices
 from orchestra.records import ModuleInfo, ModuleSummary
@@ -46,13 +48,18 @@ class Modules:
         ``install.python_version`` where the module does not declare them.
         """
         report = progress or _LOGGER.info
-        check_choices(as_of, python)
-        space.require(self.settings, "registration")
-        # built before the registry is asked for, so that it installs while the backend opens
-        spec = SourceSpec(source, ref, subdir, as_of, python)
-        built = installer.build(spec, self.settings, progress=report)
-        registry = self._backend.registry
-        return registry.registration.record(built, staged=staged, progress=report)
+        with self._failures("module.register", f"module from {source}"):
+            check_choices(as_of, python)
+            space.require(self.settings, "registration")
+            # built before the registry is asked for: it installs while the backend opens
+            spec = SourceSpec(source, ref, subdir, as_of, python)
+            built = installer.build(spec, self.settings, progress=report)
+            registry = self._backend.registry
+            return registry.registration.record(built, staged=staged, progress=report)
+
+    def _failures(self, action: str, obj: str) -> AbstractContextManager[None]:
+        """Leave a change that fails in the audit log (its success is written with it)."""
+        return audit.failures(lambda: self._backend.db, action, obj)
 
     def register_in_background(
         self,
@@ -66,10 +73,12 @@ class Modules:
         python: str | None = None,
     ) -> ModuleInfo:
         """Accept a registration and install it in the background (status ``installing``)."""
-        check_choices(as_of, python)
-        space.require(self.settings, "registration")
-        spec = SourceSpec(source or "", ref, subdir, as_of, python)
-        return self._backend.registry.registration.begin(spec, archive=archive, staged=staged)
+        shown = source or (archive.name if archive else "")
+        with self._failures("module.register", f"module from {shown}"):
+            check_choices(as_of, python)
+            space.require(self.settings, "registration")
+            spec = SourceSpec(source or "", ref, subdir, as_of, python)
+            return self._backend.registry.registration.begin(spec, archive=archive, staged=staged)
 
     def update(
         self,
@@ -80,27 +89,35 @@ class Modules:
         progress: Progress | None = None,
     ) -> ModuleInfo:
         """Re-install from the recorded source or a new zip; the old one serves until the swap."""
-        space.require(self.settings, "update")
-        updates = self._backend.registry.updates
-        return updates.update(module_id, ref=ref, archive=archive, progress=progress)
+        with self._failures("module.update", f"module {module_id}"):
+            space.require(self.settings, "update")
+            updates = self._backend.registry.updates
+            return updates.update(module_id, ref=ref, archive=archive, progress=progress)
 
     def update_in_background(
         self, module_id: int, *, ref: str | None = None, archive: Path | None = None
     ) -> ModuleInfo:
         """Accept an update (also of a module in error) and install it in the background."""
-        space.require(self.settings, "update")
-        return self._backend.registry.updates.begin(module_id, ref=ref, archive=archive)
+        with self._failures("module.update", f"module {module_id}"):
+            space.require(self.settings, "update")
+            return self._backend.registry.updates.begin(module_id, ref=ref, archive=archive)
 
     def publish(self, module_id: int) -> ModuleInfo:
         """Show a staged module to clients."""
-        return self._backend.registry.catalog.set_staged(module_id, False)
+        with self._failures("module.publish", f"module {module_id}"):
+            return self._backend.registry.catalog.set_staged(module_id, False)
 
     def stage(self, module_id: int) -> ModuleInfo:
         """Hide a module from clients' list again (operators still see it)."""
-        return self._backend.registry.catalog.set_staged(module_id, True)
+        with self._failures("module.stage", f"module {module_id}"):
+            return self._backend.registry.catalog.set_staged(module_id, True)
 
     def remove(self, module_id: int, *, force: bool = False, purge: bool = False) -> None:
         """Remove a module; its tasks' records and outputs stay unless ``purge``."""
+        with self._failures("module.remove", f"module {module_id}"):
+            self._remove(module_id, force=force, purge=purge)
+
+    def _remove(self, module_id: int, *, force: bool, purge: bool) -> None:
         registry, runner = self._backend.registry, self._backend.runner
         info = registry.get(module_id)
         active = runner.active_for_module(module_id)

@@ -8,9 +8,14 @@ Claims under ``max_running`` (the local executor's limit) are serialised across 
 SQLite by its write lock (``BEGIN IMMEDIATE``), PostgreSQL by a transaction-level advisory
 lock taken before the count. READ COMMITTED alone lets two transactions both count a free
 slot (PITFALLS #17); row locks (``FOR UPDATE SKIP LOCKED``) would keep two claims off one row
-but not the count of the others. The lock is held for one short transaction per claim. A
-remote worker's claim of one given task needs no lock: its conditional UPDATE is re-checked
-against the committed row, so of two claims one changes nothing.
+but not the count of the others. The lock is held for one short transaction per claim.
+
+Which queued task a claim takes is fair share's choice (SPEC §11, ``fairest``): the oldest
+of the submitter with the fewest tasks running, ties to the one whose last task started
+longest ago. A remote worker's claim (``claim_fairest``) picks in a plain query, locks the
+row it named with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and picks again when another
+claim has it; its conditional UPDATE is re-checked against the committed row anyway, so of
+two claims of one row one changes nothing.
 
 The moves on a task's hot path use prepared Core statements on a plain connection: an ORM
 session costs several times more per transaction, and the server runs these for every task.
@@ -481,10 +486,17 @@ def settle_lost(db: Database, lease: float) -> list[TaskRecord]:
     return settled
 
 
-def delete_final(db: Database, task_ids: list[int], *, by: str | None = None) -> list[int]:
+def delete_final(
+    db: Database,
+    task_ids: list[int],
+    *,
+    by: str | None = None,
+    note: Callable[[Any, list[int]], None] | None = None,
+) -> list[int]:
     """Delete the rows among ``task_ids`` that are final; the ids deleted.
 
-    ``by``: who asks; deleting someone else's task is audited with it.
+    ``by``: who asks; deleting someone else's task is audited with it. ``note(session,
+    ids)`` runs in the same transaction once the ids are known (a prune's audit entry).
     """
     if not task_ids:
         return []
@@ -501,6 +513,8 @@ def delete_final(db: Database, task_ids: list[int], *, by: str | None = None) ->
                              f"submitted by {submitted_by}")  # fmt: skip
         ids = [task_id for task_id, _ in rows]
         session.execute(delete(TaskRow).where(TaskRow.id.in_(ids)))
+        if note is not None and ids:
+            note(session, ids)
     return ids
 
 

@@ -105,6 +105,17 @@ def counts(db: Database) -> dict[str, int]:
     return {s.value: int(found.get(s.value, 0)) for s in TaskStatus}
 
 
+def queued_by_submitter(db: Database) -> list[tuple[str, str | None, int]]:
+    """How many tasks each submitter (token name, user) has waiting."""
+    query = (
+        select(TaskRow.submitted_by, TaskRow.user, func.count())
+        .where(TaskRow.status == TaskStatus.QUEUED.value)
+        .group_by(TaskRow.submitted_by, TaskRow.user)
+    )
+    with db.connect() as connection:
+        return [(str(name), user, int(count)) for name, user, count in connection.execute(query)]
+
+
 def of_module(db: Database, module_id: int, *, active_only: bool = False) -> list[int]:
     """Ids of the module's tasks (only the queued and running ones with ``active_only``)."""
     query = select(TaskRow.id).where(TaskRow.module_id == module_id)

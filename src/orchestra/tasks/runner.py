@@ -202,6 +202,10 @@ class TaskRunner:
         """How many tasks are in each status."""
         return queries.counts(self.db)
 
+    def queued_by_submitter(self) -> builtins.list[tuple[str, str | None, int]]:
+        """How many tasks each submitter (token name, user) has waiting."""
+        return queries.queued_by_submitter(self.db)
+
     def active_for_module(self, module_id: int) -> builtins.list[int]:
         """Ids of the module's queued and running tasks."""
         return queries.of_module(self.db, module_id, active_only=True)

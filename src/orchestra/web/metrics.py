@@ -49,6 +49,14 @@ class _TaskCollector(Collector):
         yield GaugeMetricFamily(
             "orchestra_queue_depth", "Tasks waiting for a slot", value=counts.get("queued", 0)
         )
+        by_submitter = GaugeMetricFamily(
+            "orchestra_queue_depth_by_submitter",
+            "Tasks waiting for a slot, by submitter (token name and end user)",
+            labels=["submitted_by", "user"],
+        )
+        for name, user, count in self._service.tasks.queued_by_submitter():
+            by_submitter.add_metric([name, user or ""], count)
+        yield by_submitter
         modules = GaugeMetricFamily("orchestra_modules", "Modules by status", labels=["status"])
         for status, count in self._module_counts().items():
             modules.add_metric([status], count)
