@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
+import bench_access
 import bench_api
 import bench_celery
 import bench_dashboard
@@ -39,6 +40,7 @@ BENCHES: list[ModuleType] = [
     bench_memory,
     bench_dashboard,
     bench_celery,
+    bench_access,
 ]
 BY_NAME = {bench.NAME: bench for bench in BENCHES}
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -29,6 +29,9 @@ SECRETS = {
     "ORCHESTRA_DB_PASSWORD": "db-password-from-the-operator",
     "ORCHESTRA_REDIS_PASSWORD": "redis-password-from-the-operator",
 }
+# made by `orchestra token create … --role worker` once the API runs, then exported
+WORKER_TOKEN = "a-worker-token"
+EXPORTED = {**SECRETS, "ORCHESTRA_WORKER_TOKEN": WORKER_TOKEN}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
 
 
@@ -37,7 +40,7 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def _fill(text: str, exported: dict[str, str] = SECRETS) -> str:
+def _fill(text: str, exported: dict[str, str] = EXPORTED) -> str:
     """``text`` with ``${NAME:?…}`` and ``${NAME:-default}`` filled in as Compose would."""
 
     def one(match: re.Match[str]) -> str:
@@ -78,7 +81,8 @@ def test_each_service_runs_the_celery_executor_on_the_shared_services(
     settings = _settings(compose, name)
     services = compose["services"]
     assert settings.executor == "celery"
-    assert settings.api_token == TOKEN
+    # the API holds the admin token; workers only a worker token (SPEC §11)
+    assert settings.api_token == (TOKEN if name == "api" else WORKER_TOKEN)
     database, broker = urlsplit(settings.database_url), urlsplit(settings.broker_url)
     assert database.scheme == "postgresql+psycopg" and broker.scheme == "redis"
     assert database.hostname in services and broker.hostname in services

@@ -225,7 +225,8 @@ def test_the_several_machines_page_runs_as_written(deployment: Deployment) -> No
     assert [s.machine for s in marked if s.kind == "serve"] == ["api", "worker"]
     for step in marked:
         deployment.do(step)
-    registered, ran = deployment.outputs[-2:]
+    registered = next(out for out in deployment.outputs if out.startswith("registered"))
+    ran = deployment.outputs[-1]
     host, port = deployment.network.host_address, deployment.postgres.port
     where = f"{deployment.root / 'api' / 'data'} (PostgreSQL orchestra@{host}:{port}/orchestra)"
     assert registered == f"registered module 1 into {where}: Example catalog (installed)\n"
