@@ -143,3 +143,13 @@ def test_the_plain_token_is_never_written_in_the_data_folder_or_the_logs(
     needle = secret.encode()
     found = [str(p) for p in tmp_path.rglob("*") if p.is_file() and needle in p.read_bytes()]
     assert found == []
+
+
+def test_a_server_without_tokens_refuses_to_make_one_for_anybody(service: Service) -> None:
+    from orchestra.api import create_app
+
+    client = create_app(service=service).test_client()
+    answer = client.post("/tokens", json={"name": "mine", "role": "admin"})
+    assert answer.status_code == 403 and "orchestra token create" in answer.json["error"]
+    assert service.list_tokens() == []
+    assert client.get("/modules").status_code == 200  # still open to all

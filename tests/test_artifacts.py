@@ -25,8 +25,8 @@ from tests.support.paths import DATA
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
-TOKEN = "worker-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TOKEN = "admin-token"  # the servers' own (ORCHESTRA_API_TOKEN): admin, not worker
+AUTH: dict[str, str] = {}  # a worker token's header, made afresh by each test's fixture
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def guarded(settings: Settings) -> Iterator[tuple[Service, FlaskClient]]:
     service = Service(settings.with_overrides(api_token=TOKEN))
     try:
         service.register(str(DATA / "modules" / "sleeps"))
+        AUTH["Authorization"] = f"Bearer {service.create_token('w', role='worker').token}"
         yield service, create_app(service=service).test_client()
     finally:
         service.close()
@@ -178,6 +179,8 @@ def test_a_starting_worker_learns_whether_its_token_is_good_and_where_tasks_run(
     _service, client = guarded
     assert client.get("/worker/check").status_code == 401
     assert client.get("/worker/check", headers={"Authorization": "Bearer nope"}).status_code == 401
+    admin = client.get("/worker/check", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert admin.status_code == 403 and "needs the role worker" in admin.get_json()["error"]
     for path in ("/worker/check", "/workers/check"):
         answer = client.get(path, headers=AUTH)
         assert answer.status_code == 200

@@ -134,3 +134,28 @@ def test_metrics_give_the_queue_depth_per_submitter(settings: Settings, tmp_path
         assert 'orchestra_queue_depth_by_submitter{submitted_by="batch",user=""} 1.0' in text
     finally:
         service.close()
+
+
+def test_the_command_line_records_who_submitted_locally_and_through_a_server(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from tests.support.helpers import run_cli
+    from tests.support.server import serve_in_thread
+
+    folder = write_module(tmp_path / "nap", name="nap", code="pass")
+    assert run_cli(["register", str(folder)], settings)[0] == 0
+    code, out, err = run_cli(["--json", "run", "1", "--user", "alice", "--wait"], settings)
+    assert code == 0, err
+    assert '"submitted_by": "local"' in out and '"user": "alice"' in out
+    service = Service(settings.with_overrides(api_token="boot"))
+    front = service.create_token("front", role="run").token
+    with serve_in_thread(service) as live:
+        remote = Settings(home=tmp_path / "laptop", url=live.url, api_token=front)
+        code, out, err = run_cli(["run", "1", "--user", "bob", "--wait"], remote)
+        assert code == 0, err
+        assert "submitter: front (bob)" in out
+        code, out, _ = run_cli(["tasks", "--submitted-by", "front", "--for-user", "bob"], remote)
+        assert code == 0 and "front (bob)" in out and "local" not in out
+        code, out, _ = run_cli(["--json", "tasks", "--for-user", "alice"], remote)
+        assert code == 0 and '"total": 1' in out
+    service.close()

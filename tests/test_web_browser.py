@@ -182,11 +182,11 @@ def test_with_a_token_changes_need_sign_in_and_the_same_origin(
     svc = guarded.service
     with visit(browser, guarded.url, shots) as tab:
         tab.go("/ui/module/1")
-        tab.page.click(".run-form button[type=submit]")
-        assert tab.page.locator("h1").first.inner_text().startswith("Sign-in needed")
+        # before signing in, no role: the run form is not offered (SPEC §11)
+        assert tab.page.locator(".run-form").count() == 0
         assert svc.list_tasks().total == 0
         tab.screenshot("refused")
-        tab.page.click("main a.button:has-text('Sign in')")
+        tab.page.click(".who a:has-text('Sign in')")
         tab.screenshot("signin")
         tab.page.fill("input[name=token]", TOKEN)
         tab.page.click("form.stack button[type=submit]")

@@ -27,9 +27,9 @@ class Caller:
         # token names never hold "/", so the pair reads back unambiguously
         return self.name if self.user is None else f"{self.name}/{self.user}"
 
-    def may(self, needed: Role) -> bool:
-        """True when this caller's role includes ``needed``."""
-        return includes(self.role, needed)
+    def may(self, needed: Role | str) -> bool:
+        """True when this caller's role includes ``needed`` (a role or its name)."""
+        return includes(self.role, Role(needed))
 
 
 LOCAL = Caller(LOCAL_NAME, Role.ADMIN)

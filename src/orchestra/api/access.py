@@ -6,16 +6,27 @@ from datetime import datetime
 
 from flask import Blueprint, Response, jsonify
 
+from orchestra.access.caller import ANONYMOUS_NAME, current
 from orchestra.api import inputs
 from orchestra.api.routing import current_service as service
-from orchestra.errors import InvalidInput
+from orchestra.errors import Forbidden, InvalidInput
 from orchestra.limits import MAX_PAGE
 
 bp = Blueprint("access", __name__)
 
 
 def create_token() -> tuple[Response, int]:
-    """Make a token from ``{"name", "role", "expires"}`` (days); 201 with its secret."""
+    """Make a token from ``{"name", "role", "expires"}`` (days); 201 with its secret.
+
+    A server without any token refuses: a caller without one must not be able to turn
+    tokens on and shut everyone else out. The first token is made on the server itself
+    (``orchestra token create``) or comes from ORCHESTRA_API_TOKEN.
+    """
+    if current().role is not None and current().name == ANONYMOUS_NAME:
+        raise Forbidden(
+            "this server has no token yet: make the first one on the server "
+            "(orchestra token create NAME --role admin) or set ORCHESTRA_API_TOKEN"
+        )
     body = inputs.json_object("the token")
     unknown = sorted(set(body) - {"name", "role", "expires"})
     if unknown:

@@ -83,16 +83,16 @@ def init_app(app: Flask, tokens: TokenStore, *, protect_reads: bool) -> None:
 
 def _judge(tokens: TokenStore, protect_reads: bool) -> tuple[Caller, Response | None]:
     endpoint = request.endpoint
-    user = _user()
     if endpoint is None:  # no such route or method: routing answers 404 or 405
-        return Caller(ANONYMOUS_NAME, None, user), None
+        return Caller(ANONYMOUS_NAME, None), None
     rule = rule_for(endpoint)
     if rule is None:
         _LOGGER.error("refused %s %s: endpoint %s has no access rule", request.method,
                       request.path, endpoint)  # fmt: skip
         raise Forbidden(f"refused: the route {endpoint} has no access rule")
-    if rule.anonymous == "always":
-        return Caller(ANONYMOUS_NAME, None, user), None
+    if rule.anonymous == "always":  # /health, sign-in: open whatever is sent
+        return Caller(ANONYMOUS_NAME, None), None
+    user = _user()
     if not tokens.enabled():  # no token anywhere: everyone may do everything (SPEC §5)
         return Caller(ANONYMOUS_NAME, Role.ADMIN, user), None
     caller = _identify(tokens, user)

@@ -599,6 +599,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         },
         "responses": {
             "201": _json(_ref("NewToken"), "the token"),
+            "403": _error("not an admin token, or a server without any token yet"),
             "409": _error("a token of that name exists"),
         },
     },

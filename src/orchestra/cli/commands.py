@@ -41,6 +41,7 @@ class Context:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     _service: Orchestra | None = None
+    _acting: object = None  # the mark that undoes acting as the local caller
 
     @property
     def service(self) -> Orchestra:
@@ -61,7 +62,7 @@ class Context:
                 from orchestra.service import Service
 
                 # the command line on this data folder acts as "local" (SPEC §11)
-                set_current(Caller(LOCAL.name, LOCAL.role, self.user))
+                self._acting = set_current(Caller(LOCAL.name, LOCAL.role, self.user))
                 self._service = Service(self.settings)
         return self._service
 
@@ -69,6 +70,11 @@ class Context:
         """Release the service when one was built."""
         if self._service is not None:
             self._service.close()
+        if self._acting is not None:
+            from orchestra.access.caller import reset
+
+            reset(self._acting)
+            self._acting = None
 
     def note(self, message: str) -> None:
         """A progress or side note for people, on standard error."""
