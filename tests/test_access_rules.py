@@ -150,3 +150,19 @@ def test_the_dashboard_signs_in_with_any_token_and_offers_only_what_its_role_may
         assert answer.status_code == (403 if role in {"read", "run"} else 303)
     finally:
         service.close()
+
+
+def test_the_dashboards_task_list_shows_and_filters_who_submitted(service: Service) -> None:
+    from orchestra.access.caller import Caller, acting_as
+    from tests.support.paths import EXAMPLES
+
+    service.register(str(EXAMPLES / "catalog"))
+    for name, user in (("front", "alice"), ("batch", None)):
+        with acting_as(Caller(name, Role.RUN, user)):
+            service.run(1, {})
+    client = create_app(service=service).test_client()
+    page = client.get("/ui/tasks").get_data(as_text=True)
+    assert "front" in page and "alice" in page and "batch" in page
+    only = client.get("/ui/tasks?submitted_by=front").get_data(as_text=True)
+    assert "alice" in only and "batch" not in only.split("<tbody>")[1]
+    assert "Submitted by" in client.get("/ui/task/1").get_data(as_text=True)

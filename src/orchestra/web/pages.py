@@ -196,15 +196,18 @@ def register_post() -> BaseResponse:
 
 @bp.get("/tasks")
 def tasks() -> str:
-    """Tasks newest first, filtered by status and module, paged by cursor."""
+    """Tasks newest first, filtered by status, module, submitter and user, paged by cursor."""
     status = inputs.query_text("status")
     module_id = inputs.query_int("module", 0, minimum=0) or None
+    submitted_by, user = inputs.query_text("submitted_by"), inputs.query_text("user")
     svc = service()
     page = svc.list_tasks(
-        status=status, module=module_id, limit=PAGE_SIZE, cursor=inputs.query_text("cursor")
-    )
+        status=status, module=module_id, limit=PAGE_SIZE, cursor=inputs.query_text("cursor"),
+        submitted_by=submitted_by, user=user,
+    )  # fmt: skip
     names = {m.id: m.name for m in svc.list_modules(everything=True)}
-    context = {"page": page, "names": names, "status": status, "module_id": module_id}
+    context = {"page": page, "names": names, "status": status, "module_id": module_id,
+               "submitted_by": submitted_by, "user": user}  # fmt: skip
     if _partial():
         return render_template("task_rows.html", **context)
     return render_template("tasks.html", statuses=STATUSES, **context)
