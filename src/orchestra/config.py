@@ -41,8 +41,8 @@ class Settings:
     task_timeout: float = 3600.0  # seconds a task may run unless its module says otherwise
     task_retention_days: float = 0.0  # days an ended task and its files are kept; 0: forever
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
-    api_token: str = ""  # bearer token for changing requests; empty = no auth
-    protect_reads: bool = False  # also require the token for reads
+    api_token: str = ""  # servers: the admin token "bootstrap"; workers: a worker token
+    protect_reads: bool = False  # reads need a token too (/health stays open)
     host: str = "127.0.0.1"  # where `serve` listens
     port: int = 8470  # the port `serve` listens on
     insecure: bool = False  # allow listening beyond loopback without a token
