@@ -38,9 +38,12 @@ class Callers:
 
 
 @pytest.fixture
-def callers(settings: Settings) -> Iterator[Callers]:
-    """The API with no task slot (tasks stay queued), and tokens ops, front, viewer."""
-    service = Service(settings.with_overrides(api_token=BOOT, max_running=0))
+def callers(settings: Settings, tmp_path: Path) -> Iterator[Callers]:
+    """The API with its one task slot held by a long task (tasks stay queued), and tokens
+    ops, front, viewer."""
+    service = Service(settings.with_overrides(api_token=BOOT, max_running=1))
+    blocker = write_module(tmp_path / "blocker", name="blocker", code="time.sleep(120)")
+    running = service.run(service.register(str(blocker)).id, {})
     tokens = {"boot": BOOT}
     for name, role in (("ops", "operate"), ("front", "run"), ("viewer", "read")):
         tokens[name] = service.create_token(name, role=role).token
@@ -48,6 +51,7 @@ def callers(settings: Settings) -> Iterator[Callers]:
         yield Callers(create_app(service=service).test_client(), tokens)
     finally:
         service.registry.join_background(timeout=120)
+        service.kill(running.id)
         service.close()
 
 
@@ -64,7 +68,8 @@ def _installed(callers: Callers, module_id: int) -> dict[str, Any]:
 
 def test_each_kind_of_change_leaves_its_entry(callers: Callers, tmp_path: Path) -> None:
     made = [(e["who"], e["action"], e["outcome"]) for e in callers.entries()]
-    assert made == [("local", "token.create", "ok")] * 3  # made by the fixture, in-process
+    # made by the fixture, in-process: the blocking module, then the tokens
+    assert made == [("local", "token.create", "ok")] * 3 + [("local", "module.register", "ok")]
     folder = write_module(tmp_path / "m", name="audited", code="pass")
     module_id = callers.ask("ops", "POST", "/modules", json={"source": str(folder)}).json["id"]
     assert _installed(callers, module_id)["status"] == "installed"

@@ -5,6 +5,7 @@ quotas on queued tasks answer 429."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,14 +95,25 @@ def test_ties_go_to_the_submitter_whose_last_task_started_longest_ago(
         service.close()
 
 
+@contextmanager
+def one_slot_taken(settings: Settings, tmp_path: Path) -> Iterator[tuple[Service, int]]:
+    """A service whose one slot a long task holds: every task submitted now stays queued."""
+    service = Service(settings.with_overrides(max_running=1, max_queued_per_submitter=2))
+    blocker = write_module(tmp_path / "blocker", name="blocker", code="time.sleep(120)")
+    running = service.run(service.register(str(blocker)).id, {})
+    assert running.status == "running"
+    folder = write_module(tmp_path / "nap", name="nap", code="pass")
+    try:
+        yield service, service.register(str(folder)).id
+    finally:
+        service.kill(running.id)
+        service.close()
+
+
 def test_a_submitter_over_its_quota_is_answered_429_with_retry_after(
     settings: Settings, tmp_path: Path
 ) -> None:
-    # no slot at all: every task stays queued
-    service = Service(settings.with_overrides(max_running=0, max_queued_per_submitter=2))
-    folder = write_module(tmp_path / "nap", name="nap", code="pass")
-    module_id = service.register(str(folder)).id
-    try:
+    with one_slot_taken(settings, tmp_path) as (service, module_id):
         for _ in range(2):
             _run_as(service, module_id, "front", "alice")
         with pytest.raises(TooManyRequests, match="ORCHESTRA_MAX_QUEUED_PER_SUBMITTER=2"):
@@ -117,23 +129,16 @@ def test_a_submitter_over_its_quota_is_answered_429_with_retry_after(
         assert "anonymous/alice" in refused.json["error"]
         assert service.list_tasks(user="alice").total == 4
         assert service.list_tasks(submitted_by="front").total == 3
-    finally:
-        service.close()
 
 
 def test_metrics_give_the_queue_depth_per_submitter(settings: Settings, tmp_path: Path) -> None:
-    service = Service(settings.with_overrides(max_running=0))
-    folder = write_module(tmp_path / "nap", name="nap", code="pass")
-    module_id = service.register(str(folder)).id
-    try:
-        for _ in range(3):
+    with one_slot_taken(settings, tmp_path) as (service, module_id):
+        for _ in range(2):
             _run_as(service, module_id, "front", "alice")
         _run_as(service, module_id, "batch")
         text = create_app(service=service).test_client().get("/metrics").get_data(as_text=True)
-        assert 'orchestra_queue_depth_by_submitter{submitted_by="front",user="alice"} 3.0' in text
+        assert 'orchestra_queue_depth_by_submitter{submitted_by="front",user="alice"} 2.0' in text
         assert 'orchestra_queue_depth_by_submitter{submitted_by="batch",user=""} 1.0' in text
-    finally:
-        service.close()
 
 
 def test_the_command_line_records_who_submitted_locally_and_through_a_server(

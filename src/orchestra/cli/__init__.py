@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
     _configure_logging(args)
     ctx: Context | None = None
     try:
-        ctx = Context(_settings(args, settings), json=bool(args.json), user=getattr(args, "user", None))
+        user = getattr(args, "user", None)  # serve and worker do not take --user
+        ctx = Context(_settings(args, settings), json=bool(args.json), user=user)
         return COMMANDS[args.command](ctx, args)
     except OrchestraError as err:
         _report(err, verbose=bool(args.verbose))
