@@ -14,6 +14,7 @@ import pytest
 from orchestra.api.server import check_listen_address, is_loopback
 from orchestra.config import Settings
 from orchestra.errors import InvalidInput
+from orchestra.service import Service
 from tests.support.helpers import clean_environ, free_port, http, run_cli, wait_for
 from tests.support.paths import ROOT
 
@@ -33,6 +34,7 @@ def test_listening_beyond_loopback_needs_a_token_or_insecure(settings: Settings)
     with pytest.raises(InvalidInput, match="ORCHESTRA_API_TOKEN"):
         check_listen_address(public)
     check_listen_address(public.with_overrides(api_token="t"))
+    check_listen_address(public, tokens_exist=True)
     check_listen_address(public.with_overrides(insecure=True))
     check_listen_address(settings)
 
@@ -102,3 +104,13 @@ def test_serve_answers_health_and_stops_cleanly_on_a_signal(
     assert time.monotonic() - began < 15
     assert "server stopped" in err
     assert "Traceback" not in err
+
+
+def test_a_token_in_the_database_is_enough_to_listen_beyond_loopback(
+    service: Service, settings: Settings
+) -> None:
+    public = settings.with_overrides(host="0.0.0.0")
+    with pytest.raises(InvalidInput):
+        check_listen_address(public, tokens_exist=service.access.tokens.enabled())
+    service.access.create_token("ops", role="operate")
+    check_listen_address(public, tokens_exist=service.access.tokens.enabled())

@@ -34,22 +34,28 @@ def is_loopback(host: str) -> bool:
         return False  # a host name could resolve anywhere: treat it as public
 
 
-def check_listen_address(settings: Settings) -> None:
-    """Refuse a non-loopback address without an API token, unless told it is insecure."""
-    if is_loopback(settings.host) or settings.api_token or settings.insecure:
+def check_listen_address(settings: Settings, *, tokens_exist: bool = False) -> None:
+    """Refuse a non-loopback address without any token (§5), unless told it is insecure."""
+    if is_loopback(settings.host) or settings.api_token or tokens_exist or settings.insecure:
         return
     raise InvalidInput(
         f"refusing to listen on {settings.host} without an API token: anyone who can reach it "
-        "could install and run code; set ORCHESTRA_API_TOKEN, or pass --insecure",
+        "could install and run code; set ORCHESTRA_API_TOKEN, create one with "
+        "`orchestra token create`, or pass --insecure",
         key="host",
     )
+
+
+def _may_hold_tokens(settings: Settings) -> bool:
+    """Whether the database may hold tokens: a SQLite file not made yet holds none."""
+    return bool(settings.database_url) or (settings.home / "orchestra.db").exists()
 
 
 class ApiServer:
     """A waitress server for one service; ``serve_forever`` until ``stop``."""
 
     def __init__(self, settings: Settings, service: Service) -> None:
-        check_listen_address(settings)
+        check_listen_address(settings, tokens_exist=service.access.tokens.enabled())
         self.service = service
         self._map: dict[Any, Any] = {}
         self._stopping = threading.Event()
@@ -96,7 +102,8 @@ class ApiServer:
 
 def serve(settings: Settings, service: Service | None = None) -> int:
     """Run the API and the task runner until SIGTERM or SIGINT; returns the exit code."""
-    check_listen_address(settings)
+    if not _may_hold_tokens(settings):
+        check_listen_address(settings)  # refused before anything is made in the data folder
     if service is None:
         from orchestra import preflight
         from orchestra.service import Service
