@@ -143,6 +143,7 @@ def test_several_output_files_come_as_one_zip(
     assert sorted(archive.namelist()) == ["a.csv", "c.bin", "sub/b.txt"]
     assert archive.read("sub/b.txt") == b"bee"
     assert archive.read("c.bin") == bytes(range(256)) * 4096
+    assert archive.getinfo("c.bin").compress_type == zipfile.ZIP_DEFLATED  # it compresses
     assert _download(client, f"/task/{task['id']}/output/sub/b.txt")[2] == b"bee"
     missing = client.get(f"/task/{task['id']}/output/../../../etc/passwd")
     assert missing.status_code == 404 and missing.is_json

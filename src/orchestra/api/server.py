@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _POLL = 0.5  # seconds the loop sleeps between checks of the stop flag
+_OUTBUF_IN_MEMORY = 16 * 1024 * 1024  # bytes of an answer buffered before a temporary file
 
 
 def is_loopback(host: str) -> bool:
@@ -69,6 +70,9 @@ class ApiServer:
             # waitress has its own body limit with a plain-text answer: keep it above ours
             # so that Flask's JSON 413 is the one clients see
             max_request_body_size=settings.max_upload + 1024 * 1024,
+            # a streamed answer (a zip of outputs) is buffered in memory up to this, not in
+            # a temporary file: the default (1 MB) wrote every byte of a download to disk
+            outbuf_overflow=_OUTBUF_IN_MEMORY,
         )
 
     @property

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import mimetypes
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, Response, jsonify, send_file
 
+from orchestra import zipstream
 from orchestra.api import inputs
 from orchestra.api.auth import changes_state
 from orchestra.api.routing import both_forms
@@ -20,7 +18,6 @@ from orchestra.limits import MAX_PAGE
 
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("tasks", __name__)
-_CHUNK = 256 * 1024  # bytes read from an output file at a time while zipping
 
 
 def list_tasks() -> Response:
@@ -71,7 +68,7 @@ def task_output(task_id: int) -> Response:
     if len(files) == 1:
         name, path = files[0]
         return _send(path, name)
-    response = Response(_zip_stream(files), mimetype="application/zip")
+    response = Response(zipstream.stream(files), mimetype="application/zip")
     response.headers["Content-Disposition"] = f'attachment; filename="task-{task_id}-output.zip"'
     return response
 
@@ -105,45 +102,6 @@ def _send(path: Path, name: str) -> Response:
     return send_file(
         path, mimetype=mimetype, as_attachment=True, download_name=download_name, max_age=0
     )
-
-
-class _Sink(io.RawIOBase):
-    """A write-only, unseekable stream whose bytes are taken out as they come."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        """Everything written since the last call."""
-        out = b"".join(self._parts)
-        self._parts.clear()
-        return out
-
-
-def _zip_stream(files: list[tuple[str, Path]]) -> Iterator[bytes]:
-    # zipfile writes to an unseekable stream with data descriptors, so the archive is
-    # sent while it is built: memory stays at one chunk, nothing is written to disk,
-    # and the first bytes leave before the last file is read
-    sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, path in files:
-            info = zipfile.ZipInfo.from_file(path, arcname=name)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with path.open("rb") as source, archive.open(info, "w") as target:
-                while chunk := source.read(_CHUNK):
-                    target.write(chunk)
-                    if data := sink.take():
-                        yield data
-    if data := sink.take():
-        yield data
 
 
 def prune_tasks() -> Response:

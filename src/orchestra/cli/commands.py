@@ -8,13 +8,12 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
 
+from orchestra import zipstream
 from orchestra.access.caller import Caller
 from orchestra.cli import render
 from orchestra.errors import InvalidInput, NotFound, OrchestraError, WrongState
@@ -397,14 +396,8 @@ def _copy(source: Any, handle: Any) -> None:
 
 def _zip(files: Sequence[tuple[str, Any]], handle: Any) -> None:
     # each file is read through open() and stat(): a local Path or a server's RemoteFile
-    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, path in files:
-            facts = path.stat()
-            info = zipfile.ZipInfo(name, time.localtime(facts.st_mtime)[:6])
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = (facts.st_mode & 0xFFFF) << 16
-            with path.open("rb") as source, archive.open(info, "w") as target:
-                shutil.copyfileobj(source, target, _CHUNK)
+    for data in zipstream.stream(files):
+        handle.write(data)
 
 
 def _write_via_temp(target: Path, write: Callable[[Any], None]) -> None:
