@@ -25,6 +25,7 @@ import bench_memory
 import bench_overhead
 import bench_register
 import bench_throughput
+import bench_waiting
 import bench_zip
 from context import Context
 from harness import ROOT, Report, Row, machine_description, render_table
@@ -43,6 +44,7 @@ BENCHES: list[ModuleType] = [
     bench_celery,
     bench_access,
     bench_zip,
+    bench_waiting,
 ]
 BY_NAME = {bench.NAME: bench for bench in BENCHES}
 DOC = ROOT / "docs" / "benchmarks.md"

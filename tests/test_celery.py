@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from orchestra.config import load_settings
 from orchestra.executors import proctree
 from orchestra.executors.local import LocalExecutor
 from tests.support.cluster import LEASE, Cluster, ClusterWorker
-from tests.support.helpers import wait_for, write_module
+from tests.support.helpers import Answer, wait_for, write_module
 from tests.support.netns import Network, require_namespaces
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.postgres import PostgresServer, require_service
@@ -123,6 +124,28 @@ def test_twenty_tasks_spread_over_two_workers_with_outputs_and_logs(cluster: Clu
     for worker in cluster.workers[:2]:  # none ran twice, nothing stays on a worker
         assert len(_ended_lines(worker)) == len(set(_ended_lines(worker)))
         assert not list((worker.home / "tasks").iterdir())
+
+
+def test_a_hundred_waiters_on_a_workers_task_hold_no_thread_and_learn_its_end(
+    cluster: Cluster,
+) -> None:
+    task_id = cluster.run(_module_id(cluster, "chatty"), tag="awaited", seconds=6)
+    answers: list[Answer] = []
+
+    def wait() -> None:
+        answers.append(cluster.call("GET", f"/task/{task_id}?wait=50", timeout=60))
+
+    threads = [threading.Thread(target=wait, daemon=True) for _ in range(100)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)  # the waiters connect: far more of them than the server has threads
+    assert cluster.call("GET", "/health", timeout=30).status == 200
+    assert cluster.task(task_id)["status"] in {"queued", "running"}  # answered meanwhile
+    for thread in threads:
+        thread.join(60)
+    # the end comes from the worker's process, through the database's NOTIFY
+    assert [a.status for a in answers] == [200] * 100
+    assert {a.json()["status"] for a in answers} == {"done"}
 
 
 def test_a_worker_compiles_the_bytecode_of_what_it_builds(cluster: Cluster) -> None:

@@ -14,15 +14,17 @@ from tests.support.helpers import Answer, clean_environ, free_port, http, wait_f
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
+    from orchestra.api.server import ApiServer
     from orchestra.service import Service
 
 
 class LiveServer:
     """A real waitress server on a free loopback port."""
 
-    def __init__(self, url: str, service: Service) -> None:
+    def __init__(self, url: str, service: Service, api: ApiServer | None = None) -> None:
         self.url = url
         self.service = service
+        self.api = api  # the server itself, for what only it can tell (parked requests)
 
 
 @contextmanager
@@ -41,7 +43,7 @@ def serve_in_thread(service: Service) -> Iterator[LiveServer]:
     try:
         with urllib.request.urlopen(url + "/health", timeout=10) as answer:
             assert answer.status == 200
-        yield LiveServer(url, service)
+        yield LiveServer(url, service, server)
     finally:
         server.stop()
         thread.join(timeout=10)

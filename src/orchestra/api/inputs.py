@@ -122,7 +122,11 @@ def query_int(name: str, default: int, *, minimum: int = 0, maximum: int = MAX_I
 
 def query_wait() -> float:
     """``?wait=SECONDS``: a finite, non-negative number, capped at MAX_WAIT."""
-    raw = request.args.get("wait")
+    return parse_wait(request.args.get("wait"))
+
+
+def parse_wait(raw: str | None) -> float:
+    """The seconds of a ``wait`` parameter (0 when absent); InvalidInput when not a number."""
     if raw is None or raw == "":
         return 0.0
     try:

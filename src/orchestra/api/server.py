@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import logging
+import resource
 import signal
 import threading
 from types import FrameType
@@ -14,6 +16,7 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from orchestra.api import create_app
+from orchestra.api.parking import ParkingDispatcher
 from orchestra.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 _POLL = 0.5  # seconds the loop sleeps between checks of the stop flag
 _OUTBUF_IN_MEMORY = 16 * 1024 * 1024  # bytes of an answer buffered before a temporary file
+_MAX_CONNECTIONS = 10_000  # connections open at once, at most (each one file descriptor)
+_MIN_CONNECTIONS = 100  # waitress's own default, kept even under a tight open-files limit
+_SPARE_FILES = 1024  # descriptors left for the database, logs, tasks' pipes
 
 
 def is_loopback(host: str) -> bool:
@@ -60,9 +66,15 @@ class ApiServer:
         self.service = service
         self._map: dict[Any, Any] = {}
         self._stopping = threading.Event()
+        runner = service.tasks
+        self.dispatcher = ParkingDispatcher(
+            service.db, runner.waiters, protect_reads=settings.protect_reads
+        )
+        self.dispatcher.set_thread_count(settings.threads)
         self._server = create_server(
             create_app(settings, service),
             map=self._map,
+            _dispatcher=self.dispatcher,
             host=settings.host,
             port=settings.port,
             threads=settings.threads,
@@ -73,6 +85,9 @@ class ApiServer:
             # a streamed answer (a zip of outputs) is buffered in memory up to this, not in
             # a temporary file: the default (1 MB) wrote every byte of a download to disk
             outbuf_overflow=_OUTBUF_IN_MEMORY,
+            # parked waiters hold connections, not threads: allow many (each loop below
+            # uses poll(), since select() stops at descriptor 1,024)
+            connection_limit=_connection_limit(),
         )
 
     @property
@@ -90,7 +105,7 @@ class ApiServer:
         _LOGGER.info("dashboard: %s/ui/", address)
         try:
             while self._map and not self._stopping.is_set():
-                wasyncore.loop(timeout=_POLL, map=self._map, count=1)
+                wasyncore.loop(timeout=_POLL, map=self._map, use_poll=True, count=1)
         finally:
             self._close()
 
@@ -102,6 +117,17 @@ class ApiServer:
         self._server.task_dispatcher.shutdown(timeout=5)
         wasyncore.close_all(self._map)
         _LOGGER.info("server stopped")
+
+
+def _connection_limit() -> int:
+    """Connections served at once: as many as the open-files limit leaves room for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):  # raising the soft limit is allowed
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = _MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else soft - _SPARE_FILES
+    return max(_MIN_CONNECTIONS, min(_MAX_CONNECTIONS, room))
 
 
 def serve(settings: Settings, service: Service | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,6 +19,7 @@ from orchestra.tasks.lifecycle import TaskRecord
 from orchestra.tasks.status import TaskStatus
 
 _ACTIVE = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+_ID_BATCH = 500  # ids per "IN (…)" list: well below every database's limit on parameters
 # a listed task's columns: the run specification and the handle are not shown, so not read
 _LISTED = [
     c
@@ -114,6 +116,19 @@ def queued_by_submitter(db: Database) -> list[tuple[str, str | None, int]]:
     )
     with db.connect() as connection:
         return [(str(name), user, int(count)) for name, user, count in connection.execute(query)]
+
+
+def unsettled(db: Database, task_ids: Iterable[int]) -> set[int]:
+    """Which of ``task_ids`` are still queued or running (an unknown id is not)."""
+    ids = sorted(set(task_ids))
+    found: set[int] = set()
+    for start in range(0, len(ids), _ID_BATCH):
+        query = select(TaskRow.id).where(
+            TaskRow.id.in_(ids[start : start + _ID_BATCH]), TaskRow.status.in_(_ACTIVE)
+        )
+        with db.connect() as connection:
+            found.update(connection.execute(query).scalars())
+    return found
 
 
 def of_module(db: Database, module_id: int, *, active_only: bool = False) -> list[int]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from orchestra.tasks.lifecycle import TaskRecord
+
+_LOGGER = logging.getLogger(__name__)
+Call = Callable[[], None]
 
 
 class Waiting(threading.Event):
@@ -16,10 +21,11 @@ class Waiting(threading.Event):
 
 
 class Waiters:
-    """One event per awaited task, shared by every thread of the process."""
+    """One event per awaited task, and calls to make, shared by every thread of the process."""
 
     def __init__(self) -> None:
         self._events: dict[int, Waiting] = {}
+        self._calls: dict[int, list[Call]] = {}
         self._lock = threading.Lock()
 
     def event(self, task_id: int) -> Waiting:
@@ -27,10 +33,30 @@ class Waiters:
         with self._lock:
             return self._events.setdefault(task_id, Waiting())
 
+    def call_on_wake(self, task_id: int, call: Call) -> None:
+        """Make ``call()`` once, on the next wake of ``task_id`` (a waiter without a thread)."""
+        with self._lock:
+            self._calls.setdefault(task_id, []).append(call)
+
+    def forget(self, task_id: int, call: Call) -> None:
+        """Drop a ``call_on_wake`` no longer wanted."""
+        with self._lock:
+            calls = self._calls.get(task_id, [])
+            if call in calls:
+                calls.remove(call)
+            if not calls:
+                self._calls.pop(task_id, None)
+
     def wake(self, task_id: int, final: TaskRecord | None = None) -> None:
         """Wake whoever waits for ``task_id``, handing over its final row if known."""
         with self._lock:
             event = self._events.pop(task_id, None)
+            calls = self._calls.pop(task_id, [])
         if event is not None:
             event.final = final
             event.set()
+        for call in calls:
+            try:
+                call()
+            except Exception:  # one waiter's failure must not stop the task's settling
+                _LOGGER.exception("waking a waiter of task %s failed", task_id)

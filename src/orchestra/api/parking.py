@@ -1,0 +1,204 @@
+"""Requests that wait for a task's end, held without a thread until it comes.
+
+Waitress reads every connection in one event loop and hands each complete request to a
+pool of threads. ``GET /task/<id>?wait=N`` (and the dashboard's live task page) would hold
+one of those threads for up to N seconds: 16 waiters and nobody else was answered. This
+dispatcher holds such a request back instead ("parks" it, costing a socket and a few
+hundred bytes) until its task moves on (the process's wake, from a local watcher or a
+worker's NOTIFY), its time is up, or a periodic look at the database finds it ended. Only
+then does a thread take it, with ``wait`` set to the time left: the view answers at once,
+exactly as it would have after waiting itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+from waitress.task import ThreadedTaskDispatcher
+
+from orchestra.api.inputs import parse_wait
+from orchestra.errors import InvalidInput
+from orchestra.tasks import queries
+
+if TYPE_CHECKING:
+    from orchestra.storage.db import Database
+    from orchestra.tasks.waiting import Call, Waiters
+
+_LOGGER = logging.getLogger(__name__)
+RECHECK = 1.0  # seconds between looks at the database for every parked task (a lost wake)
+_TASK_PATH = re.compile(r"/(ui/)?tasks?/([0-9]{1,18})/?")
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One parked request: its connection, its task and when its wait ends."""
+
+    channel: Any
+    task_id: int
+    deadline: float
+    done: bool = False
+
+
+class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
+    """Waitress's thread pool, with wait requests parked until their task moves on."""
+
+    def __init__(self, db: Database, waiters: Waiters, *, protect_reads: bool) -> None:
+        super().__init__()
+        self._db, self._waiters, self._protect_reads = db, waiters, protect_reads
+        self._parked: dict[int, list[_Ticket]] = {}
+        self._calls: dict[int, Call] = {}  # the wake call each parked task has registered
+        self._deadlines: list[tuple[float, int, _Ticket]] = []
+        self._order = itertools.count()
+        self._unseen: set[int] = set()  # parked tasks not yet looked at in the database
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._clock = threading.Thread(target=self._run, name="orchestra-parking", daemon=True)
+        self._clock.start()
+
+    def add_task(self, task: Any) -> None:
+        """Hand a connection's next request to a thread, or park it when it waits for a task."""
+        ticket = self._ticket(task)
+        if ticket is None:
+            super().add_task(task)
+        else:
+            self._park(ticket)
+
+    def parked(self) -> int:
+        """How many requests are parked now."""
+        with self._cond:
+            return sum(len(tickets) for tickets in self._parked.values())
+
+    def shutdown(self, cancel_pending: bool = True, timeout: int = 5) -> bool:
+        """Stop the clock, then the threads (parked connections close with the server)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._clock.join(timeout)
+        return bool(super().shutdown(cancel_pending=cancel_pending, timeout=timeout))
+
+    # -- parking ----------------------------------------------------------------------------
+
+    def _ticket(self, channel: Any) -> _Ticket | None:
+        """A ticket when the channel's next request waits for a task, else None."""
+        request = channel.requests[0] if channel.requests else None
+        if request is None or request.error is not None or request.command != "GET":
+            return None
+        found = _TASK_PATH.fullmatch(request.path or "")
+        if found is None:
+            return None
+        params = dict(parse_qsl(request.query or "", keep_blank_values=True))
+        if found.group(1) and params.get("partial") != "1":
+            return None  # the dashboard waits only for its live part of the page
+        if self._protect_reads and not ({"AUTHORIZATION", "COOKIE"} & set(request.headers)):
+            return None  # refused at once by the app: no point in holding it
+        try:
+            seconds = parse_wait(params.get("wait"))
+        except InvalidInput:
+            return None  # the view names the problem
+        if seconds <= 0:
+            return None
+        return _Ticket(channel, int(found.group(2)), time.monotonic() + seconds)
+
+    def _park(self, ticket: _Ticket) -> None:
+        with self._cond:
+            tickets = self._parked.setdefault(ticket.task_id, [])
+            tickets.append(ticket)
+            if len(tickets) == 1:
+                call = self._wake_call(ticket.task_id)
+                self._calls[ticket.task_id] = call
+                self._waiters.call_on_wake(ticket.task_id, call)
+            heapq.heappush(self._deadlines, (ticket.deadline, next(self._order), ticket))
+            # looked at after the wake call is in place: an end between the two is not missed
+            self._unseen.add(ticket.task_id)
+            self._cond.notify()
+
+    def _wake_call(self, task_id: int) -> Call:
+        return lambda: self._release(self._take(task_id))
+
+    def _take(self, task_id: int) -> list[_Ticket]:
+        """Every ticket parked for ``task_id``, taken out (with the lock held or not)."""
+        with self._cond:
+            tickets = self._parked.pop(task_id, [])
+            call = self._calls.pop(task_id, None)
+            for ticket in tickets:
+                ticket.done = True
+        if call is not None:
+            self._waiters.forget(task_id, call)
+        return tickets
+
+    def _release(self, tickets: list[_Ticket]) -> None:
+        """Give each ticket's request to a thread, its ``wait`` shortened to the time left."""
+        now = time.monotonic()
+        for ticket in tickets:
+            if not ticket.channel.requests:
+                continue  # the connection was cancelled meanwhile
+            request = ticket.channel.requests[0]
+            request.query = _with_wait(request.query or "", max(0.0, ticket.deadline - now))
+            super().add_task(ticket.channel)
+
+    # -- the clock ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Release tickets whose time is up, and those whose task the database says ended."""
+        next_look = time.monotonic() + RECHECK
+        while True:
+            with self._cond:
+                if not self._unseen and not self._stopping:
+                    until = min(next_look, self._next_deadline())
+                    self._cond.wait(max(0.0, until - time.monotonic()))
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                unseen, self._unseen = self._unseen, set()
+                if now >= next_look:
+                    unseen |= set(self._parked)
+                    next_look = now + RECHECK
+                expired = self._expired(now)
+            self._release(expired)
+            if unseen:
+                self._look(unseen)
+
+    def _next_deadline(self) -> float:
+        return self._deadlines[0][0] if self._deadlines else float("inf")
+
+    def _expired(self, now: float) -> list[_Ticket]:
+        """The tickets whose wait has ended, taken out (the lock held)."""
+        expired = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            ticket = heapq.heappop(self._deadlines)[2]
+            if ticket.done:
+                continue
+            ticket.done = True
+            expired.append(ticket)
+            tickets = self._parked.get(ticket.task_id, [])
+            tickets.remove(ticket)
+            if not tickets:
+                self._parked.pop(ticket.task_id, None)
+                call = self._calls.pop(ticket.task_id, None)
+                if call is not None:
+                    self._waiters.forget(ticket.task_id, call)
+        return expired
+
+    def _look(self, task_ids: set[int]) -> None:
+        """Release the waiters of every task that has ended (or is unknown) by now."""
+        try:
+            active = queries.unsettled(self._db, task_ids)
+        except Exception:  # the database is away: the wakes and the deadlines still work
+            _LOGGER.warning("could not look up parked tasks", exc_info=True)
+            return
+        for task_id in task_ids - active:
+            self._release(self._take(task_id))
+
+
+def _with_wait(query: str, seconds: float) -> str:
+    """``query`` with its ``wait`` parameter set to ``seconds``."""
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "wait"]
+    return urlencode([*pairs, ("wait", f"{seconds:.3f}")])
