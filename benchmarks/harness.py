@@ -215,6 +215,30 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and all its descendants, those ended and reaped too."""
+    parents: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile: its parent's children's time now holds it
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        # utime + stime + cutime + cstime: what it and its reaped children spent
+        spent[child] = sum(int(v) for v in fields[11:15]) / _TICK
+    return sum(cpu for child, cpu in spent.items() if _descends(child, pid, parents))
+
+
+def _descends(child: int, ancestor: int, parents: dict[int, int]) -> bool:
+    while child > 1:
+        if child == ancestor:
+            return True
+        child = parents.get(child, 0)
+    return child == ancestor
+
+
 def run(
     argv: Sequence[str],
     *,

@@ -66,8 +66,8 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
     def add_task(self, task: Any) -> None:
         """Hand a connection's next request to a thread, or park it when it waits for a task."""
         ticket = self._ticket(task)
-        if ticket is None:
-            super().add_task(task)
+        if ticket is None or self._waiters.has_ended(ticket.task_id):
+            super().add_task(task)  # an ended task is answered at once, without a look
         else:
             self._park(ticket)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 Call = Callable[[], None]
+REMEMBERED = 10_000  # ended tasks remembered, so that a wait for one needs no database read
 
 
 class Waiting(threading.Event):
@@ -26,6 +28,7 @@ class Waiters:
     def __init__(self) -> None:
         self._events: dict[int, Waiting] = {}
         self._calls: dict[int, list[Call]] = {}
+        self._ended: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def event(self, task_id: int) -> Waiting:
@@ -47,11 +50,19 @@ class Waiters:
             if not calls:
                 self._calls.pop(task_id, None)
 
+    def has_ended(self, task_id: int) -> bool:
+        """Whether ``task_id`` was woken lately: every wake tells of a task's end."""
+        with self._lock:
+            return task_id in self._ended
+
     def wake(self, task_id: int, final: TaskRecord | None = None) -> None:
         """Wake whoever waits for ``task_id``, handing over its final row if known."""
         with self._lock:
             event = self._events.pop(task_id, None)
             calls = self._calls.pop(task_id, [])
+            self._ended[task_id] = None
+            if len(self._ended) > REMEMBERED:
+                self._ended.popitem(last=False)
         if event is not None:
             event.final = final
             event.set()

@@ -1,0 +1,43 @@
+"""Waiters in one process: events for threads, calls for parked requests, ended tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestra.tasks import waiting
+from orchestra.tasks.waiting import Waiters
+
+
+def test_a_call_is_made_once_at_the_next_wake_and_a_forgotten_one_never() -> None:
+    waiters, made = Waiters(), []
+    waiters.call_on_wake(7, lambda: made.append("kept"))
+    dropped = lambda: made.append("dropped")  # noqa: E731
+    waiters.call_on_wake(7, dropped)
+    waiters.forget(7, dropped)
+    event = waiters.event(7)
+    waiters.wake(7)
+    waiters.wake(7)
+    assert made == ["kept"] and event.is_set()
+
+
+def test_a_failing_call_does_not_stop_the_others() -> None:
+    waiters, made = Waiters(), []
+
+    def broken() -> None:
+        raise RuntimeError("a waiter's connection is gone")
+
+    waiters.call_on_wake(3, broken)
+    waiters.call_on_wake(3, lambda: made.append(3))
+    waiters.wake(3)
+    assert made == [3]
+
+
+def test_woken_tasks_are_remembered_as_ended_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(waiting, "REMEMBERED", 3)
+    waiters = Waiters()
+    assert not waiters.has_ended(1)
+    for task_id in (1, 2, 3, 4):
+        waiters.wake(task_id)
+    assert [waiters.has_ended(t) for t in (1, 2, 3, 4)] == [False, True, True, True]
