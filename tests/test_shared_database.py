@@ -8,6 +8,7 @@ network, and the windows between counting and claiming are as wide as in product
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,3 +100,16 @@ def test_two_servers_keep_the_limit_and_run_every_task_once(
     print(f"\n{TASKS} tasks on 2 servers, limit {LIMIT}: at most {most} at once, workers {workers}")
     # which server starts which task is a race (both submit, claim and sweep): not asserted
     assert most <= LIMIT
+
+
+def test_a_client_waiting_on_one_server_learns_the_end_of_a_task_the_other_ran(
+    servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    first, second = servers
+    module = first.register(write_module(tmp_path / "timed", name="timed", code=TIMED))
+    for _ in range(3):  # whichever server starts it, a waiter on either is told of its end
+        task_id = first.run(module)
+        start = time.monotonic()
+        answer = second.call("GET", f"/task/{task_id}?wait=30", timeout=60)
+        assert answer.status == 200 and answer.json()["status"] == "done", answer.body
+        assert time.monotonic() - start < 30  # told of the end, not let go at the wait's end

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import re
 import threading
 import time
@@ -29,11 +30,12 @@ from orchestra.errors import InvalidInput
 from orchestra.tasks import queries
 
 if TYPE_CHECKING:
-    from orchestra.storage.db import Database
-    from orchestra.tasks.waiting import Call, Waiters
+    from orchestra.tasks.runner import TaskRunner
+    from orchestra.tasks.waiting import Call
 
 _LOGGER = logging.getLogger(__name__)
 RECHECK = 1.0  # seconds between looks at the database for every parked task (a lost wake)
+LOOK = 0.05  # seconds between looks at a parked task whose end no wake will tell
 _TASK_PATH = re.compile(r"/(ui/)?tasks?/([0-9]{1,18})/?")
 
 
@@ -50,14 +52,16 @@ class _Ticket:
 class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
     """Waitress's thread pool, with wait requests parked until their task moves on."""
 
-    def __init__(self, db: Database, waiters: Waiters, *, protect_reads: bool) -> None:
+    def __init__(self, runner: TaskRunner, *, protect_reads: bool) -> None:
         super().__init__()
-        self._db, self._waiters, self._protect_reads = db, waiters, protect_reads
+        self._runner, self._protect_reads = runner, protect_reads
+        self._db, self._waiters = runner.db, runner.waiters
         self._parked: dict[int, list[_Ticket]] = {}
         self._calls: dict[int, Call] = {}  # the wake call each parked task has registered
         self._deadlines: list[tuple[float, int, _Ticket]] = []
         self._order = itertools.count()
         self._unseen: set[int] = set()  # parked tasks not yet looked at in the database
+        self._status: dict[int, str] = {}  # each parked task's status at the last look
         self._cond = threading.Condition()
         self._stopping = False
         self._clock = threading.Thread(target=self._run, name="orchestra-parking", daemon=True)
@@ -128,6 +132,7 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
         with self._cond:
             tickets = self._parked.pop(task_id, [])
             call = self._calls.pop(task_id, None)
+            self._status.pop(task_id, None)
             for ticket in tickets:
                 ticket.done = True
         if call is not None:
@@ -148,23 +153,35 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
     def _run(self) -> None:
         """Release tickets whose time is up, and those whose task the database says ended."""
-        next_look = time.monotonic() + RECHECK
+        next_all = next_unheard = time.monotonic() + RECHECK
         while True:
             with self._cond:
                 if not self._unseen and not self._stopping:
-                    until = min(next_look, self._next_deadline())
+                    until = min(next_all, next_unheard, self._next_deadline())
                     self._cond.wait(max(0.0, until - time.monotonic()))
                 if self._stopping:
                     return
                 now = time.monotonic()
                 unseen, self._unseen = self._unseen, set()
-                if now >= next_look:
-                    unseen |= set(self._parked)
-                    next_look = now + RECHECK
+                parked = set(self._parked)
                 expired = self._expired(now)
+            if now >= next_all:
+                unseen |= parked
+                next_all = now + RECHECK
+            # run by another process that tells nobody here (another server's task): look often
+            unheard = {t for t in parked if not self._heard(t)}
+            if not unheard:
+                next_unheard = math.inf
+            elif now >= next_unheard or next_unheard == math.inf:
+                unseen |= unheard
+                next_unheard = now + LOOK
             self._release(expired)
             if unseen:
                 self._look(unseen)
+
+    def _heard(self, task_id: int) -> bool:
+        status = self._status.get(task_id)
+        return status is None or self._runner.hears_end(task_id, status)  # None: not looked at
 
     def _next_deadline(self) -> float:
         return self._deadlines[0][0] if self._deadlines else float("inf")
@@ -182,6 +199,7 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
             tickets.remove(ticket)
             if not tickets:
                 self._parked.pop(ticket.task_id, None)
+                self._status.pop(ticket.task_id, None)
                 call = self._calls.pop(ticket.task_id, None)
                 if call is not None:
                     self._waiters.forget(ticket.task_id, call)
@@ -194,7 +212,9 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
         except Exception:  # the database is away: the wakes and the deadlines still work
             _LOGGER.warning("could not look up parked tasks", exc_info=True)
             return
-        for task_id in task_ids - active:
+        with self._cond:
+            self._status.update((t, s) for t, s in active.items() if t in self._parked)
+        for task_id in task_ids - set(active):
             self._release(self._take(task_id))
 
 

@@ -66,10 +66,7 @@ class ApiServer:
         self.service = service
         self._map: dict[Any, Any] = {}
         self._stopping = threading.Event()
-        runner = service.tasks
-        self.dispatcher = ParkingDispatcher(
-            service.db, runner.waiters, protect_reads=settings.protect_reads
-        )
+        self.dispatcher = ParkingDispatcher(service.tasks, protect_reads=settings.protect_reads)
         self.dispatcher.set_thread_count(settings.threads)
         self._server = create_server(
             create_app(settings, service),

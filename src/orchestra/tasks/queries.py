@@ -118,16 +118,16 @@ def queued_by_submitter(db: Database) -> list[tuple[str, str | None, int]]:
         return [(str(name), user, int(count)) for name, user, count in connection.execute(query)]
 
 
-def unsettled(db: Database, task_ids: Iterable[int]) -> set[int]:
-    """Which of ``task_ids`` are still queued or running (an unknown id is not)."""
+def unsettled(db: Database, task_ids: Iterable[int]) -> dict[int, str]:
+    """Which of ``task_ids`` are still queued or running, with that status (unknown: not)."""
     ids = sorted(set(task_ids))
-    found: set[int] = set()
+    found: dict[int, str] = {}
     for start in range(0, len(ids), _ID_BATCH):
-        query = select(TaskRow.id).where(
+        query = select(TaskRow.id, TaskRow.status).where(
             TaskRow.id.in_(ids[start : start + _ID_BATCH]), TaskRow.status.in_(_ACTIVE)
         )
         with db.connect() as connection:
-            found.update(connection.execute(query).scalars())
+            found.update((int(i), str(status)) for i, status in connection.execute(query))
     return found
 
 

@@ -62,6 +62,7 @@ class TaskRunner:
         self.db = db
         self.executor = get_executor(settings)
         self.waiters = Waiters()
+        self._listening = False  # a listener wakes this process when a worker ends a task
         self.submitter = Submitter(settings, db, registry, self.executor.name)
         self.dispatcher: Dispatcher | None = None
         if self.executor.runs_here:
@@ -119,6 +120,17 @@ class TaskRunner:
         listen = getattr(self.executor, "listen", None)
         if listen is not None:  # remote tasks: wake their waiters when a worker ends one
             listen(self.waiters.wake)
+            self._listening = True
+
+    def hears_end(self, task_id: int, status: str) -> bool:
+        """Whether this process will be woken when the task ends (else someone must look)."""
+        return self._listening or self._watched(task_id, status)
+
+    def _watched(self, task_id: int, status: str) -> bool:
+        """Whether this process settles the task: it supervises it, or will start it."""
+        return self.watcher.is_watched(task_id) or (
+            self.watcher.serving and status == TaskStatus.QUEUED and self.dispatcher is not None
+        )
 
     def stop(self) -> None:
         """Stop the background threads; running tasks go on and are adopted later."""
@@ -144,9 +156,7 @@ class TaskRunner:
                 return row
             if self._check_elsewhere(row):
                 continue
-            watched = self.watcher.is_watched(task_id) or (
-                self.watcher.serving and row.status == "queued" and self.dispatcher is not None
-            )
+            watched = self._watched(task_id, row.status)
             woken = event.wait(min(remaining, 1.0 if watched else POLL_SLICE))
             if woken and event.final is not None:
                 return event.final  # as the finishing transaction wrote it: no second read
