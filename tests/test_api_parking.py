@@ -122,3 +122,26 @@ def test_a_killed_task_releases_its_waiters_with_the_final_status(
 def test_the_time_left_replaces_the_wait_and_keeps_the_other_parameters() -> None:
     assert _with_wait("wait=30&partial=1", 12.3456) == "partial=1&wait=12.346"
     assert _with_wait("", 0.0) == "wait=0.000"
+
+
+def test_a_token_that_may_not_read_is_refused_at_once_not_after_the_wait(
+    live_server: LiveServer, service: Service, tmp_path: Path
+) -> None:
+    url, module_id = live_server.url, _sleeper(service, tmp_path)
+    runner = service.access.create_token("front", role="run").token
+    worker = service.access.create_token("box", role="worker").token
+    answer = http(
+        "POST", f"{url}/module/{module_id}/run", json_body={"seconds": 30},
+        headers={"Authorization": f"Bearer {runner}"},
+    )  # fmt: skip
+    task_id = int(answer.json()["task"])
+    start = time.monotonic()
+    for token, status in (("not-a-token", 401), (worker, 403)):
+        refused = http("GET", f"{url}/task/{task_id}?wait=30", timeout=40,
+                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert refused.status == status, refused.body
+    assert time.monotonic() - start < 20  # neither was held for its 30 s
+    allowed = http("GET", f"{url}/task/{task_id}?wait=1", timeout=20,
+                   headers={"Authorization": f"Bearer {runner}"})  # fmt: skip
+    assert allowed.status == 200 and allowed.json()["status"] in {"queued", "running"}
+    http("POST", f"{url}/task/{task_id}/kill", headers={"Authorization": f"Bearer {runner}"})

@@ -19,6 +19,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
@@ -52,9 +53,11 @@ class _Ticket:
 class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
     """Waitress's thread pool, with wait requests parked until their task moves on."""
 
-    def __init__(self, runner: TaskRunner, *, protect_reads: bool) -> None:
+    def __init__(
+        self, runner: TaskRunner, *, protect_reads: bool, admits: Callable[[str], bool]
+    ) -> None:
         super().__init__()
-        self._runner, self._protect_reads = runner, protect_reads
+        self._runner, self._protect_reads, self._admits = runner, protect_reads, admits
         self._db, self._waiters = runner.db, runner.waiters
         self._parked: dict[int, list[_Ticket]] = {}
         self._calls: dict[int, Call] = {}  # the wake call each parked task has registered
@@ -103,6 +106,9 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
             return None  # the dashboard waits only for its live part of the page
         if self._protect_reads and not ({"AUTHORIZATION", "COOKIE"} & set(request.headers)):
             return None  # refused at once by the app: no point in holding it
+        authorization = request.headers.get("AUTHORIZATION")
+        if authorization is not None and not self._admits(authorization):
+            return None  # a token that may not read is told so at once, not after the wait
         try:
             seconds = parse_wait(params.get("wait"))
         except InvalidInput:

@@ -9,6 +9,7 @@ import logging
 import resource
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,26 @@ def _may_hold_tokens(settings: Settings) -> bool:
     return bool(settings.database_url) or (settings.home / "orchestra.db").exists()
 
 
+def _reader(service: Service) -> Callable[[str], bool]:
+    """Whether an ``Authorization`` header names a token that may read a task."""
+    from orchestra.access.rules import RULES
+    from orchestra.errors import OrchestraError
+
+    rule, tokens = RULES["tasks.get_task"], service.access.tokens
+
+    def admits(authorization: str) -> bool:
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        try:
+            caller = tokens.identify(secret.strip())
+        except OrchestraError:
+            return False
+        return caller.role is not None and rule.allows(caller.role)
+
+    return admits
+
+
 class ApiServer:
     """A waitress server for one service; ``serve_forever`` until ``stop``."""
 
@@ -66,7 +87,9 @@ class ApiServer:
         self.service = service
         self._map: dict[Any, Any] = {}
         self._stopping = threading.Event()
-        self.dispatcher = ParkingDispatcher(service.tasks, protect_reads=settings.protect_reads)
+        self.dispatcher = ParkingDispatcher(
+            service.tasks, protect_reads=settings.protect_reads, admits=_reader(service)
+        )
         self.dispatcher.set_thread_count(settings.threads)
         self._server = create_server(
             create_app(settings, service),
