@@ -12,7 +12,7 @@ from pathlib import Path
 
 from context import Context
 from harness import BenchError, Row, Stats, fmt_stats, fmt_value
-from live import Client, Server, orchestra_env
+from live import Client, Server, home_database, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -117,12 +117,10 @@ def _fill(home: Path, total: int) -> float:
     """Copy the one real task row until the table holds ``total`` tasks; seconds taken."""
     from sqlalchemy import insert, select
 
-    from orchestra.storage.db import Database
     from orchestra.storage.tables import TaskRow
 
     start = time.perf_counter()
-    db = Database(f"sqlite:///{home / 'orchestra.db'}")
-    try:
+    with home_database(home) as db:
         with db.read() as session:
             model = session.scalars(select(TaskRow).limit(1)).one()
             columns = [c.key for c in TaskRow.__table__.columns if c.key != "id"]
@@ -131,6 +129,4 @@ def _fill(home: Path, total: int) -> float:
             batch = [dict(template) for _ in range(min(CHUNK, total - done))]
             with db.write() as session:
                 session.execute(insert(TaskRow), batch)
-    finally:
-        db.dispose()
     return time.perf_counter() - start

@@ -11,11 +11,15 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import BenchError, run, user_env
+
+if TYPE_CHECKING:
+    from orchestra.storage.db import Database
 
 _LOGGER = logging.getLogger(__name__)
 COMPILE_PID_FILE = "compile.pid"  # where the registry notes its background compile
@@ -238,3 +242,15 @@ def _compiling(generation: Path) -> bool:
         return False  # no compile started, or it has ended
     # a recycled pid would not name this generation
     return state != "Z" and str(generation).encode() in cmdline
+
+
+@contextmanager
+def home_database(home: Path) -> Iterator[Database]:
+    """The SQLite database of a stopped server's data folder, to fill it directly."""
+    from orchestra.storage.db import Database
+
+    db = Database(f"sqlite:///{home / 'orchestra.db'}")
+    try:
+        yield db
+    finally:
+        db.dispose()

@@ -22,6 +22,7 @@ import bench_dashboard
 import bench_disk
 import bench_first_run
 import bench_memory
+import bench_models
 import bench_overhead
 import bench_register
 import bench_throughput
@@ -45,6 +46,7 @@ BENCHES: list[ModuleType] = [
     bench_access,
     bench_zip,
     bench_waiting,
+    bench_models,
 ]
 BY_NAME = {bench.NAME: bench for bench in BENCHES}
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -19,7 +19,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from harness import Stats, disk_usage, paired_ratios  # noqa: E402
 
 ROWS_PER_BENCH = {"1": 3, "2": 2, "3": 3, "4": 3, "5": 1, "6": 4, "7": 1, "8": 4, "9": 4,
-                  "10": 5, "11": 2, "12": 3}  # fmt: skip
+                  "10": 5, "11": 2, "12": 3, "13": 4}  # fmt: skip
 
 
 @pytest.mark.slow

@@ -21,13 +21,12 @@ import pytest
 from orchestra.config import load_settings
 from orchestra.executors import proctree
 from orchestra.executors.local import LocalExecutor
-from tests.support.cluster import LEASE, Cluster, ClusterWorker
+from tests.support.cluster import LEASE, Cluster, ClusterWorker, running_cluster
 from tests.support.helpers import Answer, wait_for, write_module
-from tests.support.netns import Network, require_namespaces
+from tests.support.netns import require_namespaces
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.postgres import PostgresServer, require_service
 from tests.support.processes import TREE, alive, host_pid
-from tests.support.redis import RedisServer, redis_program
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +61,7 @@ def cluster(
     """An API server and two workers on the default queue, for the whole module."""
     require_namespaces()
     root = tmp_path_factory.mktemp("cluster")
-    network = Network()
-    redis = RedisServer(redis_program(), root / "redis", bind=("127.0.0.1", network.host_address))
-    redis.start()
-    made = Cluster(root, network, redis, postgres_server)
-    try:
-        made.start_api()
+    with running_cluster(root, postgres_server) as made:
         made.modules = {  # type: ignore[attr-defined]
             name: made.register(_module(root / "modules", name, queue))
             for name, queue in [("chatty", None), ("gpu", "gpu"), ("doomed", "doomed"),
@@ -78,10 +72,6 @@ def cluster(
         made.add_worker()
         made.add_worker()
         yield made
-    finally:
-        made.close()
-        redis.stop()
-        network.close()
 
 
 def _module_id(cluster: Cluster, name: str) -> int:

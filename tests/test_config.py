@@ -65,6 +65,7 @@ BAD_IN_ENVIRONMENT = {
     "sandbox": "sometimes", "task_memory_mb": "-1", "task_cpu_seconds": "1.5",
     "task_output_mb": "lots", "task_processes": "-2", "min_free_mb": "-100",
     "broker_url": "amqp://box-1", "api_url": "box-1:8470", "max_queued_per_submitter": "-1",
+    "model_keep": "-1",
 }  # fmt: skip
 BAD_IN_FILE = {"api_token": 12345, "uv_cache": ["a", "b"]}
 

@@ -355,6 +355,20 @@ VALID = [
             "columns": [{"name": "score", "type": "float", "unit": "", "description": "d"}],
         },
     ),  # fmt: skip
+    doc(train={"executable": "Model.train"}),
+    doc(
+        train={
+            "executable": "Model.train",
+            "args": ["start", "stop"],
+            "hyperparameters": [["epochs", "int"]],
+            "defaults": {"epochs": 3},
+            "timeout": 60,
+            "queue": "gpu",
+            "network": True,
+            "limits": {"memory_mb": 64},
+        },
+        model={"required": False},
+    ),  # fmt: skip
 ]
 
 INVALID = [
@@ -393,7 +407,70 @@ INVALID = [
     doc(output={"type": "catalog", "colormap": {"ICME": [255, 0, 256]}}),
     doc(output={"type": "catalog", "columns": [{"type": "int"}]}),
     doc(output={"type": "catalog", "columns": [{"name": "n", "type": "complex"}]}),
+    doc(train={"args": []}),
+    doc(train="Model.train"),
+    doc(train={"executable": "Model/train.py"}),
+    doc(train={"executable": "M.t", "hyperparameters": [["lr", "decimal"]]}),
+    doc(train={"executable": "M.t", "timeout": 0}),
+    doc(train={"executable": "M.t", "queue": "no queue"}),
+    doc(train={"executable": "M.t", "network": "yes"}),
+    doc(train={"executable": "M.t", "limits": {"disk_mb": 1}}),
+    doc(model={"required": "yes"}),
+    doc(model={"required": True}),
 ]
+
+
+def test_train_is_read_with_its_own_inputs_and_model_required_by_default() -> None:
+    manifest = parse_manifest(
+        doc(
+            train={
+                "executable": "Model.train",
+                "hyperparameters": [["lr", "float"]],
+                "defaults": {"lr": 0.1, "start": "2020"},
+                "timeout": 30,
+            }
+        )  # fmt: skip
+    )
+    assert manifest.train is not None and manifest.model_required
+    assert manifest.train.executable == "Model.train" and manifest.train.timeout == 30
+    assert set(manifest.train.inputs) == {"lr", "start", "stop"}
+    assert manifest.train.defaults == {"lr": 0.1, "start": "2020"}
+    assert (manifest.train.queue, manifest.train.network, manifest.train.limits) == (None,) * 3
+    plain = parse_manifest(doc())
+    assert plain.train is None and not plain.model_required
+
+
+def test_every_train_mistake_is_named_with_its_key() -> None:
+    problems = " | ".join(
+        problems_of(
+            doc(
+                train={
+                    "executable": "1x",
+                    "args": 3,
+                    "defaults": {"q": 1},
+                    "timeout": -1,
+                    "queue": "!",
+                    "network": 1,
+                    "limits": {"a": 1},
+                },
+                model={"required": "y"},
+            )  # fmt: skip
+        )
+    )
+    for key in ("train.executable", "train.args", "train.defaults.q", "train.timeout",
+                "train.queue", "train.network", "train.limits.a", "model.required"):  # fmt: skip
+        assert key + ":" in problems, key
+
+
+def test_request_option_names_are_refused_at_registration_naming_them(tmp_path: Path) -> None:
+    data = doc(args=["model", "fresh"], train={"executable": "M.t", "hyperparameters": ["base"]})
+    (tmp_path / "metadata.json").write_text(json.dumps(data))
+    parse_manifest(data)  # a stored module is read as it was accepted
+    with pytest.raises(InvalidMetadata) as caught:
+        load_manifest(tmp_path)
+    text = " | ".join(caught.value.problems)
+    assert "args: 'model'" in text and "args: 'fresh'" in text
+    assert "train.hyperparameters: 'base'" in text
 
 
 @pytest.mark.parametrize("data", VALID)

@@ -135,7 +135,7 @@ def _code_files(code: Path) -> Iterable[Path]:
 # -- receiving a remote task's files ----------------------------------------------------------
 
 
-def _running(db: Database, task_id: int, worker: str | None) -> None:
+def running(db: Database, task_id: int, worker: str | None) -> None:
     """WrongState unless the task runs (on ``worker`` when the row names one)."""
     row = lifecycle.read(db, task_id)
     if row is None:
@@ -174,7 +174,7 @@ def receive_output(
     parts = check_output_name(name)
     if not SHA256.match(sha256 or ""):
         raise InvalidInput("the header X-Orchestra-Sha256 must hold a hex SHA-256", key="sha256")
-    _running(db, task_id, worker)
+    running(db, task_id, worker)
     folder = TaskFolder(settings.tasks_dir, task_id)
     folder.output.mkdir(parents=True, exist_ok=True)
     tmp = folder.root / f".upload-{uuid.uuid4().hex}"
@@ -230,7 +230,7 @@ def append_log(
     """
     if stream not in LOG_STREAMS:
         raise NotFound(f"no log {stream[:20]!r}: it is stdout or stderr")
-    _running(db, task_id, worker)
+    running(db, task_id, worker)
     folder = TaskFolder(settings.tasks_dir, task_id)
     folder.root.mkdir(parents=True, exist_ok=True)
     path = folder.stdout if stream == "stdout" else folder.stderr

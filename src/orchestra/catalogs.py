@@ -344,6 +344,9 @@ def header_lines(facts: Mapping[str, Any], scan: Scan) -> list[str]:
         lines += [f"ListStartDate: {iso(scan.first_start)}", f"ListStopDate: {iso(scan.last_stop)}"]
     lines += [f"Contact: {_one_line(facts.get('contact'))}"]
     lines += [f"Creation Date: {iso(datetime.now(UTC).replace(tzinfo=None, microsecond=0))}"]
+    if model := facts.get("model"):  # the model version a run was given (SPEC §10)
+        lines += [f"Historic: model v{int(model['version'])} ({_one_line(model['digest'])}) "
+                  f"trained by task {_one_line(model.get('task'))}"]  # fmt: skip
     if kind == "catalog":
         lines += _parameter_lines(facts.get("columns") or [], scan.types, scan.layout.names[2:])
     return [f"# {line};\n" for line in lines]

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import ssl
 import tempfile
@@ -39,9 +40,13 @@ from orchestra.errors import (
     WrongState,
 )
 from orchestra.manifest import check_choices
+from orchestra.models.store import zip_digest
 from orchestra.records import (
+    Aliases,
+    AliasMove,
     AuditEntry,
     AuditPage,
+    ModelVersion,
     ModuleInfo,
     ModuleSummary,
     NewToken,
@@ -605,6 +610,55 @@ class Client:
         path = f"/task/{task_id}/output/{quote(name)}"
         return self._answer("GET", path, headers={"Accept": "*/*"})
 
+    # -- trainings and model versions ------------------------------------------------------
+
+    def train(self, module_id: int, args: Mapping[str, Any]) -> TaskInfo:
+        """Start a training task; its record as the server has it right after."""
+        accepted = self._json("POST", f"/module/{module_id}/train", payload=dict(args))
+        return self.get_task(int(accepted["task"]))
+
+    def list_models(self, module_id: int) -> list[ModelVersion]:
+        """A module's versions, newest first."""
+        found = self._json("GET", f"/module/{module_id}/models")["models"]
+        return [_record(ModelVersion, item) for item in found]
+
+    def get_model(self, module_id: int, version: int) -> ModelVersion:
+        """One version's record."""
+        return _record(ModelVersion, self._json("GET", f"/module/{module_id}/model/{version}"))
+
+    def download_model(self, module_id: int, version: int, target: Path) -> ModelVersion:
+        """The version's zip saved at ``target``, its content checked against its digest."""
+        record = self.get_model(module_id, version)
+        answer = self._answer("GET", f"/module/{module_id}/model/{version}/download")
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(answer, out)
+            with zipfile.ZipFile(tmp) as archive:
+                if zip_digest(archive) != answer.headers.get("X-Orchestra-Digest", record.digest):
+                    raise Unreachable(
+                        f"the download of version {version} does not match its digest"
+                    )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return record
+
+    def aliases(self, module_id: int) -> Aliases:
+        """The aliases and their history."""
+        return aliases_record(self._json("GET", f"/module/{module_id}/aliases"))
+
+    def move_alias(self, module_id: int, name: str, version: int) -> Aliases:
+        """Point an alias at a version (the server records who: the token's name)."""
+        payload = {"version": version}
+        path = f"/module/{module_id}/alias/{quote(name, safe='')}"
+        return aliases_record(self._json("PUT", path, payload=payload))
+
+    def remove_alias(self, module_id: int, name: str) -> Aliases:
+        """Remove an alias (the server records who: the token's name)."""
+        path = f"/module/{module_id}/alias/{quote(name, safe='')}"
+        return aliases_record(self._json("DELETE", path))
+
 
 def _read(response: http.client.HTTPResponse) -> bytes:
     with response:
@@ -619,6 +673,15 @@ class _Stat:
     st_size: int
     st_mtime: float
     st_mode: int = 0o100644
+
+
+def aliases_record(data: Mapping[str, Any]) -> Aliases:
+    """Aliases from their JSON form (``from`` is a Python keyword: ``from_``)."""
+    history = tuple(
+        AliasMove(m["alias"], m["from"], m["to"], _time(m["at"]) or datetime.min, m["by"])
+        for m in data["history"]
+    )
+    return Aliases(dict(data["aliases"]), history)
 
 
 class RemoteFile:

@@ -71,6 +71,7 @@ class Settings:
     broker_url: str = ""  # the Celery broker for the celery executor, e.g. redis://host:6379/0
     api_url: str = ""  # where a worker reaches the API (packages, outputs, logs)
     max_queued_per_submitter: int = 0  # queued tasks one submitter may have (0 = no limit)
+    model_keep: int = 0  # model versions kept per module after a training, plus aliased; 0 = all
 
     @property
     def db_url(self) -> str:
@@ -91,6 +92,11 @@ class Settings:
     def uploads_dir(self) -> Path:
         """Archives received through the API while they are installed."""
         return self.home / "uploads"
+
+    @property
+    def models_dir(self) -> Path:
+        """Model versions: files stored once by content, each version's folder of links."""
+        return self.home / "models"
 
     @property
     def uv_cache_dir(self) -> Path:
@@ -177,6 +183,7 @@ _RULES: dict[str, _Rule] = {
     "task_processes": _at_least(0, "a whole number (0: no limit)"),
     "min_free_mb": _at_least(0, "a whole number of MB"),
     "max_queued_per_submitter": _at_least(0, "a whole number of tasks (0: no limit)"),
+    "model_keep": _at_least(0, "a whole number of versions (0: keep all)"),
     **{name: _url(schemes) for name, schemes in _URL_SCHEMES.items()},
     "index_url": _Rule(
         lambda v: v == "" or bool(_INDEX_URL.match(v)), "empty (PyPI) or an http(s) or file URL"

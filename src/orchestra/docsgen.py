@@ -320,6 +320,7 @@ _DEF_WORDS = {  # how the schema's shared definitions read in a table
     "scalar": "string, number or boolean",
     "limit": "positive integer",
     "name": "name",
+    "limits": "object, like `limits`",
 }
 
 

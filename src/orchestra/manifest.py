@@ -25,6 +25,8 @@ _PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 AS_OF_COMMIT = "commit"  # install.resolve_as_of: the date of the registered git commit
 LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")
+# request options (SPEC §10, §12): given like arguments, never passed to the module
+REQUEST_OPTIONS = ("model", "fresh", "base", "promote")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -35,6 +37,21 @@ class Param:
 
     name: str
     type: str | None = None
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a module is trained: its ``train`` object, validated."""
+
+    executable: str
+    args: tuple[Param, ...]
+    hyperparameters: tuple[Param, ...]
+    inputs: dict[str, Param]
+    defaults: dict[str, Any]
+    timeout: float | None = None
+    queue: str | None = None  # None: the module's install.queue
+    network: bool | None = None  # None: the module's network
+    limits: dict[str, int] | None = None  # None: the module's limits
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,8 @@ class Manifest:
     limits: dict[str, int] = field(default_factory=dict)  # its own limits, by LIMIT_KEYS
     queue: str = "default"  # the queue its tasks go to on workers (install.queue)
     resolve_as_of: str | None = None  # a date, or "commit": nothing released later is used
+    train: Training | None = None  # how it is trained (SPEC §10); None: it is not
+    model_required: bool = False  # whether a run needs a model version (model.required)
 
 
 def load_manifest(folder: Path) -> Manifest:
@@ -74,7 +93,27 @@ def load_manifest(folder: Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidMetadata([f"{METADATA_FILE}: not valid JSON ({exc})"]) from exc
-    return parse_manifest(data)
+    manifest = parse_manifest(data)
+    # checked at registration only: a stored module is read as it was accepted
+    problems = reserved_names(manifest)
+    if problems:
+        raise InvalidMetadata(problems)
+    return manifest
+
+
+def reserved_names(manifest: Manifest) -> list[str]:
+    """Declared inputs that take the name of a request option (SPEC §12)."""
+    sections = {"args": manifest.args, "hyperparameters": manifest.hyperparameters}
+    if manifest.train is not None:
+        sections |= {"train.args": manifest.train.args,
+                     "train.hyperparameters": manifest.train.hyperparameters}  # fmt: skip
+    return [
+        f"{key}: {param.name!r} is the name of a request option and cannot be declared "
+        f"(reserved: {', '.join(REQUEST_OPTIONS)})"
+        for key, params in sections.items()
+        for param in params
+        if param.name in REQUEST_OPTIONS
+    ]
 
 
 def parse_manifest(data: Any) -> Manifest:
@@ -103,6 +142,8 @@ def parse_manifest(data: Any) -> Manifest:
     resolve_as_of = _resolve_as_of(install, problems)
     timeout = _timeout(data, problems)
     network, limits = _network(data, problems), _limits(data, problems)
+    train = _train(data, problems)
+    model_required = _model_required(data, train is not None, problems)
     if problems:
         raise InvalidMetadata(problems)
     return Manifest(
@@ -111,8 +152,55 @@ def parse_manifest(data: Any) -> Manifest:
         output_files=output_files, executable=executable, files=files,
         requirements=requirements, python_version=python_version, timeout=timeout,
         inputs=inputs, requirements_file=requirements_file, network=network, limits=limits,
-        queue=queue, resolve_as_of=resolve_as_of,
+        queue=queue, resolve_as_of=resolve_as_of, train=train, model_required=model_required,
     )  # fmt: skip
+
+
+def _train(data: dict, problems: list[str]) -> Training | None:
+    """The ``train`` object; its problems named ``train.<key>``."""
+    value = _object(data, "train", problems)
+    if value is None:
+        return None
+    found: list[str] = []
+    executable = _executable(value, found)
+    args = _params(value, "args", found, required=False)
+    hyper = _params(value, "hyperparameters", found, required=False)
+    inputs = _inputs(args, hyper, found)
+    defaults = _defaults(value, inputs, found)
+    timeout = _timeout(value, found)
+    queue = _queue(value, found) if "queue" in value else None
+    network = _network(value, found) if "network" in value else None
+    limits = _limits(value, found) if "limits" in value else None
+    problems += [
+        "train." + p.replace("install.executable", "executable").replace("install.queue", "queue")
+        for p in found
+    ]
+    if found:
+        return None
+    return Training(executable, args, hyper, inputs, defaults, timeout, queue, network, limits)
+
+
+def _object(data: dict, key: str, problems: list[str]) -> dict | None:
+    """``data[key]`` when it is an object; None when absent or (a problem named) not one."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        problems.append(f"{key}: must be an object, not {_kind(value)}")
+        return None
+    return value
+
+
+def _model_required(data: dict, trainable: bool, problems: list[str]) -> bool:
+    """``model.required``: default true when the module is trained."""
+    value = _object(data, "model", problems)
+    if value is None:
+        return trainable
+    required = value.get("required", trainable)
+    if not isinstance(required, bool):
+        problems.append(f"model.required: must be true or false, not {_kind(required)}")
+        return trainable
+    if required and not trainable:
+        problems.append("model.required: true needs a 'train' object (how versions are made)")
+    return required
 
 
 def _text(

@@ -105,6 +105,10 @@ class TaskInfo(_Record):
     worker: str | None = None  # the server process or remote worker that ran it
     submitted_by: str = "local"  # the token's name (SPEC §11), "local" for the command line
     user: str | None = None  # the end user the caller acted for (X-Orchestra-User)
+    kind: str = "run"  # run or train (SPEC §10)
+    # the model version it was given (a run), or its base (a training): {version, digest}
+    model: dict[str, Any] | None = None
+    trained: int | None = None  # the version a done training made
 
 
 @dataclass(frozen=True)
@@ -169,3 +173,57 @@ class AuditPage(_Record):
     limit: int
     offset: int
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ModelVersion(_Record):
+    """One model version of a module (SPEC §10)."""
+
+    version: int
+    module: int
+    digest: str
+    size: int
+    files: int
+    created: datetime
+    task: int | None
+    generation: str | None
+    commit: str | None
+    args: dict[str, str]
+    metrics: dict[str, Any] | None
+    base: int | None
+    aliases: tuple[str, ...] = ()
+    removed: bool = False  # its files went with its module; the record stays
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field by field: a module's list may hold thousands of versions."""
+        return {
+            "version": self.version, "module": self.module, "digest": self.digest,
+            "size": self.size, "files": self.files, "created": _plain(self.created),
+            "task": self.task, "generation": self.generation, "commit": self.commit,
+            "args": self.args, "metrics": self.metrics, "base": self.base,
+            "aliases": list(self.aliases), "removed": self.removed,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AliasMove(_Record):
+    """One move of an alias; ``to`` is None for a removal."""
+
+    alias: str
+    from_: int | None
+    to: int | None
+    at: datetime
+    by: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``from`` is a keyword in Python, not in JSON."""
+        return {"alias": self.alias, "from": self.from_, "to": self.to,
+                "at": _plain(self.at), "by": self.by}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Aliases(_Record):
+    """A module's aliases now and every move they made, oldest first."""
+
+    aliases: dict[str, int]
+    history: tuple[AliasMove, ...]

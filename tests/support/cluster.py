@@ -11,6 +11,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from tests.support.helpers import Answer, clean_environ, free_port, http, make_t
 from tests.support.netns import Forwarder, Namespace, Network
 from tests.support.paths import ROOT
 from tests.support.postgres import PostgresServer
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, redis_program
 from tests.support.server import ApiCalls
 
 TOKEN = "cluster-token"
@@ -177,3 +179,19 @@ class Cluster(ApiCalls):
                 self.api.kill()
                 self.api.wait()
         self.relay.close()
+
+
+@contextmanager
+def running_cluster(root: Path, postgres: PostgresServer) -> Iterator[Cluster]:
+    """A started API server with its Redis and network, stopped and closed afterwards."""
+    network = Network()
+    redis = RedisServer(redis_program(), root / "redis", bind=("127.0.0.1", network.host_address))
+    redis.start()
+    made = Cluster(root, network, redis, postgres)
+    try:
+        made.start_api()
+        yield made
+    finally:
+        made.close()
+        redis.stop()
+        network.close()

@@ -16,7 +16,7 @@ _LOGGER = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
     """A Flask app serving ``service`` (built from ``settings`` when not given)."""
-    from orchestra.api import access, auth, errors, modules, routing, system, tasks, workers
+    from orchestra.api import access, auth, errors, models, modules, routing, system, tasks, workers
 
     if service is None:
         from orchestra.config import load_settings
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     errors.init_app(app)
     routing.init_app(app)
     auth.init_app(app, service.access.tokens, protect_reads=settings.protect_reads)
-    for blueprint in (modules.bp, tasks.bp, system.bp, workers.bp, access.bp):
+    for blueprint in (modules.bp, tasks.bp, models.bp, system.bp, workers.bp, access.bp):
         app.register_blueprint(blueprint)
     from orchestra import web
 

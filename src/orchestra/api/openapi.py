@@ -203,6 +203,16 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "the end user it was submitted for (X-Orchestra-User)",
             },
+            "kind": {"type": "string", "enum": ["run", "train"]},
+            "model": {
+                "type": ["object", "null"],
+                "description": "the model version given to it (a run's, or a training's base)",
+                "properties": {"version": {"type": "integer"}, "digest": {"type": "string"}},
+            },
+            "trained": {
+                "type": ["integer", "null"],
+                "description": "the version a done training made",
+            },
         },
     },
     "TokenRequest": {
@@ -286,6 +296,73 @@ SCHEMAS: dict[str, Any] = {
             "tasks": {"type": "integer", "description": "tasks forgotten"},
             "modules": {"type": "integer", "description": "removed modules left without tasks"},
             "older_than_days": {"type": "number"},
+        },
+    },
+    "TrainArguments": {
+        "type": "object",
+        "description": "training inputs by name, and the options base (N or @alias) and promote",
+        "additionalProperties": _SCALAR,
+    },
+    "ModelVersion": {
+        "type": "object",
+        "required": ["version", "module", "digest", "size", "files", "created", "aliases"],
+        "properties": {
+            "version": {"type": "integer"},
+            "module": {"type": "integer"},
+            "digest": {"type": "string", "description": "sha256: and 64 hex digits"},
+            "size": {"type": "integer", "description": "bytes, all files together"},
+            "files": {"type": "integer"},
+            "created": {"type": "string", "format": "date-time"},
+            "task": {"type": ["integer", "null"], "description": "the training task"},
+            "generation": _STRING_OR_NULL,
+            "commit": _STRING_OR_NULL,
+            "args": {"type": "object", "additionalProperties": {"type": "string"}},
+            "metrics": {"type": ["object", "null"], "additionalProperties": {"type": "number"}},
+            "base": {"type": ["integer", "null"]},
+            "aliases": {"type": "array", "items": {"type": "string"}},
+            "removed": {"type": "boolean", "description": "its files went with its module"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {"models": {"type": "array", "items": _ref("ModelVersion")}},
+    },
+    "Aliases": {
+        "type": "object",
+        "required": ["aliases", "history"],
+        "properties": {
+            "aliases": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "history": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "alias": {"type": "string"},
+                        "from": {"type": ["integer", "null"]},
+                        "to": {"type": ["integer", "null"]},
+                        "at": {"type": "string", "format": "date-time"},
+                        "by": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "AliasMove": {
+        "type": "object",
+        "required": ["version"],
+        "additionalProperties": False,
+        "properties": {"version": {"type": "integer", "minimum": 1}},
+    },
+    "Metrics": {
+        "type": "object",
+        "required": ["steps", "final"],
+        "properties": {
+            "task": {"type": "integer"},
+            "kind": {"type": "string"},
+            "status": _TASK_STATUS,
+            "steps": {"type": "array", "items": {"type": "object"}},
+            "final": {"type": ["object", "null"]},
         },
     },
     "Log": {
@@ -544,6 +621,109 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "200": _FILE,
             "404": _error("no such task or file"),
             "409": _error("not done, or not a catalog or time table (format=votable)"),
+        },
+    },
+    "models.train_module": {
+        "summary": "Start a training task (inputs checked against train; base, promote)",
+        "parameters": [_RUN_QUERY],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": _ref("TrainArguments")},
+                "application/x-www-form-urlencoded": {"schema": _ref("TrainArguments")},
+            },
+        },
+        "responses": {
+            "202": _json(_ref("RunAccepted"), "queued or started; poll the Location"),
+            "404": _error("no such module"),
+            "409": _error("not installed, or declares no train"),
+        },
+    },
+    "models.list_models": {
+        "summary": "The module's model versions, newest first",
+        "responses": {"200": _json(_ref("ModelList"), "the versions"), "404": _error("no module")},
+    },
+    "models.get_model": {
+        "summary": "One model version",
+        "responses": {
+            "200": _json(_ref("ModelVersion"), "the version"),
+            "404": _error("no such module or version"),
+        },
+    },
+    "models.delete_model": {
+        "summary": "Delete a version no alias points at and no queued or running task uses",
+        "responses": {
+            "204": {"description": "deleted"},
+            "404": _error("no such module or version"),
+            "409": _error("aliased, or used by a queued or running task"),
+        },
+    },
+    "models.download_model": {
+        "summary": "The version's files as a zip, its digest in X-Orchestra-Digest",
+        "responses": {
+            "200": {"description": "the zip", "content": {"application/zip": {"schema": {}}}},
+            "404": _error("no such module or version, or its files are gone"),
+        },
+    },
+    "models.get_aliases": {
+        "summary": "The module's aliases and every move they made",
+        "responses": {"200": _json(_ref("Aliases"), "the aliases"), "404": _error("no module")},
+    },
+    "models.put_alias": {
+        "summary": "Move an alias to a version (made if new)",
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("AliasMove")}},
+        },
+        "responses": {
+            "200": _json(_ref("Aliases"), "the aliases after the move"),
+            "404": _error("no such module or version"),
+        },
+    },
+    "models.delete_alias": {
+        "summary": "Remove an alias (kept in the history)",
+        "responses": {
+            "200": _json(_ref("Aliases"), "the aliases after the removal"),
+            "404": _error("no such module or alias"),
+        },
+    },
+    "models.task_metrics": {
+        "summary": "A training's metrics.jsonl lines so far and its metrics.json (or null)",
+        "responses": {"200": _json(_ref("Metrics"), "the figures"), "404": _error("no task")},
+    },
+    "models.worker_model": {
+        "summary": "For workers: a version's files as a zip, its digest in X-Orchestra-Digest",
+        "responses": {
+            "200": {"description": "the zip", "content": {"application/zip": {"schema": {}}}},
+            "404": _error("no such module or version"),
+        },
+    },
+    "models.has_blob": {
+        "summary": "For workers: whether the model store holds the file of that SHA-256",
+        "responses": {"200": _json({"type": "object"}, "held"), "404": _error("not held")},
+    },
+    "models.receive_blob": {
+        "summary": "For workers: one file of a training's model folder, checked by SHA-256",
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {}}},
+        },
+        "responses": {
+            "201": _json({"type": "object"}, "kept"),
+            "400": _error("its content does not hash to the SHA-256 named"),
+        },
+    },
+    "models.receive_training": {
+        "summary": "For workers: make a training's version once all its files were sent",
+        "parameters": [_WORKER],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": {
+            "201": _json(_ref("ModelVersion"), "the version made"),
+            "400": _error("a file missing, or the digest does not match"),
+            "409": _error("the task does not run (on this worker), or is not a training"),
         },
     },
     "workers.check_worker": {

@@ -455,6 +455,65 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- trainings and model versions ----------------------------------------------------------
+
+
+def train(ctx: Context, args: argparse.Namespace) -> int:
+    """Start a training task; with --wait, follow it and name the version it made."""
+    values: dict[str, Any] = parse_assignments(args.arguments)
+    for option in ("base", "promote"):
+        if option in values:
+            raise InvalidInput(f"give {option} as --{option}, not as an argument", key=option)
+    if args.base is not None:
+        values["base"] = args.base
+    if args.promote:
+        values["promote"] = True
+    task = ctx.service.train(args.id, values)
+    if not args.wait:
+        ctx.emit(task.to_dict(), f"task {task.id}: {task.status}")
+        return 0
+    ctx.note(f"task {task.id}: {task.status}")
+    final = follow(ctx, task.id)
+    text = render.task_details(final)
+    if final.trained is not None:
+        text += f"\nmodel version {final.trained} of module {final.module}"
+    ctx.emit(final.to_dict(), text)
+    return 0 if final.status == TaskStatus.DONE else 1
+
+
+def models(ctx: Context, args: argparse.Namespace) -> int:
+    """A module's model versions, newest first, metrics as columns."""
+    found = ctx.service.list_models(args.id)
+    ctx.emit({"models": [v.to_dict() for v in found]}, render.models_table(found))
+    return 0
+
+
+def model(ctx: Context, args: argparse.Namespace) -> int:
+    """One model version; with -o, its files saved as a zip."""
+    if not args.output:
+        record = ctx.service.get_model(args.id, args.version)
+        ctx.emit(record.to_dict(), render.model_details(record))
+        return 0
+    target = Path(args.output)
+    record = ctx.service.download_model(args.id, args.version, target)
+    size = target.stat().st_size
+    ctx.emit({"path": str(target), "size": size, "digest": record.digest},
+             f"wrote {target} ({size} bytes, {record.digest})")  # fmt: skip
+    return 0
+
+
+def alias(ctx: Context, args: argparse.Namespace) -> int:
+    """Move an alias to version N, or remove it (--remove)."""
+    if args.remove == (args.version is not None):
+        raise InvalidInput("give a version N to move the alias to, or --remove", key="version")
+    if args.remove:
+        found = ctx.service.remove_alias(args.id, args.name)
+    else:
+        found = ctx.service.move_alias(args.id, args.name, args.version)
+    ctx.emit(found.to_dict(), render.aliases_text(found))
+    return 0
+
+
 COMMANDS: dict[str, Handler] = {
     "register": register,
     "list": list_modules,
@@ -475,4 +534,8 @@ COMMANDS: dict[str, Handler] = {
     "output": output,
     "token": token,
     "audit": audit,
+    "train": train,
+    "models": models,
+    "model": model,
+    "alias": alias,
 }

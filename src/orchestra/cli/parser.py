@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _globals(suppress=True)
-    for add in (_module_commands, _task_commands, _access_commands):
+    for add in (_module_commands, _task_commands, _access_commands, _model_commands):
         add(commands, common)
     _service_commands(commands, _globals(suppress=True, url=False))
     return parser
@@ -244,6 +244,26 @@ def _moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _model_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("train", parents=[common], help="start a training task (SPEC §10)")
+    p.add_argument("id", type=object_id, metavar="ID", help="the module")
+    p.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
+    p.add_argument("--base", metavar="V", help="start from version V (a number or @alias)")
+    p.add_argument("--promote", action="store_true", help="make the new version the default")
+    p.add_argument("--wait", action="store_true", help="follow the training to its end")
+    p = commands.add_parser("models", parents=[common], help="list a module's model versions")
+    p.add_argument("id", type=object_id, metavar="ID", help="the module")
+    p = commands.add_parser("model", parents=[common], help="show or download a model version")
+    p.add_argument("id", type=object_id, metavar="ID", help="the module")
+    p.add_argument("version", type=_positive, metavar="N")
+    p.add_argument("-o", "--output", metavar="FILE.zip", help="save its files as a zip")
+    p = commands.add_parser("alias", parents=[common], help="move or remove a model alias")
+    p.add_argument("id", type=object_id, metavar="ID", help="the module")
+    p.add_argument("name", metavar="NAME", help="the alias, e.g. default or champion")
+    p.add_argument("version", type=_positive, metavar="N", nargs="?")
+    p.add_argument("--remove", action="store_true", help="remove the alias")
 
 
 def _positive(text: str) -> int:

@@ -7,7 +7,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from orchestra.records import AuditPage, ModuleInfo, ModuleSummary, TaskInfo, TaskPage, TokenInfo
+from orchestra.records import (
+    Aliases,
+    AuditPage,
+    ModelVersion,
+    ModuleInfo,
+    ModuleSummary,
+    TaskInfo,
+    TaskPage,
+    TokenInfo,
+)
 
 _LOGGER = logging.getLogger(__name__)
 _DESCRIPTION_WIDTH = 50
@@ -172,6 +181,50 @@ def audit_table(page: AuditPage) -> str:
     if page.next_cursor:
         text += f"\n(next page: --cursor {page.next_cursor})"
     return text
+
+
+def models_table(versions: Sequence[ModelVersion]) -> str:
+    """A module's versions, one a line, each metric a column."""
+    if not versions:
+        return "no model versions"
+    names = sorted({name for v in versions for name in (v.metrics or {})})
+    headers = ("VERSION", "CREATED", "ALIASES", "TASK", *(n.upper() for n in names), "DIGEST")
+    rows = [
+        (v.version, _time(v.to_dict()["created"]), ",".join(v.aliases), v.task,
+         *(_figure((v.metrics or {}).get(n)) for n in names), v.digest[:19])
+        for v in versions
+    ]  # fmt: skip
+    return table(headers, rows)
+
+
+def _figure(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_details(version: ModelVersion) -> str:
+    """One version, one field a line."""
+    plain = version.to_dict()
+    metrics = " ".join(f"{k}={_figure(v)}" for k, v in (version.metrics or {}).items())
+    return fields(
+        [
+            ("version", version.version), ("module", version.module),
+            ("digest", version.digest), ("size", f"{version.size} bytes, {version.files} files"),
+            ("created", _time(plain["created"])), ("trained by task", version.task),
+            ("base", version.base), ("arguments", _args(version.args)), ("metrics", metrics),
+            ("aliases", ", ".join(version.aliases)), ("commit", version.commit),
+            ("files", "removed with its module" if version.removed else None),
+        ]
+    )  # fmt: skip
+
+
+def aliases_text(found: Aliases) -> str:
+    """The aliases now, then the last moves."""
+    now = ", ".join(f"{name} -> {version}" for name, version in found.aliases.items())
+    moves = [
+        f"  {_time(m.to_dict()['at'])} {m.alias}: {m.from_ or '-'} -> {m.to or '-'} ({m.by})"
+        for m in found.history[-10:]
+    ]
+    return "\n".join([f"aliases: {now or 'none'}", "history:", *moves])
 
 
 def emit(stream: TextIO, data: Any, text: str, *, json_output: bool) -> None:

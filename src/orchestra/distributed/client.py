@@ -99,6 +99,55 @@ class ApiClient:
 
         _retry(attempt, f"upload {name!r} of task {task_id}")
 
+    def download_model(self, module_id: int, version: int, target: Path) -> str:
+        """Save a model version's zip at ``target``; the digest the API names for it."""
+        path = f"/worker/model/{module_id}/{version}"
+
+        def attempt() -> str:
+            with self._exchange("GET", path) as answer, open(target, "wb") as out:
+                while chunk := answer.read(_CHUNK):
+                    out.write(chunk)
+                return str(answer.headers.get("X-Orchestra-Digest", ""))
+
+        return _retry(attempt, f"download version {version} of module {module_id}")
+
+    def has_blob(self, sha: str) -> bool:
+        """Whether the API's model store holds the file of that SHA-256 already."""
+
+        def attempt() -> bool:
+            try:
+                with self._exchange("GET", f"/worker/blob/{sha}"):
+                    return True
+            except ApiError as exc:
+                if exc.status == 404:
+                    return False
+                raise
+
+        return _retry(attempt, f"ask for stored file {sha[:12]}")
+
+    def upload_blob(self, sha: str, path: Path) -> None:
+        """Send one file of a training's model folder (streamed); retried whole on failure."""
+
+        def attempt() -> None:
+            with open(path, "rb") as body:
+                headers = {"Content-Length": str(path.stat().st_size),
+                           "Content-Type": "application/octet-stream"}  # fmt: skip
+                with self._exchange("PUT", f"/worker/blob/{sha}", body, headers):
+                    pass
+
+        _retry(attempt, f"send the model file {path.name!r}")
+
+    def send_training(self, task_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+        """Ask the API to make a training's version from the files sent; the version."""
+        data = json.dumps(payload).encode()
+
+        def attempt() -> dict[str, Any]:
+            headers = {"Content-Type": "application/json"}
+            with self._exchange("POST", f"/task/{task_id}/model", data, headers) as answer:
+                return dict(json.loads(answer.read()))
+
+        return _retry(attempt, f"make the version of task {task_id}")
+
     def append_log(self, task_id: int, stream: str, offset: int, data: bytes) -> int:
         """Send a log chunk that starts at ``offset``; the log's size on the API."""
         path = f"/task/{task_id}/log/{stream}?offset={offset}"

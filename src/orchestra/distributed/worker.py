@@ -31,10 +31,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from orchestra import compiles
 from orchestra.distributed.client import ApiClient, ApiError
+from orchestra.distributed.models import ModelCache
 from orchestra.distributed.modules import WorkerModules
 from orchestra.distributed.names import KILL_CHANNEL, NOTIFY_CHANNEL
 from orchestra.executors.base import Handle, TaskSpec
 from orchestra.executors.local import LocalExecutor
+from orchestra.models.trainings import STEPS
 from orchestra.outages import Outage
 from orchestra.storage.files import TaskFolder, safe_join
 from orchestra.storage.tables import TaskRow
@@ -93,7 +95,8 @@ class Worker:
         self.concurrency = concurrency
         self.client = ApiClient(settings.api_url, settings.api_token, name)
         self.modules = WorkerModules(settings, self.client)
-        self.executor = LocalExecutor(settings, tied=True)
+        self.models = ModelCache(settings, self.client)
+        self.executor = LocalExecutor(settings, tied=True, models=self.models.folder)
         self._renewed = time.monotonic()  # when the leases were last renewed
         self._running: dict[int, _Running] = {}
         self._lock = threading.Lock()
@@ -211,7 +214,8 @@ class Worker:
             raise RuntimeError("the worker's exit watcher is not running")
         if entry.stop:  # asked while it was starting
             self.executor.kill(entry.handle)
-        shipper = _LogShipper(self.client, task_id, folder)
+        training = spec.get("kind") == "train"
+        shipper = _LogShipper(self.client, task_id, folder, steps=training)
         while not entry.ended.wait(LOG_INTERVAL):
             shipper.send()
         steps.mark("run")
@@ -221,7 +225,10 @@ class Worker:
             return Outcome(TaskStatus.ERROR, None, f"worker {self.name} lost: {LEASE_LOST}")
         if outcome is None:
             return self.executor.orphan_outcome(task_id, entry.handle, entry.stop is not None)
-        outcome = self._send_outputs(task_id, folder, outcome)
+        if training:  # the model goes to the API's store, not among the outputs
+            outcome = self.models.send_training(task_id, folder.output, outcome)
+        else:
+            outcome = self._send_outputs(task_id, folder, outcome)
         steps.mark("send")
         return outcome
 
@@ -278,6 +285,7 @@ class Worker:
                 if time.monotonic() - last_drop > DROP_INTERVAL:
                     last_drop = time.monotonic()
                     self.modules.drop_unused(self.db)
+                    self.models.drop_unused(self.db)
             except Exception as exc:  # the database may be out of reach for a while
                 outage.failed(exc)
             else:
@@ -368,11 +376,17 @@ class _Steps:
 class _LogShipper:
     """Sends what a task's logs gained since the last call, from where the API's copy ends."""
 
-    def __init__(self, client: ApiClient, task_id: int, folder: TaskFolder) -> None:
+    def __init__(
+        self, client: ApiClient, task_id: int, folder: TaskFolder, *, steps: bool = False
+    ) -> None:
         self.client = client
         self.task_id = task_id
         self.paths = {"stdout": folder.stdout, "stderr": folder.stderr}
         self.sent = {"stdout": 0, "stderr": 0}
+        # a training's metrics.jsonl, sent whole whenever it grew (SPEC §10: read as it trains)
+        self.steps = folder.output / STEPS if steps else None
+        self.snapshot = folder.root / f".{STEPS}"  # still while it is sent: the task appends
+        self.steps_sent = 0
 
     def send(self) -> None:
         """Send every stream's new bytes; a failure is tried again at the next call."""
@@ -381,6 +395,18 @@ class _LogShipper:
                 self._send(stream, path)
             except (ApiError, OSError) as exc:
                 _LOGGER.warning("log of task %s not sent: %s", self.task_id, exc)
+        if self.steps is not None:
+            try:
+                self._send_steps(self.steps)
+            except (ApiError, OSError) as exc:
+                _LOGGER.warning("metrics of task %s not sent: %s", self.task_id, exc)
+
+    def _send_steps(self, path: Path) -> None:
+        size = path.stat().st_size if path.is_file() else 0
+        if size > self.steps_sent:
+            shutil.copyfile(path, self.snapshot)
+            self.client.upload_output(self.task_id, STEPS, self.snapshot)
+            self.steps_sent = size
 
     def _send(self, stream: str, path: Path) -> None:
         if not path.exists():

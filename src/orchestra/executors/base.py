@@ -51,6 +51,10 @@ class TaskSpec:
     catalog: Mapping[str, Any] | None = None
     network: bool = False  # the module's ``network``: whether its sandbox lets it out
     limits: Mapping[str, int] | None = None  # the module's own ``limits`` (memory_mb, ...)
+    kind: str = "run"  # run, or train: its output folder is the model folder (SPEC §10)
+    # the model version given read-only ({module_id, version, digest}): a run's model, or a
+    # training's base
+    model: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The form kept in the task row's ``spec`` column."""
@@ -61,6 +65,7 @@ class TaskSpec:
             "outputs": list(self.outputs) if self.outputs is not None else None,
             "queue": self.queue, "catalog": dict(self.catalog) if self.catalog else None,
             "network": self.network, "limits": dict(self.limits) if self.limits else None,
+            "kind": self.kind, "model": dict(self.model) if self.model else None,
         }  # fmt: skip
 
     @classmethod
@@ -78,6 +83,7 @@ class TaskSpec:
                 outputs=tuple(str(o) for o in outputs) if outputs is not None else None,
                 queue=str(data.get("queue") or "default"), catalog=data.get("catalog"),
                 network=bool(data.get("network", False)), limits=data.get("limits"),
+                kind=str(data.get("kind") or "run"), model=data.get("model"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a task spec: {exc}") from exc

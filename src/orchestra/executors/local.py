@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 from orchestra.errors import OrchestraError
 from orchestra.executors import outcomes, proctree, sandbox
 from orchestra.executors.base import Handle, TaskSpec
+from orchestra.models.store import ModelStore
 from orchestra.process import clean_env
 from orchestra.storage.files import InstallFolder, TaskFolder
 from orchestra.tasks.status import Outcome
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from orchestra.config import Settings
 
 _LOGGER = logging.getLogger(__name__)
+ModelFolders = Callable[[int, int, str], Path]  # (module, version, digest) -> its folder here
 _HERE = Path(__file__).resolve().parent
 SUPERVISOR = _HERE / "supervisor.py"
 LAUNCHER = _HERE / "launcher.py"
@@ -47,10 +49,14 @@ class LocalExecutor:
     name = "local"
     runs_here = True
 
-    def __init__(self, settings: Settings, *, tied: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, tied: bool = False, models: ModelFolders | None = None
+    ) -> None:
         self._settings = settings
         self._tied = tied
         self._lifeline: tuple[int, int] | None = None  # (read, write), while open and tied
+        # where a model version's files are: the store here, a worker's cache there
+        self.models_folder: ModelFolders = models or self._stored_version
         self._lock = threading.Lock()
         self._users = 0
         self._launcher: _Launcher | None = None
@@ -139,16 +145,35 @@ class LocalExecutor:
             {"PATH": f"{env_bin}:{clean_env()['PATH']}", "VIRTUAL_ENV": str(install.env),
              "ORCHESTRA_TASK_ID": str(task_id)}
         )  # fmt: skip
+        readonly = self._model_folder(task, env)
         argv = [str(install.python), "-m", task.executable, str(output), *task.args]
         request = {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
                    "timeout": task.timeout, "grace": task.grace}  # fmt: skip
         try:
             return sandbox.confine(
                 request, settings=self._settings, install=install, output=output,
-                network=task.network, limits=task.limits,
+                network=task.network, limits=task.limits, readonly=readonly,
             )  # fmt: skip
         except OrchestraError as exc:  # ORCHESTRA_SANDBOX=required and none here
             raise OSError(str(exc)) from exc
+
+    def _model_folder(self, task: TaskSpec, env: dict[str, str]) -> list[Path]:
+        """The model version a task reads (a run's, or a training's base), named in ``env``."""
+        if not task.model:
+            return []
+        model = task.model
+        folder = self.models_folder(int(model["module_id"]), int(model["version"]),
+                                    str(model["digest"]))  # fmt: skip
+        variable = "ORCHESTRA_BASE_MODEL" if task.kind == "train" else "ORCHESTRA_MODEL_DIR"
+        env[variable] = str(folder)
+        return [folder]
+
+    def _stored_version(self, module_id: int, version: int, digest: str) -> Path:
+        """A version's folder in this data folder's model store."""
+        folder = ModelStore(self._settings.models_dir).version_dir(module_id, version)
+        if not folder.is_dir():
+            raise OSError(f"model version {version} of module {module_id} has no files here")
+        return folder
 
     def find(self, task_id: int) -> Handle | None:
         """The supervisor's handle from its record; None before it wrote one."""

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,10 +203,12 @@ def confine(
     output: Path,
     network: bool = False,
     limits: Mapping[str, int] | None = None,
+    readonly: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """``spec`` (argv, env, cwd) made to run in the sandbox with its limits, where they apply.
 
-    ``network`` and ``limits`` are the module's (``metadata.json``); paths are this machine's.
+    ``network`` and ``limits`` are the module's (``metadata.json``); ``readonly``: folders
+    it reads besides its module (a model version); paths are this machine's.
     """
     state = require(settings)
     task_limits: dict[str, Any] = effective_limits(settings, limits or {})
@@ -218,6 +220,8 @@ def confine(
     if not state.active:
         return spec
     prefix = bwrap_argv(state, install=install, output=output, network=network)
+    for folder in readonly:  # after the chdir option: bubblewrap reads binds in any order
+        prefix += ["--ro-bind", str(folder), str(folder)]
     argv = [*prefix, "--", *spec["argv"]]
     env = {**spec["env"], "HOME": "/tmp", "TMPDIR": "/tmp"}
     return {**spec, "argv": argv, "env": env}

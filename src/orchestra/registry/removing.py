@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from orchestra.registry.catalog import Catalog
     from orchestra.storage.db import Database
 
+from orchestra.models import versions as models
+from orchestra.models.store import ModelStore
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -97,12 +100,16 @@ class Removal:
                 if row is None:
                     raise NotFound(f"no module {module_id}")
                 install_dir = row.install_dir
+                shas = models.purge_module(session, module_id)
                 session.delete(row)
                 audit.record(session, current().name, "module.remove", f"module {module_id}",
                              audit.OK, f"{row.name or ''}, with its tasks")  # fmt: skip
         except IntegrityError:
             raise WrongState(f"module {module_id} still has tasks; remove them first") from None
         self._drop_files(module_id, install_dir)
+        store = ModelStore(self.settings.models_dir)
+        store.drop_module(module_id)
+        models.free_blobs(self.db, store, shas)
 
     def retire(self, module_id: int) -> None:
         """Remove a module but keep its row, as ``removed``, for its tasks' history."""
@@ -117,6 +124,7 @@ class Removal:
                          audit.OK, f"{row.name or ''}, its tasks kept")  # fmt: skip
             row.installer_pid, row.error, row.updated = None, None, now()
         self._drop_files(module_id, install_dir)
+        models.remove_module(self.db, ModelStore(self.settings.models_dir), module_id)
 
     def _drop_files(self, module_id: int, install_dir: str | None) -> None:
         self._catalog.forget(module_id)
@@ -139,6 +147,8 @@ class Removal:
                 ~select(TaskRow.id).where(TaskRow.module_id == ModuleRow.id).exists(),
             )
             ids = list(session.scalars(orphans))
+            for module_id in ids:
+                models.purge_module(session, module_id)  # their files went at the removal
             if ids:
                 session.execute(delete(ModuleRow).where(ModuleRow.id.in_(ids)))
         return len(ids)

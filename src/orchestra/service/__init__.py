@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from orchestra.config import Settings
 from orchestra.service.access import Access
 from orchestra.service.backend import Backend
+from orchestra.service.models import Models
 from orchestra.service.modules import Modules, Progress
 from orchestra.service.system import System
 from orchestra.service.tasks import Tasks
@@ -43,6 +44,7 @@ class Service:
         self.transfers = transfers = Transfers(settings, self._backend)
         self.system = system = System(settings, self._backend)
         self.access = access = Access(settings, self._backend)
+        self.models = models = Models(settings, self._backend)
         # the table of contents: each call of the front ends, and the part that answers it
         self.register = modules.register
         self.register_in_background = modules.register_in_background
@@ -64,6 +66,16 @@ class Service:
         self.task_output_file = tasks.task_output_file
         self.task_votable = tasks.task_votable
         self.task_log = tasks.task_log
+        self.train = models.train
+        self.list_models = models.list_models
+        self.get_model = models.get_model
+        self.model_files = models.model_files
+        self.download_model = models.download_model
+        self.delete_model = models.delete_model
+        self.aliases = models.aliases
+        self.move_alias = models.move_alias
+        self.remove_alias = models.remove_alias
+        self.task_metrics = models.task_metrics
         self.module_package = transfers.module_package
         self.receive_output = transfers.receive_output
         self.append_log = transfers.append_log

@@ -50,7 +50,13 @@ class Tasks:
 
     def get_task(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
         """One task; with ``wait``, answer once it is final or the time has passed."""
-        return self._named(self._backend.runner.get(task_id, wait=wait))[0]
+        task = self._named(self._backend.runner.get(task_id, wait=wait))[0]
+        if task.kind == "train" and task.status == "done":  # the version it made
+            from orchestra.models.versions import made_by
+
+            made = made_by(self._backend.db, task_id)
+            task = dataclasses.replace(task, trained=made[0] if made else None)
+        return task
 
     def kill(self, task_id: int) -> TaskInfo:
         """Stop a running task's whole process tree, or drop a queued one."""

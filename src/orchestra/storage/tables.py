@@ -106,6 +106,10 @@ class TaskRow(Base):
     submitter: Mapped[str] = mapped_column(String(270), default="local", server_default="local")
     # the queue a worker takes it from (install.queue); copied from the spec to be indexed
     queue: Mapped[str] = mapped_column(String(100), default="default", server_default="default")
+    # run or train (SPEC §10); a run of a module with versions records the one it was given
+    kind: Mapped[str] = mapped_column(String(8), default="run", server_default="run")
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    model_digest: Mapped[str | None] = mapped_column(String(80))
 
     __table_args__ = (
         # the primary key alone, so that paging deep into the list scans a narrow index
@@ -118,6 +122,65 @@ class TaskRow(Base):
         Index("ix_tasks_status_queue_submitter", "status", "queue", "submitter", "id"),
         Index("ix_tasks_submitter_started", "submitter", "started"),
     )
+
+
+class ModelVersionRow(Base):
+    """A model version: what a training task wrote, stored by content (SPEC §10)."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    module_id: Mapped[int] = mapped_column(Id, ForeignKey("modules.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(80))
+    size: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
+    # [[relative path, sha256 hex, size], ...] sorted by path: what the folder holds
+    contents: Mapped[list[Any]] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column()
+    task_id: Mapped[int | None] = mapped_column(Id, unique=True)  # the training task
+    generation: Mapped[str | None] = mapped_column(Text)
+    commit: Mapped[str | None] = mapped_column(String(64))
+    args: Mapped[dict[str, str]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    base: Mapped[int | None] = mapped_column(Integer)
+    # true once its files are gone with its module (the record stays until purged)
+    removed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (
+        Index("ix_model_versions_module_version", "module_id", "version", unique=True),
+    )
+
+
+class ModelCounterRow(Base):
+    """The last version number a module's trainings were given: a number is never reused."""
+
+    __tablename__ = "model_counters"
+    module_id: Mapped[int] = mapped_column(Id, ForeignKey("modules.id"), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer)
+
+
+class ModelAliasRow(Base):
+    """Where a module's alias (``default``, ``champion``, ...) points now."""
+
+    __tablename__ = "model_aliases"
+    module_id: Mapped[int] = mapped_column(Id, ForeignKey("modules.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class AliasMoveRow(Base):
+    """One move of an alias, kept for ever: ``to`` is NULL for a removal."""
+
+    __tablename__ = "model_alias_moves"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    module_id: Mapped[int] = mapped_column(Id, ForeignKey("modules.id"))
+    alias: Mapped[str] = mapped_column(String(32))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column()
+    by: Mapped[str] = mapped_column(String(200))
+
+    __table_args__ = (Index("ix_model_alias_moves_module", "module_id", "id"),)
 
 
 class WorkerRow(Base):

@@ -156,6 +156,9 @@ class TaskRecord:
     user: str | None = None
     submitter: str = "local"
     queue: str = "default"
+    kind: str = "run"
+    model_version: int | None = None
+    model_digest: str | None = None
 
 
 def now() -> datetime:
@@ -195,6 +198,8 @@ class NewTask:
     user: str | None = None  # the end user it asked for
     queue: str = "default"  # the queue workers take it from
     max_queued: int = 0  # the submitter's queued tasks allowed (0: no limit)
+    kind: str = "run"  # run or train (SPEC §10)
+    model: tuple[int, str] | None = None  # the model version a run was given: number, digest
 
     @property
     def submitter(self) -> str:
@@ -217,6 +222,8 @@ def create(
         "executor": new.executor, "kill_requested": False, "started": None, "worker": None,
         "submitted_by": new.submitted_by, "user": new.user, "submitter": new.submitter,
         "queue": new.queue,
+        "kind": new.kind, "model_version": new.model[0] if new.model else None,
+        "model_digest": new.model[1] if new.model else None,
     }  # fmt: skip
     slot_free = max_running is None
     with db.begin_write() as connection:

@@ -55,7 +55,14 @@ def info(found: TaskRecord) -> TaskInfo:
         created=found.created, started=found.started, finished=found.finished,
         exit_code=found.exit_code, error=found.error, output=output, worker=found.worker,
         submitted_by=found.submitted_by, user=found.user,
+        kind=found.kind, model=_model(found),
     )  # fmt: skip
+
+
+def _model(found: TaskRecord) -> dict[str, Any] | None:
+    if found.model_version is None:
+        return None
+    return {"version": found.model_version, "digest": found.model_digest}
 
 
 def page(

@@ -26,6 +26,7 @@ from orchestra.errors import NotFound, WrongState, is_disk_full
 from orchestra.executors import get_executor
 from orchestra.executors.base import TaskSpec
 from orchestra.limits import MAX_WAIT
+from orchestra.models.trainings import Trainings
 from orchestra.records import TaskInfo, TaskPage
 from orchestra.storage.files import TaskFolder
 from orchestra.tasks import lifecycle, queries
@@ -69,19 +70,21 @@ class TaskRunner:
             local = cast("LocalRuns", self.executor)
             self.dispatcher = Dispatcher(settings, db, local, self.waiters, process_name())
         self.watcher = Watcher(settings, db, self.executor, self.dispatcher, self.waiters)
+        self.trainings = Trainings(settings, db)
+        self.watcher.conclude = self.trainings.conclude
         self.outputs = OutputReader(settings.tasks_dir, db, self.watcher.settle_unwatched)
 
     # -- submitting -------------------------------------------------------------------------
 
-    def submit(self, module_id: int, args: Mapping[str, Any]) -> TaskInfo:
-        """Check the arguments, queue a task and start it when a slot is free."""
+    def submit(self, module_id: int, args: Mapping[str, Any], *, kind: str = "run") -> TaskInfo:
+        """Check the arguments, queue a task (a run or a training) and start it when it may."""
         dispatcher = self.dispatcher
         if dispatcher is None:
-            row, _ = self.submitter.create(module_id, args, claim_for=None)
+            row, _ = self.submitter.create(module_id, args, claim_for=None, kind=kind)
             self._send(row)
             return queries.info(row)
         row, slot_free = self.submitter.create(
-            module_id, args, claim_for=dispatcher.name, slots=dispatcher.slots()
+            module_id, args, claim_for=dispatcher.name, slots=dispatcher.slots(), kind=kind
         )
         if row.status == TaskStatus.RUNNING:
             # claimed with the insert: the shortest way to a started task, answered from

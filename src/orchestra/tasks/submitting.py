@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -10,8 +11,8 @@ from orchestra import catalogs
 from orchestra.access.caller import current
 from orchestra.executors import sandbox
 from orchestra.executors.base import TaskSpec
-from orchestra.manifest import Manifest, argument_tail, bind_arguments
-from orchestra.tasks import lifecycle
+from orchestra.manifest import Manifest, argument_tail
+from orchestra.tasks import lifecycle, requests
 from orchestra.tasks.lifecycle import NewTask, TaskRecord
 
 if TYPE_CHECKING:
@@ -34,7 +35,13 @@ class Submitter:
         self.executor_name = executor_name
 
     def create(
-        self, module_id: int, args: Mapping[str, Any], *, claim_for: str | None, slots: int = 0
+        self,
+        module_id: int,
+        args: Mapping[str, Any],
+        *,
+        claim_for: str | None,
+        slots: int = 0,
+        kind: str = "run",
     ) -> tuple[TaskRecord, bool]:
         """Insert the task; with ``claim_for``, claim it for that name when one of ``slots``
         is free. Also says whether a slot was free (see ``lifecycle.create``).
@@ -43,21 +50,38 @@ class Submitter:
             # it runs here: ORCHESTRA_SANDBOX=required refuses it now, leaving no row
             sandbox.require(self.settings)
         manifest, install = self.registry.runnable(module_id)
-        bound = bind_arguments(manifest, args, max_length=self.settings.max_arg_length)
-        timeout = manifest.timeout or self.settings.task_timeout
+        request = self._request(module_id, manifest, args, kind)
         generation = install.root.name
+        model = request.model
+        given = None if model is None else {"module_id": module_id, "version": model[0],
+                                            "digest": model[1]}  # fmt: skip
 
         def build_spec(task_id: int) -> dict[str, Any]:
-            return self.spec(task_id, module_id, manifest, generation, bound, timeout).to_json()
+            spec = self.spec(task_id, module_id, manifest, generation, request.bound,
+                             request.timeout)  # fmt: skip
+            if given is not None or request.overrides:  # a plain run is built as before
+                spec = dataclasses.replace(spec, model=given, **request.overrides)
+            if spec.catalog and request.header:
+                spec = dataclasses.replace(spec, catalog={**spec.catalog, "model": request.header})
+            return {**spec.to_json(), **request.extra}
 
         caller = current()
         new = NewTask(
-            module_id, bound, timeout, generation, build_spec, self.executor_name,
-            submitted_by=caller.name, user=caller.user, queue=manifest.queue,
-            max_queued=self.settings.max_queued_per_submitter,
+            module_id, request.bound, request.timeout, generation, build_spec,
+            self.executor_name, submitted_by=caller.name, user=caller.user,
+            queue=request.overrides.get("queue", manifest.queue),
+            max_queued=self.settings.max_queued_per_submitter, kind=kind, model=model,
         )  # fmt: skip
         limit = slots if claim_for is not None else None
         return lifecycle.create(self.db, new, max_running=limit, worker=claim_for)
+
+    def _request(
+        self, module_id: int, manifest: Manifest, args: Mapping[str, Any], kind: str
+    ) -> requests.Request:
+        """The request checked against what the module declares for its kind."""
+        if kind == "train":
+            return requests.training(self, module_id, manifest, args)
+        return requests.run(self, module_id, manifest, args)
 
     def spec(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,7 +20,7 @@ from orchestra.storage import space
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
 from orchestra.tasks.lifecycle import TaskRecord
-from orchestra.tasks.status import TaskStatus
+from orchestra.tasks.status import Outcome, TaskStatus
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
@@ -30,10 +30,16 @@ if TYPE_CHECKING:
     from orchestra.tasks.waiting import Waiters
 
 _LOGGER = logging.getLogger(__name__)
+Conclude = Callable[[int, "Mapping[str, Any]", Outcome], Outcome]
 LAUNCH_WINDOW = timedelta(seconds=60)  # a claimed task may take this long to get a handle
 _RUNNING_ROWS = select(TaskRow.id, TaskRow.kill_requested, TaskRow.executor).where(
     TaskRow.status == TaskStatus.RUNNING
 )
+
+
+def _as_it_is(task_id: int, spec: Mapping[str, Any], outcome: Outcome) -> Outcome:
+    """The default conclusion: the outcome as the executor read it."""
+    return outcome
 
 
 class Watcher:
@@ -58,6 +64,8 @@ class Watcher:
         self.serving = False
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        # what a task's end means beyond its status (a training's model becomes a version)
+        self.conclude: Conclude = _as_it_is
         if dispatcher is not None:
             dispatcher.on_started = self.watch
 
@@ -77,14 +85,32 @@ class Watcher:
 
     def _on_exit(self, task_id: int, spec: Mapping[str, Any] | None) -> None:
         ended = self._handles.pop(task_id, None)
-        self._watched.discard(task_id)
         assert self.local is not None and self.dispatcher is not None
         outcome = self.local.outcome(task_id, spec) if spec is not None else None
+        if outcome is not None and spec is not None and spec.get("kind") == "train":
+            # storing a model takes a while (a second or so per GB): not on the thread that
+            # hears every task's end. Still watched meanwhile, so the sweep leaves it alone.
+            threading.Thread(
+                target=self._conclude, args=(task_id, spec, outcome), daemon=True,
+                name=f"orchestra-model-{task_id}",
+            ).start()  # fmt: skip
+            return
+        self._watched.discard(task_id)
         if outcome is not None:
             # the common case, kept short: no read of the row, one conditional update
             self.dispatcher.finish(task_id, outcome, True)
         else:
             self._settle(task_id, ended)
+
+    def _conclude(self, task_id: int, spec: Mapping[str, Any], outcome: Outcome) -> None:
+        """A training's end: its model stored as a version, then its final status written."""
+        assert self.dispatcher is not None
+        try:
+            self.dispatcher.finish(task_id, self.conclude(task_id, spec, outcome), True)
+        except Exception:  # the sweep settles it again: the version is made once per task
+            _LOGGER.exception("task %s: its model could not be stored now", task_id)
+        finally:
+            self._watched.discard(task_id)
 
     def _handle(self, row: TaskRecord, known: Handle | None = None) -> Handle | None:
         """Where the task's supervisor is: the row (older servers), memory, or its folder."""
@@ -129,6 +155,8 @@ class Watcher:
             if handle is not None:  # whatever the dead supervisor left running goes too
                 self.local.kill(handle)
             outcome = self.local.orphan_outcome(task_id, handle, row.kill_requested)
+        else:
+            outcome = self.conclude(task_id, row.spec or {}, outcome)
         assert self.dispatcher is not None
         return self.dispatcher.finish(task_id, outcome, True)
 

@@ -66,6 +66,13 @@ def task_duration(started: datetime | None, finished: datetime | None) -> float 
     return max(0.0, (end - started).total_seconds())
 
 
+def figure(value: object) -> str:
+    """A metric for a table: four significant digits, empty when there is none."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
 def size(count: int | None) -> str:
     """Bytes in binary units: ``1.5 MiB``."""
     value = float(count or 0)
@@ -82,4 +89,5 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(when, "when")
     app.add_template_filter(duration, "duration")
     app.add_template_filter(size, "size")
+    app.add_template_filter(figure, "figure")
     app.add_template_global(task_duration, "task_duration")

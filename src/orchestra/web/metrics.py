@@ -62,6 +62,21 @@ class _TaskCollector(Collector):
             modules.add_metric([status], count)
         yield modules
         yield from self._worker_metrics()
+        yield from self._model_metrics()
+
+    def _model_metrics(self) -> Iterator[Metric]:
+        trainings = GaugeMetricFamily(
+            "orchestra_trainings", "Training tasks by outcome (or state)", labels=["outcome"]
+        )
+        versions = GaugeMetricFamily(
+            "orchestra_model_versions", "Model versions kept, by module", labels=["module"]
+        )
+        by_status, by_module = self._service.models.figures()
+        for status in ("queued", "running", "done", "error", "killed"):
+            trainings.add_metric([status], by_status.get(status, 0))
+        for module, count in sorted(by_module.items()):
+            versions.add_metric([str(module)], count)
+        yield from (trainings, versions)
 
     def _worker_metrics(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(

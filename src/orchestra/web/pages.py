@@ -29,10 +29,10 @@ from orchestra.api import tasks as task_routes
 from orchestra.api.modules import save_upload
 from orchestra.api.routing import current_service as service
 from orchestra.errors import InvalidInput, NotFound, Unauthorized
-from orchestra.manifest import Param, parse_manifest
+from orchestra.manifest import parse_manifest
 from orchestra.records import ModuleInfo, TaskInfo
 from orchestra.tasks.status import TaskStatus
-from orchestra.web import errors, guard
+from orchestra.web import errors, guard, training
 from orchestra.web.previews import IMAGE_TYPES, Preview, column_names, preview
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ bp = Blueprint(
 )
 bp.before_request(guard.check)
 errors.init_blueprint(bp)
+training.init_blueprint(bp)
 PAGE_SIZE = 50  # tasks in one page of the task list
 MODULE_TASKS = 20  # a module's latest tasks shown on its page
 STATUSES = tuple(s.value for s in TaskStatus)
@@ -81,15 +82,8 @@ def _run_fields(module: ModuleInfo) -> list[dict[str, Any]]:
         return []
     manifest = parse_manifest(module.metadata)
     hyper = {param.name for param in manifest.hyperparameters}
-    return [_field(param, manifest.defaults.get(name), name in hyper)
+    return [training.field(param, manifest.defaults.get(name), name in hyper)
             for name, param in manifest.inputs.items()]  # fmt: skip
-
-
-def _field(param: Param, default: Any, hyper: bool) -> dict[str, Any]:
-    shown = "" if default is None else default
-    if isinstance(default, bool):
-        shown = "true" if default else "false"
-    return {"name": param.name, "type": param.type or "str", "default": shown, "hyper": hyper}
 
 
 @bp.get("/module/<module_id:module_id>")
@@ -104,6 +98,7 @@ def module(module_id: int) -> str:
         "tasks": svc.list_tasks(module=module_id, limit=MODULE_TASKS).tasks,
         "since": since,
         "updating": since is not None and info.updated.isoformat() == since,
+        **training.module_context(info),
     }
     template = "module_main.html" if _partial() else "module.html"
     return render_template(template, **context)

@@ -1,6 +1,8 @@
 // Time-series plots drawn as SVG: one line per numeric column, time on the x axis.
 // Drag across the plot to zoom in on a time range; double-click or "Reset zoom" to go back.
 // The data is a JSON block the server wrote (escaped); it is read, never run.
+// A training's curves are the same plot with the step on the x axis, their data fetched as
+// JSON from the server while the training runs (names are set as text, never as markup).
 "use strict";
 (function () {
   const NS = "http://www.w3.org/2000/svg";
@@ -45,9 +47,9 @@
   }
 
   class Plot {
-    constructor(figure) {
+    constructor(figure, data) {
       this.figure = figure;
-      this.data = JSON.parse(figure.querySelector("script.plot-data").textContent);
+      this.data = data || JSON.parse(figure.querySelector("script.plot-data").textContent);
       this.full = [this.data.t[0], this.data.t[this.data.t.length - 1]];
       this.view = this.full.slice();
       this.hidden = new Set();
@@ -59,6 +61,20 @@
       this.listen();
       this.draw();
       new ResizeObserver(() => this.draw()).observe(figure);
+    }
+
+    update(data) {
+      const zoomed = this.view[0] !== this.full[0] || this.view[1] !== this.full[1];
+      const names = (d) => d.series.map((series) => series.name).join("\n");
+      const renamed = names(data) !== names(this.data);
+      this.data = data;
+      this.full = [data.t[0], data.t[data.t.length - 1]];
+      if (!zoomed) this.view = this.full.slice();
+      if (renamed) {
+        this.bar.replaceChildren();
+        this.buildBar();
+      }
+      this.draw();
     }
 
     buildBar() {
@@ -136,11 +152,12 @@
 
     drawAxes(sc) {
       const axis = el("g", { class: "axis" }, this.svg);
-      const { ticks, step } = timeTicks(sc.x0, sc.x1, Math.floor(sc.w / 110));
+      const steps = this.data.axis === "step";
+      const { ticks, step } = steps ? stepTicks(sc.x0, sc.x1, Math.floor(sc.w / 80)) : timeTicks(sc.x0, sc.x1, Math.floor(sc.w / 110));
       for (const t of ticks) {
         const x = sc.sx(t);
         el("line", { class: "grid-line", x1: x, x2: x, y1: M.top, y2: sc.h - M.bottom }, axis);
-        el("text", { x, y: sc.h - 10, "text-anchor": "middle" }, axis).textContent = timeLabel(t, step);
+        el("text", { x, y: sc.h - 10, "text-anchor": "middle" }, axis).textContent = steps ? numberLabel(t, step) : timeLabel(t, step);
       }
       const ystep = niceStep(sc.hi - sc.lo, Math.floor(sc.h / 60));
       for (let v = Math.ceil(sc.lo / ystep) * ystep; v <= sc.hi; v += ystep) {
@@ -180,7 +197,8 @@
       const parts = this.data.series
         .filter((_, s) => !this.hidden.has(s))
         .map((series) => `${series.name}=${series.values[best] === null ? "–" : series.values[best]}`);
-      this.readout.textContent = `${new Date(times[best]).toISOString().slice(0, 19).replace("T", " ")}  ${parts.join("  ")}`;
+      const where = this.data.axis === "step" ? `step ${times[best]}` : new Date(times[best]).toISOString().slice(0, 19).replace("T", " ");
+      this.readout.textContent = `${where}  ${parts.join("  ")}`;
       const x = this.sc.sx(times[best]);
       this.cursor.setAttribute("x1", x);
       this.cursor.setAttribute("x2", x);
@@ -217,10 +235,61 @@
     }
   }
 
+  function stepTicks(x0, x1, count) {
+    const step = Math.max(1, niceStep(x1 - x0, count));
+    const ticks = [];
+    for (let t = Math.ceil(x0 / step) * step; t <= x1; t += step) ticks.push(t);
+    return { ticks, step };
+  }
+
+  // metrics.jsonl's lines as a plot: x is each line's "step" (else its position), one line
+  // per numeric metric
+  function curves(steps) {
+    const names = [];
+    for (const line of steps) {
+      for (const [name, value] of Object.entries(line)) {
+        if (name !== "step" && typeof value === "number" && !names.includes(name)) names.push(name);
+      }
+    }
+    return {
+      axis: "step",
+      t: steps.map((line, i) => (typeof line.step === "number" ? line.step : i + 1)),
+      series: names.map((name) => ({ name, values: steps.map((line) => (typeof line[name] === "number" ? line[name] : null)) })),
+    };
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function followMetrics(figure) {
+    while (figure.isConnected) {
+      try {
+        const answer = await fetch(figure.dataset.metricsSrc, { credentials: "same-origin", cache: "no-store" });
+        if (!answer.ok) throw new Error(String(answer.status));
+        const found = await answer.json();
+        const data = curves(found.steps || []);
+        if (data.t.length) {
+          const empty = figure.querySelector(".plot-empty");
+          if (empty) empty.remove();
+          if (figure.plot) figure.plot.update(data);
+          else figure.plot = new Plot(figure, data);
+          figure.dataset.steps = String(data.t.length);
+        }
+        if (!figure.dataset.metricsEvery || ["done", "error", "killed"].includes(found.status)) return;
+      } catch (error) {
+        await sleep(3000); // the server restarting, or the network: try again later
+      }
+      await sleep(Number(figure.dataset.metricsEvery || 1000));
+    }
+  }
+
   function start(root) {
     root.querySelectorAll("figure[data-plot]:not([data-ready])").forEach((figure) => {
       figure.dataset.ready = "1";
       figure.plot = new Plot(figure);
+    });
+    root.querySelectorAll("figure[data-metrics-src]:not([data-ready])").forEach((figure) => {
+      figure.dataset.ready = "1";
+      followMetrics(figure);
     });
   }
 
