@@ -394,8 +394,11 @@ def test_workers_take_the_fairest_task_not_the_next_message(
     # the long queue had started before it came (a loaded machine submits the eight slowly)
     queued_at = finals[-1]["created"]
     after = sorted((t for t in finals if t["started"] >= queued_at), key=lambda t: t["started"])
-    assert after[0]["id"] == lone, [(t["id"], t["started"]) for t in after]
-    assert len(after) >= 2, "the long queue had ended before the lone task came"
+    shown = [(t["id"], t["started"]) for t in after]
+    assert len(after) >= 2, f"the long queue had ended before the lone task came: {shown}"
+    # two workers claiming in the same instant may record one start time: either came first
+    first = [t["id"] for t in after if t["started"] == after[0]["started"]]
+    assert lone in first, shown
     assert (finals[-1]["submitted_by"], finals[-1]["user"]) == (
         ("front-users", "bob") if two_users else ("batch-tokens", None)
     )
