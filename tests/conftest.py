@@ -14,13 +14,16 @@ from tests.support.server import LiveServer, serve_in_thread
 if TYPE_CHECKING:
     from orchestra.service import Service
 
-# session fixtures for real services: a git daemon, a PostgreSQL server
+# session fixtures for real services: a git daemon, a PostgreSQL server, one browser (a
+# session fixture imported into two test files would be two, and Playwright's second
+# synchronous instance refuses to start inside the first one's event loop)
 pytest_plugins = [
     "tests.support.gitserver",
     "tests.support.postgres",
     "tests.support.redis",
     "tests.support.netns",
     "tests.support.pypi",
+    "tests.support.browser",
 ]
 
 

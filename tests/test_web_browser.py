@@ -16,7 +16,7 @@ import pytest
 
 from orchestra.config import Settings
 from orchestra.service import Service
-from tests.support.browser import Visit, browser, other_origin, visit  # noqa: F401
+from tests.support.browser import Visit, other_origin, visit
 from tests.support.helpers import write_module
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.server import LiveServer, serve_in_thread
@@ -36,7 +36,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tab(browser: Browser, live_server: LiveServer, shots: Path) -> Iterator[Visit]:  # noqa: F811
+def tab(browser: Browser, live_server: LiveServer, shots: Path) -> Iterator[Visit]:
     """A fresh browser tab on the live server; afterwards, no request left its origin."""
     with visit(browser, live_server.url, shots) as opened:
         yield opened
@@ -175,7 +175,7 @@ def guarded(settings: Settings) -> Iterator[LiveServer]:
 
 
 def test_with_a_token_changes_need_sign_in_and_the_same_origin(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     guarded: LiveServer,
     shots: Path,
 ) -> None:
@@ -225,7 +225,7 @@ def test_the_root_sends_a_browser_to_the_dashboard(tab: Visit) -> None:
 
 
 def test_every_page_reads_without_javascript(
-    browser: Browser,  # noqa: F811
+    browser: Browser,
     live_server: LiveServer,
     shots: Path,
 ) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra.service import Service
-from tests.support.browser import Visit, browser, visit  # noqa: F401
+from tests.support.browser import Visit, visit
 from tests.support.paths import ROOT
 from tests.support.server import LiveServer
 
@@ -57,7 +57,7 @@ def test_a_trainable_modules_page_lists_versions_and_escapes_metric_names(
 
 
 @pytest.fixture
-def tab(browser: Browser, live_server: LiveServer, tmp_path: Path) -> Iterator[Visit]:  # noqa: F811
+def tab(browser: Browser, live_server: LiveServer, tmp_path: Path) -> Iterator[Visit]:
     """A fresh browser tab on the live server; afterwards, no request left its origin."""
     with visit(browser, live_server.url, tmp_path / "screenshots") as opened:
         yield opened

@@ -723,6 +723,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "responses": {
             "201": _json(_ref("ModelVersion"), "the version made"),
             "400": _error("a file missing, or the digest does not match"),
+            "404": _error("no such task"),
             "409": _error("the task does not run (on this worker), or is not a training"),
         },
     },
