@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 @pytest.fixture
 def app(service: Service) -> Flask:
     """The REST API around the test's service."""
-    from orchestra.api import create_app
+    from orchestra.app import create_app
 
     return create_app(service=service)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.helpers import run_cli, wait_for, write_module

@@ -12,7 +12,7 @@ import pytest
 
 from orchestra.access.roles import Role
 from orchestra.access.rules import RULES
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.server import LiveServer, serve_in_thread

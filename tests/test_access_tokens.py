@@ -146,7 +146,7 @@ def test_the_plain_token_is_never_written_in_the_data_folder_or_the_logs(
 
 
 def test_a_server_without_tokens_refuses_to_make_one_for_anybody(service: Service) -> None:
-    from orchestra.api import create_app
+    from orchestra.app import create_app
 
     client = create_app(service=service).test_client()
     answer = client.post("/tokens", json={"name": "mine", "role": "admin"})

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
 
@@ -161,7 +161,7 @@ def test_an_unexpected_error_is_logged_and_answered_as_json_500(
         raise RuntimeError("a bug")
 
     app.add_url_rule("/broken", view_func=broken)
-    with caplog.at_level(logging.ERROR, logger="orchestra.api.errors"):
+    with caplog.at_level(logging.ERROR, logger="orchestra.edge.errors"):
         answer = app.test_client().get("/broken")
     assert answer.status_code == 500
     assert answer.json == {"error": "internal server error"}

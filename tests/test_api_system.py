@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra import __version__
-from orchestra.api import create_app
 from orchestra.api.openapi import OPERATIONS, is_documented, openapi_path
+from orchestra.app import create_app
 from orchestra.service import Service
 
 if TYPE_CHECKING:

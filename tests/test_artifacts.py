@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from orchestra import __version__
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
 from orchestra.storage.files import TaskFolder

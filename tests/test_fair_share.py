@@ -12,7 +12,7 @@ import pytest
 
 from orchestra.access.caller import Caller, acting_as
 from orchestra.access.roles import Role
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.errors import TooManyRequests
 from orchestra.service import Service

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings, load_settings
 from orchestra.limits import MAX_PAGE
 from orchestra.service import Service

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestra.api import create_app
+from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.gitserver import GitDaemon, make_repo

@@ -54,8 +54,8 @@ def _schema_type(schema: dict[str, Any]) -> str:
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of a server with a token set, as ``GET /openapi.json`` gives it."""
-    from orchestra.api import create_app
     from orchestra.api.openapi import build_document
+    from orchestra.app import create_app
     from orchestra.config import load_settings
 
     with tempfile.TemporaryDirectory(prefix="orchestra-docsgen-") as home:

@@ -1,39 +1,21 @@
-"""The REST API: ``create_app()`` builds a Flask app around one Service; nothing at import."""
+"""The REST API: one blueprint per resource, added to the app by ``init_app``; nothing at import.
+
+``orchestra.app.create_app`` builds the application with the dashboard beside it.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
-from flask import Flask
-
 if TYPE_CHECKING:
-    from orchestra.config import Settings
-    from orchestra.service import Service
-
-_LOGGER = logging.getLogger(__name__)
+    from flask import Flask
 
 
-def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
-    """A Flask app serving ``service`` (built from ``settings`` when not given)."""
-    from orchestra.api import access, auth, errors, models, modules, routing, system, tasks, workers
+def init_app(app: Flask) -> None:
+    """Register the API's blueprints, and offer its OpenAPI document to the dashboard's /docs."""
+    from orchestra.api import access, models, modules, system, tasks, workers
+    from orchestra.edge.routing import OPENAPI_DOCUMENT
 
-    if service is None:
-        from orchestra.config import load_settings
-        from orchestra.service import Service
-
-        service = Service(settings or load_settings())
-    settings = service.settings
-    app = Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["orchestra"] = service
-    errors.init_app(app)
-    routing.init_app(app)
-    auth.init_app(app, service.access.tokens, protect_reads=settings.protect_reads)
     for blueprint in (modules.bp, tasks.bp, models.bp, system.bp, workers.bp, access.bp):
         app.register_blueprint(blueprint)
-    from orchestra import web
-
-    web.init_app(app)
-    return app
+    app.extensions[OPENAPI_DOCUMENT] = system.openapi

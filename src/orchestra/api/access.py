@@ -7,8 +7,8 @@ from datetime import datetime
 from flask import Blueprint, Response, jsonify
 
 from orchestra.access.caller import ANONYMOUS_NAME, current
-from orchestra.api import inputs
-from orchestra.api.routing import current_service as service
+from orchestra.edge import inputs
+from orchestra.edge.routing import current_service as service
 from orchestra.errors import Forbidden, InvalidInput
 from orchestra.limits import MAX_PAGE
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from orchestra import zipstream
-from orchestra.api import inputs
-from orchestra.api.auth import for_workers
 from orchestra.api.modules import accepted
-from orchestra.api.routing import both_forms
-from orchestra.api.routing import current_service as service
 from orchestra.api.workers import WORKER_HEADER
+from orchestra.edge import inputs
+from orchestra.edge.auth import for_workers
+from orchestra.edge.routing import both_forms
+from orchestra.edge.routing import current_service as service
 from orchestra.errors import InvalidInput, NotFound
 from orchestra.models.versions import MAX_VERSION
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.datastructures import FileStorage
 
-from orchestra.api import inputs
-from orchestra.api.auth import changes_state
-from orchestra.api.routing import both_forms
-from orchestra.api.routing import current_service as service
+from orchestra.edge import inputs
+from orchestra.edge.auth import changes_state
+from orchestra.edge.files import save_upload
+from orchestra.edge.routing import both_forms
+from orchestra.edge.routing import current_service as service
 from orchestra.errors import InvalidInput
 
 _LOGGER = logging.getLogger(__name__)
@@ -124,16 +123,6 @@ def _source_fields(raw: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, s
             raise InvalidInput(f"{key}: must not contain a NUL character", key=key)
         fields[key] = value
     return fields
-
-
-def save_upload(upload: FileStorage, folder: Path) -> Path:
-    """Keep an uploaded archive under a fresh name in ``folder``."""
-    # the client's file name is never used: it could name anything, anywhere
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{uuid.uuid4().hex}.zip"
-    upload.save(target)
-    _LOGGER.info("received archive %s (%d bytes)", target.name, target.stat().st_size)
-    return target
 
 
 def get_module(module_id: int) -> Response:

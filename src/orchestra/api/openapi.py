@@ -16,7 +16,7 @@ from werkzeug.routing import Rule
 
 from orchestra import __version__
 from orchestra.access.rules import rule_for
-from orchestra.api.auth import changes_state_view
+from orchestra.edge.auth import changes_state_view
 from orchestra.limits import MAX_ID
 
 _LOGGER = logging.getLogger(__name__)

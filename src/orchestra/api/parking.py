@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from waitress.task import ThreadedTaskDispatcher
 
-from orchestra.api.inputs import parse_wait
+from orchestra.edge.inputs import parse_wait
 from orchestra.errors import InvalidInput
 from orchestra.tasks import queries
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from waitress import wasyncore
 from waitress.server import create_server
 
-from orchestra.api import create_app
 from orchestra.api.parking import ParkingDispatcher
+from orchestra.app import create_app
 from orchestra.errors import InvalidInput
 
 if TYPE_CHECKING:

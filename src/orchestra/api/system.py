@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify
 
 from orchestra.api.openapi import build_document
-from orchestra.api.routing import current_service
+from orchestra.edge.routing import current_service
 
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("system", __name__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request, send_file
 
 from orchestra import __version__
-from orchestra.api import inputs
-from orchestra.api.auth import for_workers
-from orchestra.api.routing import both_forms
-from orchestra.api.routing import current_service as service
+from orchestra.edge import inputs
+from orchestra.edge.auth import for_workers
+from orchestra.edge.routing import both_forms
+from orchestra.edge.routing import current_service as service
 
 bp = Blueprint("workers", __name__)
 WORKER_HEADER = "X-Orchestra-Worker"  # the name of the worker sending, checked against the task

@@ -10,8 +10,8 @@ if TYPE_CHECKING:
 
 def init_app(app: Flask) -> None:
     """Add the dashboard, its security headers, its sign-in check and the metrics to ``app``."""
-    from orchestra.api.auth import guards_itself
-    from orchestra.api.errors import pages_under
+    from orchestra.edge.auth import guards_itself
+    from orchestra.edge.errors import pages_under
     from orchestra.web import errors, filters, headers, metrics, pages, site
 
     metrics.init_app(app)

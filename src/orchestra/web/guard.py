@@ -16,8 +16,8 @@ from flask import request
 
 from orchestra.access.caller import current
 from orchestra.access.rules import rule_for
-from orchestra.api.auth import COOKIE
-from orchestra.api.routing import current_service
+from orchestra.edge.auth import COOKIE
+from orchestra.edge.routing import current_service
 from orchestra.errors import Forbidden
 
 __all__ = ["COOKIE", "check", "may", "same_origin", "signed_in"]

@@ -24,10 +24,8 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from orchestra.api import inputs
-from orchestra.api import tasks as task_routes
-from orchestra.api.modules import save_upload
-from orchestra.api.routing import current_service as service
+from orchestra.edge import files, inputs
+from orchestra.edge.routing import current_service as service
 from orchestra.errors import InvalidInput, NotFound, Unauthorized
 from orchestra.manifest import parse_manifest
 from orchestra.records import ModuleInfo, TaskInfo
@@ -117,7 +115,7 @@ def _uploaded_archive() -> Path | None:
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         return None
-    return save_upload(upload, service().settings.uploads_dir)
+    return files.save_upload(upload, service().settings.uploads_dir)
 
 
 @bp.post("/module/<module_id:module_id>/update")
@@ -254,7 +252,7 @@ def kill(task_id: int) -> BaseResponse:
 @bp.get("/task/<task_id:task_id>/output")
 def output(task_id: int) -> Response:
     """Every output file: the file itself when there is one, else a zip of them all."""
-    return task_routes.task_output(task_id)
+    return files.task_output(task_id)
 
 
 @bp.get("/task/<task_id:task_id>/output/<path:name>")
@@ -262,7 +260,7 @@ def output_file(task_id: int, name: str) -> Response:
     """One output file, as a download, or inline when it is a raster image (``?inline=1``)."""
     if request.args.get("inline") == "1":
         return _inline_image(task_id, name)
-    return task_routes.task_output_file(task_id, name)
+    return files.task_output_file(task_id, name)
 
 
 def _inline_image(task_id: int, name: str) -> Response:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, redirect, render_template, send_from_directory
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    send_from_directory,
+)
 
+from orchestra.edge.routing import OPENAPI_DOCUMENT
 from orchestra.web import guard, metrics
 
 _LOGGER = logging.getLogger(__name__)
@@ -30,9 +40,8 @@ def docs() -> str:
 @bp.get("/docs/openapi.json")
 def docs_document() -> Response:
     """The OpenAPI document for the docs page (signed in by cookie where reads need it)."""
-    from orchestra.api.system import openapi
-
-    return openapi()
+    build: Callable[[], Response] = current_app.extensions[OPENAPI_DOCUMENT]  # the API offers it
+    return build()
 
 
 @bp.get("/docs/<name>")

@@ -8,8 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from orchestra.api import inputs
-from orchestra.api.routing import current_service as service
+from orchestra.edge import inputs
+from orchestra.edge.routing import current_service as service
 from orchestra.errors import InvalidInput
 from orchestra.manifest import Param, parse_manifest
 from orchestra.records import ModuleInfo

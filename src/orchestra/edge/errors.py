@@ -65,7 +65,7 @@ def _http_error(exc: HTTPException) -> Any:
 
 def _unexpected_error(exc: Exception) -> Response:
     if is_disk_full(exc):  # not a bug: an answer the client can act on (SPEC section 9)
-        from orchestra.api.routing import current_service
+        from orchestra.edge.routing import current_service
 
         return _orchestra_error(disk_full(current_service().settings.home))
     # a bug or a failing dependency: keep the traceback in the log, not in the answer

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from orchestra.service import Service
 
 _MAX_ID_DIGITS = len(str(MAX_ID))
+# app.extensions key of the function that builds the OpenAPI document: the API offers it,
+# the dashboard's /docs page serves it, and neither imports the other for it
+OPENAPI_DOCUMENT = "orchestra.openapi"
 
 
 class _IdConverter(BaseConverter):
