@@ -85,36 +85,52 @@ def run_bench(ctx: Context) -> list[Row]:
     reps = ctx.reps(3, 1)
     scratch = ctx.folder("throughput")
     env = orchestra_env(scratch / "home", ctx.uv_cache, max_running=str(STREAMS))
-    with Server(env, scratch / "server.log") as server:
+    warm_env = orchestra_env(scratch / "home-warm", ctx.uv_cache, max_running=str(STREAMS),
+                             warm="1")  # fmt: skip
+    with (
+        Server(env, scratch / "server.log") as server,
+        Server(warm_env, scratch / "server-warm.log") as warm,
+    ):
         module = ctx.prepare("noop", scratch / "module")
-        module_id = server.register(module)
+        module_id, warm_id = server.register(module), warm.register(module)
+        warm.warm_up(warm_id)
         bare = bare_command(server.home, module, scratch / "bare-out")
         pids = {"server": server.pid, "launcher": _launcher_pid(server.pid)}
-        used, bare_used = _Usage(), _Usage()
-        ctx.log(f"throughput: {reps} rep(s) of {count} tasks through Orchestra / bare ceiling")
-        ours, ceiling = alternate(
+        used, bare_used, warm_used = _Usage(), _Usage(), _Usage()
+        warm_pids = {"server": warm.pid, "launcher": _launcher_pid(warm.pid)}
+        ctx.log(f"throughput: {reps} rep(s) of {count} tasks through Orchestra (cold, warm)"
+                " / bare ceiling")  # fmt: skip
+        ours, ceiling, warmed = alternate(
             reps,
             [
                 lambda: _orchestra_rate(server, module_id, count, _Meter(pids), used),
                 lambda: _ceiling(bare, count, _Meter({}), bare_used),
+                lambda: _orchestra_rate(warm, warm_id, count, _Meter(warm_pids), warm_used),
             ],
             ctx.log,
             unit="tasks/s",
         )
     ctx.report.note(NAME, _cpu_note(used, bare_used))
+    ctx.report.note(NAME, "with warm starts: " + _cpu_note(warm_used, bare_used))
     ctx.report.note(NAME, _floor_note(request_floor(ctx.count(FLOOR_REQUESTS, 50))))
-    ratio = paired_ratios(ours, ceiling)
     return [
-        Row(
-            NUMBER,
-            f"throughput, {count} no-op tasks, {STREAMS} at a time (tasks/s)",
-            fmt_stats(Stats(tuple(ours)), "tasks/s"),
-            fmt_stats(Stats(tuple(ceiling)), "tasks/s") + " (ceiling)",
-            f"{ratio.median:.0%} of the ceiling",
-            f"≥ {TARGET:.0%} of the ceiling",
-            ratio.median >= TARGET,
-        )
-    ]
+        _row(f"throughput, {count} no-op tasks, {STREAMS} at a time (tasks/s)", ours, ceiling),
+        _row(f"throughput with warm starts (ORCHESTRA_WARM=1), {count} no-op tasks, {STREAMS} at"
+             " a time (tasks/s)", warmed, ceiling),
+    ]  # fmt: skip
+
+
+def _row(label: str, ours: list[float], ceiling: list[float]) -> Row:
+    ratio = paired_ratios(ours, ceiling)
+    return Row(
+        NUMBER,
+        label,
+        fmt_stats(Stats(tuple(ours)), "tasks/s"),
+        fmt_stats(Stats(tuple(ceiling)), "tasks/s") + " (ceiling)",
+        f"{ratio.median:.0%} of the ceiling",
+        f"≥ {TARGET:.0%} of the ceiling",
+        ratio.median >= TARGET,
+    )
 
 
 def _orchestra_rate(

@@ -70,6 +70,7 @@ class Client:
     def __init__(self, port: int) -> None:
         self.port = port
         self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        self.server_seconds: float | None = None  # the last answer's Server-Timing, if any
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Send one request and return (status, decoded JSON body)."""
@@ -80,6 +81,7 @@ class Client:
                 self._conn.request(method, path, body=payload, headers=headers)
                 response = self._conn.getresponse()
                 raw = response.read()
+                self.server_seconds = _server_seconds(response.getheader("Server-Timing"))
                 break
             except (ConnectionError, http.client.HTTPException):
                 # the server may close an idle keep-alive connection: reconnect once
@@ -105,6 +107,14 @@ class Client:
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
+
+
+def _server_seconds(timing: str | None) -> float | None:
+    """The ``app;dur=MS`` of a Server-Timing header, in seconds."""
+    for part in (timing or "").split(";"):
+        if part.strip().startswith("dur="):
+            return float(part.strip()[4:]) / 1000
+    return None
 
 
 class Server:
@@ -197,6 +207,14 @@ class Server:
         if task["status"] != "done":
             raise BenchError(f"task {task_id} ended {task['status']}: {task.get('error')}")
         return task
+
+    def warm_up(self, module_id: int, args: Mapping[str, str] | None = None) -> int:
+        """Run tasks until one starts warm (ORCHESTRA_WARM=1); how many it took."""
+        for count in range(1, 61):
+            if self.wait(self.submit(module_id, args)).get("start") == "warm":
+                return count
+            time.sleep(0.1)
+        raise BenchError(f"no task of module {module_id} started warm")
 
     def poll(self, task_id: int, interval: float = 0.05, timeout: float = 120.0) -> None:
         """GET /task/<id> every ``interval`` until it is done."""

@@ -25,8 +25,10 @@ import bench_memory
 import bench_models
 import bench_overhead
 import bench_register
+import bench_reuse
 import bench_throughput
 import bench_waiting
+import bench_warm
 import bench_zip
 from context import Context
 from harness import ROOT, Report, Row, machine_description, render_table
@@ -47,6 +49,8 @@ BENCHES: list[ModuleType] = [
     bench_zip,
     bench_waiting,
     bench_models,
+    bench_warm,
+    bench_reuse,
 ]
 BY_NAME = {bench.NAME: bench for bench in BENCHES}
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -402,3 +402,46 @@ def test_workers_take_the_fairest_task_not_the_next_message(
     assert (finals[-1]["submitted_by"], finals[-1]["user"]) == (
         ("front-users", "bob") if two_users else ("batch-tokens", None)
     )
+
+
+def test_a_deterministic_module_s_answer_is_reused_without_a_worker(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    code = "import os\n(out / 'answer.txt').write_text(os.urandom(8).hex())"
+    folder = write_module(
+        tmp_path / "answers", name="answers", code=code, extra={"deterministic": True}
+    )
+    module = cluster.register(folder)
+    first = cluster.wait_status(cluster.run(module, start="2020"), {"done", "error", "killed"})
+    assert first["status"] == "done" and first["worker"] in {"w0", "w1"}, first
+    assert first["start"] == "cold"
+    answer = cluster.call("POST", f"/module/{module}/run", {"start": "2020"}).json()
+    assert answer["status"] == "done"  # answered by the API at once: no worker involved
+    second = cluster.task(answer["task"])
+    assert second["reused_from"] == first["id"] and second["worker"] is None
+    body = cluster.call("GET", f"/task/{first['id']}/output/answer.txt").body
+    assert cluster.call("GET", f"/task/{second['id']}/output/answer.txt").body == body
+    fresh = cluster.run(module, start="2020", fresh=True)
+    again = cluster.wait_status(fresh, {"done", "error", "killed"})
+    assert again["reused_from"] is None and again["worker"] in {"w0", "w1"}, again
+    assert cluster.call("GET", f"/task/{fresh}/output/answer.txt").body != body
+
+
+def test_a_worker_with_warm_starts_runs_its_tasks_warm(cluster: Cluster, tmp_path: Path) -> None:
+    if "task sandbox: on" not in cluster.workers[0].text():
+        require_service("bubblewrap", "warm starts need the task sandbox")
+    worker = cluster.add_worker(queues="warmq", warm="1")
+    folder = _module(tmp_path, "warmed", queue="warmq")
+    module = cluster.register(folder)
+    starts = []
+    for attempt in range(30):
+        task_id = cluster.run(module, tag=f"w{attempt}", seconds=0)
+        final = cluster.wait_status(task_id, {"done", "error", "killed"})
+        assert final["status"] == "done" and final["worker"] == worker.name, final
+        starts.append(final["start"])
+        if final["start"] == "warm":
+            break
+    assert starts[0] == "cold" and starts[-1] == "warm", starts
+    body = cluster.call("GET", f"/task/{task_id}/output/result.txt").body.decode()
+    assert body.startswith(f"tag=w{attempt} ")
+    worker.stop()

@@ -66,6 +66,7 @@ BAD_IN_ENVIRONMENT = {
     "task_output_mb": "lots", "task_processes": "-2", "min_free_mb": "-100",
     "broker_url": "amqp://box-1", "api_url": "box-1:8470", "max_queued_per_submitter": "-1",
     "model_keep": "-1",
+    "warm": "sometimes", "warm_memory_mb": "-1", "warm_idle_seconds": "-5",
 }  # fmt: skip
 BAD_IN_FILE = {"api_token": 12345, "uv_cache": ["a", "b"]}
 
@@ -173,3 +174,12 @@ def _load_as_another_user(system: Path) -> int:
         finally:
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_warm_starts_are_off_unless_asked_and_keep_ten_minutes(tmp_path: Path) -> None:
+    settings = load_settings(environ={"ORCHESTRA_HOME": str(tmp_path)}, system_config=None)
+    assert (settings.warm, settings.warm_memory_mb, settings.warm_idle_seconds) == (False, 0, 600)
+    env = {"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_WARM": "1",
+           "ORCHESTRA_WARM_MEMORY_MB": "2048", "ORCHESTRA_WARM_IDLE_SECONDS": "30"}  # fmt: skip
+    warm = load_settings(environ=env, system_config=None)
+    assert (warm.warm, warm.warm_memory_mb, warm.warm_idle_seconds) == (True, 2048, 30.0)

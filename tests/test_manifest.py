@@ -345,6 +345,7 @@ VALID = [
     doc(install__requirements="reqs/requirements.txt", install__python_version="3.8"),
     doc(install__requirements=["numpy", "scipy<2"], timeout=12.5, anything={"kept": [1]}),
     doc(description="", version=3),
+    doc(deterministic=True, install__warm=False),
     doc(install__requirements_file="legacy/requirements.txt", install__requirements=["six"]),
     doc(
         contact="team@example.invalid",
@@ -399,6 +400,10 @@ INVALID = [
     doc(timeout=0),
     doc(timeout="60"),
     doc(version=True),
+    doc(deterministic="yes"),
+    doc(install__warm=1),
+    doc(args=["start", "fresh"]),
+    doc(hyperparameters=[["model", "int"]]),
     doc(install__requirements_file="../outside.txt"),
     doc(install__requirements_file=["a.txt"]),
     doc(output={"type": "catalog", "classmap": {"ICME": "one"}}),

@@ -155,12 +155,15 @@ class _Listener:
                 connection.sendall(b"hello")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["cold", "warm"])
 def guarded(
-    tmp_path_factory: pytest.TempPathFactory, uv_cache: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, uv_cache: Path
 ) -> Iterator[tuple[ServerProcess, _Listener]]:
-    """A real server with a token (in its own environment), and a port to reach."""
-    server = ServerProcess(tmp_path_factory.mktemp("sandbox") / "home", uv_cache, api_token=TOKEN)
+    """A real server with a token (in its own environment), and a port to reach; its tasks
+    start cold, or warm wherever they can (SPEC section 12: every promise holds for both)."""
+    warm = "1" if request.param == "warm" else "0"
+    home = tmp_path_factory.mktemp("sandbox") / "home"
+    server = ServerProcess(home, uv_cache, api_token=TOKEN, warm=warm)
     listener = _Listener()
     server.start()
     try:
@@ -189,6 +192,18 @@ def _register(server: ServerProcess, folder: Path) -> int:
 
 
 def _probe(server: ServerProcess, module_id: int, port: int, other: Path) -> dict[str, str]:
+    """The probe's report, from a warm start when the server starts tasks warm."""
+    warm = server.env.get("ORCHESTRA_WARM") == "1"
+    for _ in range(40):  # the first run is cold, and the warm interpreter starts after it
+        report, start = _probe_once(server, module_id, port, other)
+        if start == ("warm" if warm else "cold"):
+            return report
+    raise AssertionError(f"the probe never started {'warm' if warm else 'cold'}")
+
+
+def _probe_once(
+    server: ServerProcess, module_id: int, port: int, other: Path
+) -> tuple[dict[str, str], str]:
     home = server.home
     args = {"port": port, "database": str(home / "orchestra.db"), "other_output": str(other),
             "server_pid": server.pid, "home": str(home)}  # fmt: skip
@@ -197,7 +212,7 @@ def _probe(server: ServerProcess, module_id: int, port: int, other: Path) -> dic
     assert task["status"] == "done", task
     report = http("GET", f"{server.url}/task/{task_id}/output/report.json")
     assert report.status == 200
-    return dict(report.json())
+    return dict(report.json()), str(task["start"])
 
 
 @pytest.mark.usefixtures("needs_sandbox")

@@ -72,6 +72,9 @@ class Settings:
     api_url: str = ""  # where a worker reaches the API (packages, outputs, logs)
     max_queued_per_submitter: int = 0  # queued tasks one submitter may have (0 = no limit)
     model_keep: int = 0  # model versions kept per module after a training, plus aliased; 0 = all
+    warm: bool = False  # start tasks from warm interpreters where modules allow (sandbox needed)
+    warm_memory_mb: int = 0  # MB the warm interpreters may hold; 0 = a quarter of the machine's
+    warm_idle_seconds: float = 600.0  # seconds a warm interpreter is kept unused
 
     @property
     def db_url(self) -> str:
@@ -184,6 +187,8 @@ _RULES: dict[str, _Rule] = {
     "min_free_mb": _at_least(0, "a whole number of MB"),
     "max_queued_per_submitter": _at_least(0, "a whole number of tasks (0: no limit)"),
     "model_keep": _at_least(0, "a whole number of versions (0: keep all)"),
+    "warm_memory_mb": _at_least(0, "a whole number of MB (0: a quarter of the memory)"),
+    "warm_idle_seconds": _at_least(0, "a number of seconds"),
     **{name: _url(schemes) for name, schemes in _URL_SCHEMES.items()},
     "index_url": _Rule(
         lambda v: v == "" or bool(_INDEX_URL.match(v)), "empty (PyPI) or an http(s) or file URL"

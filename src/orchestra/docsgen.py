@@ -61,7 +61,11 @@ def openapi_document() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="orchestra-docsgen-") as home:
         settings = load_settings({"home": home, "api_token": "documented"}, environ={})
         app = create_app(settings)
-        return build_document(app, token=True, protect_reads=False)
+        try:
+            return build_document(app, token=True, protect_reads=False)
+        finally:
+            # its database opens in the background, in ``home``: done before ``home`` goes
+            app.extensions["orchestra"].close()
 
 
 def rest_page(document: dict[str, Any]) -> str:

@@ -80,6 +80,9 @@ class Manifest:
     resolve_as_of: str | None = None  # a date, or "commit": nothing released later is used
     train: Training | None = None  # how it is trained (SPEC §10); None: it is not
     model_required: bool = False  # whether a run needs a model version (model.required)
+    # same generation and arguments give the same outputs: answers may be reused (section 12)
+    deterministic: bool = False
+    warm: bool = True  # whether its tasks may start from a warm interpreter (install.warm)
 
 
 def load_manifest(folder: Path) -> Manifest:
@@ -141,9 +144,11 @@ def parse_manifest(data: Any) -> Manifest:
     queue = _queue(install, problems)
     resolve_as_of = _resolve_as_of(install, problems)
     timeout = _timeout(data, problems)
-    network, limits = _network(data, problems), _limits(data, problems)
+    network, limits = _flag(data, "network", problems), _limits(data, problems)
     train = _train(data, problems)
     model_required = _model_required(data, train is not None, problems)
+    deterministic = _flag(data, "deterministic", problems)
+    warm = _flag(install, "warm", problems, default=True, where="install.")
     if problems:
         raise InvalidMetadata(problems)
     return Manifest(
@@ -153,6 +158,7 @@ def parse_manifest(data: Any) -> Manifest:
         requirements=requirements, python_version=python_version, timeout=timeout,
         inputs=inputs, requirements_file=requirements_file, network=network, limits=limits,
         queue=queue, resolve_as_of=resolve_as_of, train=train, model_required=model_required,
+        deterministic=deterministic, warm=warm,
     )  # fmt: skip
 
 
@@ -169,7 +175,7 @@ def _train(data: dict, problems: list[str]) -> Training | None:
     defaults = _defaults(value, inputs, found)
     timeout = _timeout(value, found)
     queue = _queue(value, found) if "queue" in value else None
-    network = _network(value, found) if "network" in value else None
+    network = _flag(value, "network", found) if "network" in value else None
     limits = _limits(value, found) if "limits" in value else None
     problems += [
         "train." + p.replace("install.executable", "executable").replace("install.queue", "queue")
@@ -475,11 +481,13 @@ def _timeout(data: dict, problems: list[str]) -> float | None:
     return float(value)
 
 
-def _network(data: dict, problems: list[str]) -> bool:
-    value = data.get("network", False)
+def _flag(
+    data: dict, key: str, problems: list[str], *, default: bool = False, where: str = ""
+) -> bool:
+    value = data.get(key, default)
     if not isinstance(value, bool):
-        problems.append(f"network: must be true or false, not {_kind(value)}")
-        return False
+        problems.append(f"{where}{key}: must be true or false, not {_kind(value)}")
+        return default
     return value
 
 

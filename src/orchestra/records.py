@@ -109,6 +109,8 @@ class TaskInfo(_Record):
     # the model version it was given (a run), or its base (a training): {version, digest}
     model: dict[str, Any] | None = None
     trained: int | None = None  # the version a done training made
+    reused_from: int | None = None  # the earlier task whose outputs answered it (section 12)
+    start: str | None = None  # warm or cold: how its interpreter started, once it has
 
 
 @dataclass(frozen=True)

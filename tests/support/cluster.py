@@ -123,8 +123,11 @@ class Cluster(ApiCalls):
         """What the API server logged."""
         return (self.root / "api.log").read_text(errors="replace")
 
-    def add_worker(self, queues: str = "default", concurrency: int = 1) -> ClusterWorker:
-        """A new worker in a new namespace, started and announced in the database."""
+    def add_worker(
+        self, queues: str = "default", concurrency: int = 1, **settings: str
+    ) -> ClusterWorker:
+        """A new worker in a new namespace, started and announced in the database;
+        ``settings`` as ORCHESTRA_* variables of its own."""
         index = len(self.workers)
         namespace = self.network.add()
         home = self.root / f"worker-{index}"
@@ -133,6 +136,7 @@ class Cluster(ApiCalls):
             **self.base_env, "ORCHESTRA_HOME": str(home), "ORCHESTRA_API_URL": self.url,
             "ORCHESTRA_BROKER_URL": self.redis.url(host), "ORCHESTRA_DATABASE_URL": self.worker_db,
             "ORCHESTRA_API_TOKEN": self.worker_token,
+            **{f"ORCHESTRA_{k.upper()}": v for k, v in settings.items()},
         }  # fmt: skip
         worker = ClusterWorker(f"w{index}", namespace, home, env)
         self.workers.append(worker)

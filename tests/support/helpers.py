@@ -149,8 +149,12 @@ def write_module(
     args: list[Any] | None = None,
     output: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """A tiny module without requirements: ``code`` is the body of its ``main(out, args)``."""
+    """A tiny module without requirements: ``code`` is the body of its ``main(out, args)``.
+
+    ``extra`` adds (or replaces) top-level metadata keys.
+    """
     metadata = {
         "name": name,
         "description": f"test module {name}",
@@ -159,6 +163,7 @@ def write_module(
         "defaults": defaults or {},
         "output": output or {"type": "files"},
         "install": {"executable": "tinymod", "files": ["tinymod"]},
+        **(extra or {}),
     }
     package = folder / "tinymod"
     package.mkdir(parents=True)

@@ -156,7 +156,9 @@ SCHEMAS: dict[str, Any] = {
     },
     "RunArguments": {
         "type": "object",
-        "description": "argument and hyperparameter values by name",
+        "description": "argument and hyperparameter values by name, and the request option"
+        " fresh: true (run it again rather than reuse a deterministic module's earlier answer),"
+        " which is not passed to the module",
         "additionalProperties": _SCALAR,
     },
     "RunAccepted": {
@@ -212,6 +214,16 @@ SCHEMAS: dict[str, Any] = {
             "trained": {
                 "type": ["integer", "null"],
                 "description": "the version a done training made",
+            },
+            "reused_from": {
+                "type": ["integer", "null"],
+                "description": "the earlier task of a deterministic module whose outputs"
+                " answered this one (it never ran); a request with fresh=true runs anew",
+            },
+            "start": {
+                "type": ["string", "null"],
+                "enum": ["warm", "cold", None],
+                "description": "whether its interpreter had already imported the module's stack",
             },
         },
     },

@@ -55,6 +55,7 @@ class TaskSpec:
     # the model version given read-only ({module_id, version, digest}): a run's model, or a
     # training's base
     model: Mapping[str, Any] | None = None
+    warm: bool = True  # the module's ``install.warm``: whether it may start warm
 
     def to_json(self) -> dict[str, Any]:
         """The form kept in the task row's ``spec`` column."""
@@ -66,6 +67,7 @@ class TaskSpec:
             "queue": self.queue, "catalog": dict(self.catalog) if self.catalog else None,
             "network": self.network, "limits": dict(self.limits) if self.limits else None,
             "kind": self.kind, "model": dict(self.model) if self.model else None,
+            "warm": self.warm,
         }  # fmt: skip
 
     @classmethod
@@ -84,6 +86,7 @@ class TaskSpec:
                 queue=str(data.get("queue") or "default"), catalog=data.get("catalog"),
                 network=bool(data.get("network", False)), limits=data.get("limits"),
                 kind=str(data.get("kind") or "run"), model=data.get("model"),
+                warm=bool(data.get("warm", True)),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a task spec: {exc}") from exc

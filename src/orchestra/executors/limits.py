@@ -231,6 +231,13 @@ class Guard:
         resource.setrlimit(which, (soft, hard))
         self._saved.append((which, old))
 
+    def place(self, pid: int) -> None:
+        """Put a process this one did not spawn (a warm start) in the task's cgroups and rlimits."""
+        for group in self._groups.values():
+            _write(os.path.join(group.path, "cgroup.procs"), str(pid))
+        for which, _old in self._saved:
+            resource.prlimit(pid, which, resource.getrlimit(which))
+
     def spawned(self) -> None:
         """Take this process's own rlimits back where it may (the module keeps its copy)."""
         for which, old in self._saved:

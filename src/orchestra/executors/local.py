@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 from orchestra.errors import OrchestraError
 from orchestra.executors import outcomes, proctree, sandbox
 from orchestra.executors.base import Handle, TaskSpec
+from orchestra.executors.warm import WarmPool
 from orchestra.models.store import ModelStore
 from orchestra.process import clean_env
 from orchestra.storage.files import InstallFolder, TaskFolder
@@ -61,6 +62,7 @@ class LocalExecutor:
         self._users = 0
         self._launcher: _Launcher | None = None
         self._watcher: _ExitWatcher | None = None
+        self._warm: WarmPool | None = None
 
     def open(self) -> None:
         """Start the launcher and the exit watcher (shared by every user of this executor)."""
@@ -72,6 +74,8 @@ class LocalExecutor:
                 cgroups = sandbox.prepared_cgroups(self._settings)
                 self._launcher = _Launcher(self._settings.home, cgroups, self._lifeline_fds())
                 self._watcher = _ExitWatcher()
+                if self._settings.warm and sandbox.detect(self._settings.sandbox).active:
+                    self._warm = WarmPool(self._settings)
 
     def _lifeline_fds(self) -> tuple[int, ...]:
         return () if self._lifeline is None else (self._lifeline[0],)
@@ -86,11 +90,14 @@ class LocalExecutor:
             if self._users or self._launcher is None or self._watcher is None:
                 return
             launcher, watcher, lifeline = self._launcher, self._watcher, self._lifeline
-            self._launcher = self._watcher = self._lifeline = None
+            warm = self._warm
+            self._launcher = self._watcher = self._lifeline = self._warm = None
         launcher.close()
         watcher.stop()
         for fd in lifeline or ():
             os.close(fd)
+        if warm is not None:
+            warm.close()
 
     def send(self, spec: TaskSpec) -> None:
         """Nothing to send: the server that claims a task starts it."""
@@ -149,13 +156,29 @@ class LocalExecutor:
         argv = [str(install.python), "-m", task.executable, str(output), *task.args]
         request = {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
                    "timeout": task.timeout, "grace": task.grace}  # fmt: skip
+        warm = self._warm_part(task, install, output)
+        if "learn_argv" in warm:  # a cold run that tells what it imported
+            request["argv"] = [argv[0], *warm.pop("learn_argv"), *argv[3:]]
         try:
-            return sandbox.confine(
+            confined = sandbox.confine(
                 request, settings=self._settings, install=install, output=output,
                 network=task.network, limits=task.limits, readonly=readonly,
             )  # fmt: skip
         except OrchestraError as exc:  # ORCHESTRA_SANDBOX=required and none here
             raise OSError(str(exc)) from exc
+        return {**confined, **warm}
+
+    def _warm_part(self, task: TaskSpec, install: InstallFolder, output: Path) -> dict[str, Any]:
+        """What a warm start (or a cold run that learns for one) adds to the launch request."""
+        pool = self._warm
+        if pool is None:
+            return {}
+        state = sandbox.detect(self._settings.sandbox)
+        try:
+            return pool.launch(task, install, output, state)
+        except OSError as exc:
+            _LOGGER.warning("task %s starts cold: %s", task.task_id, exc)
+            return {}
 
     def _model_folder(self, task: TaskSpec, env: dict[str, str]) -> list[Path]:
         """The model version a task reads (a run's, or a training's base), named in ``env``."""

@@ -7,6 +7,7 @@ reader of that result on the executor's side; the lifecycle only ever sees the o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -35,7 +36,13 @@ def read_result(folder: TaskFolder) -> dict[str, Any] | None:
 def outcome_from_result(
     folder: TaskFolder, result: Mapping[str, Any], spec: Mapping[str, Any]
 ) -> Outcome:
-    """What the supervisor's result means for the task."""
+    """What the supervisor's result means for the task, with how it started."""
+    outcome = _outcome(folder, result, spec)
+    start = result.get("start")
+    return dataclasses.replace(outcome, start=start) if start in ("warm", "cold") else outcome
+
+
+def _outcome(folder: TaskFolder, result: Mapping[str, Any], spec: Mapping[str, Any]) -> Outcome:
     reason = result.get("reason")
     code, signum = result.get("exit_code"), result.get("signal")
     if reason == "killed":

@@ -228,7 +228,7 @@ def confine(
 
 
 def bwrap_argv(
-    state: SandboxState, *, install: InstallFolder, output: Path, network: bool
+    state: SandboxState, *, install: InstallFolder, output: Path | None, network: bool
 ) -> list[str]:
     """bubblewrap's options for a task of ``install`` writing into ``output``."""
     # no --die-with-parent: the sandbox's pid 1 ignores the parent-death signal (the kernel
@@ -244,8 +244,47 @@ def bwrap_argv(
         argv += ["--ro-bind", prefix, prefix]
     # the generation (code, environment, its install log) in one bind: each costs a start
     argv += ["--ro-bind", str(install.root), str(install.root)]
-    argv += ["--bind", str(output), str(output)]
+    if output is not None:
+        argv += ["--bind", str(output), str(output)]
     return [*argv, "--chdir", str(install.code)]
+
+
+WARM_SCRIPT = "/orchestra-warm/forkserver.py"  # where a fork server's program is, inside
+_WARM_UID = "1000"  # a fork server's uid in its namespace (see forkserver.py)
+WARM_KEEP = "/orchestra-keep"  # forkserver.KEEP
+
+
+def warm_argv(
+    state: SandboxState,
+    *,
+    install: InstallFolder,
+    network: bool,
+    tasks_dir: Path,
+    sockets: Path,
+    script: Path,
+) -> list[str]:
+    """bubblewrap's options for a fork server of ``install``: a task's, less its output.
+
+    An empty mount point where tasks' folders are (each task's child attaches its own output
+    folder there), its socket's folder, its program; a uid that is not 0, so that each task's
+    child can map it into namespaces of its own without a capability.
+    """
+    argv = bwrap_argv(state, install=install, output=None, network=network)
+    argv += ["--dir", str(tasks_dir.resolve()), "--bind", str(sockets), str(sockets)]
+    argv += ["--ro-bind", str(script), WARM_SCRIPT, "--uid", _WARM_UID, "--gid", _WARM_UID]
+    # the fork server as its pid namespace's first process: when it ends (after its tasks),
+    # so does whatever an import left running there
+    argv += ["--dir", WARM_KEEP, "--as-pid-1"]
+    return [*argv, "--"]
+
+
+def warm_keep(install: InstallFolder) -> list[str]:
+    """The binds a warm task's child puts back after it has renewed /tmp."""
+    prefix = interpreter_prefix(str(install.env))
+    keep = [str(install.root)]
+    if prefix and prefix != "/usr" and not prefix.startswith("/usr/"):
+        keep.append(prefix)
+    return keep
 
 
 def installer_argv(

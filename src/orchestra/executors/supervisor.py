@@ -37,11 +37,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from orchestra.executors import limits, proctree
+    from orchestra.executors import limits, proctree, warmclient
 else:  # run by path with -I -S: the package is not importable, its sibling files are
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import limits  # type: ignore[no-redef]
     import proctree  # type: ignore[no-redef]
+    import warmclient  # type: ignore[no-redef]
 
 PR_SET_CHILD_SUBREAPER = 36
 _POLL = 0.05  # seconds between looks at the tree while it is being stopped
@@ -88,8 +89,8 @@ def _install_signals() -> None:
     signal.signal(signal.SIGHUP, lambda *_: None)
 
 
-def _wait_for_signal(timeout: float, lifeline: int | None = None) -> None:
-    watched = [_State.wake_read] if lifeline is None else [_State.wake_read, lifeline]
+def _wait_for_signal(timeout: float, lifeline: int | None = None, also: Any = None) -> None:
+    watched = [_State.wake_read, *(x for x in (lifeline, also) if x is not None)]
     ready, _, _ = select.select(watched, [], [], max(timeout, 0.0))
     if _State.wake_read in ready:
         os.read(_State.wake_read, 512)
@@ -176,18 +177,62 @@ def _spawn(spec: dict[str, Any], task_dir: str) -> int:
     if spec.get("cwd"):
         os.chdir(spec["cwd"])  # this process has no other use for its working directory
     log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.path.join(task_dir, "stdout.log"), log_flags, 0o644),
+        (os.POSIX_SPAWN_OPEN, 2, os.path.join(task_dir, "stderr.log"), log_flags, 0o644),
+    ]
+    if spec.get("learn"):  # what the module imports is written on descriptor 3 at its exit
+        learnt = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        actions.append((os.POSIX_SPAWN_OPEN, 3, _learning(spec["learn"]), learnt, 0o644))
     return os.posix_spawn(
         argv[0],
         argv,
         dict(os.environ) if env is None else {str(k): str(v) for k, v in env.items()},
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, os.path.join(task_dir, "stdout.log"), log_flags, 0o644),
-            (os.POSIX_SPAWN_OPEN, 2, os.path.join(task_dir, "stderr.log"), log_flags, 0o644),
-        ],
+        file_actions=actions,
         setsid=True,
         setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
     )
+
+
+def _learning(path: str) -> str:
+    return f"{path}.{os.getpid()}.tmp"
+
+
+def _learnt(spec: dict[str, Any]) -> None:
+    """Keep what a cold run imported (written at its exit), for the module's warm interpreter."""
+    path = spec.get("learn")
+    if not path:
+        return
+    try:
+        if os.path.getsize(_learning(path)):
+            os.replace(_learning(path), path)
+        else:
+            os.unlink(_learning(path))
+    except OSError:
+        pass
+
+
+def _start(
+    spec: dict[str, Any], task_dir: str, guard: limits.Guard | None
+) -> tuple[int, warmclient.WarmTask | None]:
+    """Start the module: through its fork server when the spec says so, else spawned."""
+    if spec.get("warm"):
+        place = guard.place if guard is not None else (lambda _pid: None)
+        try:
+            task = warmclient.start(spec, task_dir, place)
+            return task.pid, task
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _note(task_dir, f"warm start refused ({exc}): starting cold")
+    return _spawn(spec, task_dir), None
+
+
+def _note(task_dir: str, text: str) -> None:
+    try:
+        with open(os.path.join(task_dir, "supervisor.log"), "a", encoding="utf-8") as log:
+            log.write(text + "\n")
+    except OSError:
+        pass
 
 
 def _reap(module_pid: int) -> int | None:
@@ -214,14 +259,24 @@ def _has_children() -> bool:
             return False
 
 
+def _ended(module_pid: int, warm: warmclient.WarmTask | None) -> int | None:
+    """The module's wait status once it has ended (children are reaped either way)."""
+    status = _reap(module_pid)
+    return status if warm is None else warm.status()
+
+
 def _watch(
-    module_pid: int, timeout: float | None, guard: limits.Guard | None, lifeline: int | None
+    module_pid: int,
+    timeout: float | None,
+    guard: limits.Guard | None,
+    lifeline: int | None,
+    warm: warmclient.WarmTask | None = None,
 ) -> tuple[str, int | None]:
     """Wait until the module ends, or a stop, the timeout, a limit or the lifeline's end."""
     deadline = None if timeout is None else time.monotonic() + timeout
     interval = 3600.0 if guard is None or guard.interval is None else guard.interval
     while True:
-        status = _reap(module_pid)
+        status = _ended(module_pid, warm)
         if status is not None:
             return "exited", status
         if _State.stop_requested:
@@ -233,7 +288,7 @@ def _watch(
             return "timeout", None
         if guard is not None and guard.interval is not None and guard.check():
             return "limit", None
-        _wait_for_signal(min(remaining, interval), lifeline)
+        _wait_for_signal(min(remaining, interval), lifeline, warm)
 
 
 def _lifeline(spec: dict[str, Any]) -> int | None:
@@ -247,6 +302,22 @@ def _lifeline(spec: dict[str, Any]) -> int | None:
         _State.orphaned = True
         return None
     return fd
+
+
+def _stop_warm(warm: warmclient.WarmTask, grace: float, status: int | None) -> int | None:
+    """Stop a warm task: its first process passes SIGTERM on; SIGKILL ends its namespace."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _REAP_LIMIT)):
+        if status is not None:
+            return status
+        try:
+            os.kill(warm.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while status is None and time.monotonic() < deadline:
+            _wait_for_signal(_POLL, also=warm)
+            status = warm.status()
+    return status
 
 
 def _stop_tree(module_pid: int, grace: float, status: int | None) -> int | None:
@@ -294,7 +365,7 @@ def _supervise(
     try:
         if guard is not None:
             guard.enter()
-        module_pid = _spawn(spec, task_dir)
+        module_pid, warm = _start(spec, task_dir, guard)
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         if guard is not None:
             guard.leave()
@@ -312,12 +383,20 @@ def _supervise(
             "module_start": proctree.start_time(module_pid),
         }
     )
-    reason, status = _watch(module_pid, spec.get("timeout"), guard, lifeline)
+    reason, status = _watch(module_pid, spec.get("timeout"), guard, lifeline, warm)
     grace = float(spec.get("grace", 5.0))
-    if reason != "exited" or _has_children():
+    if warm is not None:
+        if reason != "exited":
+            status = _stop_warm(warm, grace, status)
+        if warm.said:
+            _note(task_dir, f"the fork server said: {warm.said}")
+        warm.close()
+    elif reason != "exited" or _has_children():
         # also when the module ended normally: what it left running dies with the task
         status = _stop_tree(module_pid, grace, status)
     result = _result(reason, status, started)
+    result["start"] = "cold" if warm is None else "warm"
+    _learnt(spec)
     if guard is not None:
         _judge(guard, result, status, reason)
     elif reason == "exited" and result["exit_code"] != 0 and limits.disk_full(task_dir):

@@ -110,6 +110,11 @@ class TaskRow(Base):
     kind: Mapped[str] = mapped_column(String(8), default="run", server_default="run")
     model_version: Mapped[int | None] = mapped_column(Integer)
     model_digest: Mapped[str | None] = mapped_column(String(80))
+    # what answers "the same request again" for a deterministic module: see tasks.reuse
+    reuse_key: Mapped[str | None] = mapped_column(String(64))
+    # the earlier task whose outputs answered this one (hard links to its files)
+    reused_from: Mapped[int | None] = mapped_column(Id)
+    start: Mapped[str | None] = mapped_column(String(8))  # warm | cold, once it has started
 
     __table_args__ = (
         # the primary key alone, so that paging deep into the list scans a narrow index
@@ -121,6 +126,7 @@ class TaskRow(Base):
         Index("ix_tasks_status_submitter", "status", "submitter", "id"),
         Index("ix_tasks_status_queue_submitter", "status", "queue", "submitter", "id"),
         Index("ix_tasks_submitter_started", "submitter", "started"),
+        Index("ix_tasks_reuse_key", "reuse_key", "id"),
     )
 
 

@@ -44,13 +44,16 @@ _LOGGER = logging.getLogger(__name__)
 _TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
 _COLUMNS = _TASKS.c
 _RUNNING = TaskStatus.RUNNING.value
+# how a claimed task's interpreter starts (SPEC section 12): every start is a new interpreter
+COLD = "cold"
 _QUEUED = TaskStatus.QUEUED.value
 _INSERT = insert(_TASKS)
 _SET_SPEC = (
     sql_update(_TASKS)
     .where(_COLUMNS.id == bindparam("task_id"))
     .values(spec=bindparam("new_spec"), status=bindparam("new_status"),
-            started=bindparam("new_started"), worker=bindparam("new_worker"))
+            started=bindparam("new_started"), worker=bindparam("new_worker"),
+            start=bindparam("new_start"))
 )  # fmt: skip
 _COUNT_RUNNING = select(func.count()).select_from(_TASKS).where(_COLUMNS.status == _RUNNING)
 _OLDEST_QUEUED = (
@@ -100,7 +103,7 @@ _CLAIM = _Move(
     .where(_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _QUEUED,
            _COLUMNS.kill_requested.is_(False))
     .values(status=_RUNNING, started=bindparam("now"), worker=bindparam("worker"),
-            heartbeat=bindparam("heartbeat"))
+            heartbeat=bindparam("heartbeat"), start=COLD)
 )  # fmt: skip
 _NOTIFY = text("SELECT pg_notify(:channel, :task)")
 _FINISH_CONDITION = (_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _RUNNING)
@@ -108,6 +111,7 @@ _FINISH_VALUES: dict[str, Any] = {
     "status": bindparam("new_status"), "finished": bindparam("now"),
     "exit_code": bindparam("new_exit_code"), "error": bindparam("new_error"),
     "output": bindparam("new_output"),
+    "start": func.coalesce(bindparam("new_start"), _COLUMNS.start),
 }  # fmt: skip
 _FINISH = _Move(sql_update(_TASKS).where(*_FINISH_CONDITION).values(**_FINISH_VALUES))
 # a worker's result counts only while the task is still its own: a late one changes nothing
@@ -159,6 +163,9 @@ class TaskRecord:
     kind: str = "run"
     model_version: int | None = None
     model_digest: str | None = None
+    reuse_key: str | None = None
+    reused_from: int | None = None
+    start: str | None = None
 
 
 def now() -> datetime:
@@ -200,6 +207,7 @@ class NewTask:
     max_queued: int = 0  # the submitter's queued tasks allowed (0: no limit)
     kind: str = "run"  # run or train (SPEC §10)
     model: tuple[int, str] | None = None  # the model version a run was given: number, digest
+    reuse_key: str | None = None  # set for a deterministic module's task (tasks.reuse)
 
     @property
     def submitter(self) -> str:
@@ -224,6 +232,7 @@ def create(
         "queue": new.queue,
         "kind": new.kind, "model_version": new.model[0] if new.model else None,
         "model_digest": new.model[1] if new.model else None,
+        "reuse_key": new.reuse_key,
     }  # fmt: skip
     slot_free = max_running is None
     with db.begin_write() as connection:
@@ -240,11 +249,13 @@ def create(
             running, older = connection.execute(_SLOTS_BEFORE, {"task_id": task_id}).one()
             slot_free = int(running or 0) < max_running
             if slot_free and older is None:
-                values.update(status=_RUNNING, started=values["created"], worker=worker)
+                values.update(status=_RUNNING, started=values["created"], worker=worker,
+                              start=COLD)  # fmt: skip
         connection.execute(
             _SET_SPEC,
             {"task_id": task_id, "new_spec": values["spec"], "new_status": values["status"],
-             "new_started": values["started"], "new_worker": values["worker"]},
+             "new_started": values["started"], "new_worker": values["worker"],
+             "new_start": values.get("start")},
         )  # fmt: skip
     return TaskRecord(id=task_id, **values), slot_free
 
@@ -258,6 +269,33 @@ def _check_quota(connection: Connection, new: NewTask) -> None:
             f"(ORCHESTRA_MAX_QUEUED_PER_SUBMITTER={new.max_queued}): try again later",
             retry_after=QUOTA_RETRY_AFTER,
         )
+
+
+def create_reused(
+    db: Database, new: NewTask, source: TaskRecord, share: Callable[[int], None]
+) -> TaskRecord:
+    """Insert a task done at once with ``source``'s outputs, which ``share(task_id)`` links.
+
+    The files are shared inside the insert's transaction: if that fails, no row remains.
+    """
+    moment = now()
+    values: dict[str, Any] = {
+        "module_id": new.module_id, "status": TaskStatus.DONE.value, "args": dict(new.args),
+        "created": moment, "started": moment, "finished": moment, "exit_code": 0,
+        "output": source.output, "timeout": new.timeout, "install_dir": new.install_dir,
+        "executor": new.executor, "kill_requested": False, "reuse_key": new.reuse_key,
+        "reused_from": source.id, "worker": None, "start": None,
+        "submitted_by": new.submitted_by, "user": new.user, "submitter": new.submitter,
+        "queue": new.queue, "kind": new.kind,
+        "model_version": new.model[0] if new.model else None,
+        "model_digest": new.model[1] if new.model else None,
+    }  # fmt: skip
+    with db.begin_write() as connection:
+        inserted = connection.execute(_INSERT, values).inserted_primary_key
+        assert inserted is not None
+        task_id = int(inserted[0])
+        share(task_id)
+    return TaskRecord(id=task_id, **values)
 
 
 def _next_claim(connection: Connection, max_running: int) -> int | None:
@@ -465,7 +503,7 @@ def _finish(
     values = {
         "now": now(), "new_status": TaskStatus(outcome.status).value,
         "new_exit_code": outcome.exit_code, "new_error": outcome.error,
-        "new_output": outcome.output,
+        "new_output": outcome.output, "new_start": outcome.start,
     }  # fmt: skip
     if worker is None:
         return _FINISH.apply(connection, task_id, values)

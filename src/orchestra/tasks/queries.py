@@ -24,7 +24,7 @@ _ID_BATCH = 500  # ids per "IN (…)" list: well below every database's limit on
 _LISTED = [
     c
     for c in TaskRow.__table__.columns  # type: ignore[attr-defined]
-    if c.name not in ("spec", "handle")
+    if c.name not in ("spec", "handle", "reuse_key")
 ]
 STATUSES = frozenset(s.value for s in TaskStatus)
 
@@ -56,6 +56,7 @@ def info(found: TaskRecord) -> TaskInfo:
         exit_code=found.exit_code, error=found.error, output=output, worker=found.worker,
         submitted_by=found.submitted_by, user=found.user,
         kind=found.kind, model=_model(found),
+        reused_from=found.reused_from, start=found.start,
     )  # fmt: skip
 
 
@@ -136,6 +137,20 @@ def unsettled(db: Database, task_ids: Iterable[int]) -> dict[int, str]:
         with db.connect() as connection:
             found.update((int(i), str(status)) for i, status in connection.execute(query))
     return found
+
+
+def starts(db: Database) -> dict[str, int]:
+    """How many tasks started warm, started cold, or were answered from an earlier one."""
+    kind = TaskRow.start
+    with db.connect() as connection:
+        pairs = connection.execute(
+            select(kind, func.count()).where(kind.is_not(None)).group_by(kind)
+        ).all()
+        reused = connection.execute(
+            select(func.count()).select_from(TaskRow).where(TaskRow.reused_from.is_not(None))
+        ).scalar()
+    found = {str(name): int(count) for name, count in pairs}
+    return {"warm": found.get("warm", 0), "cold": found.get("cold", 0), "reused": int(reused or 0)}
 
 
 def of_module(db: Database, module_id: int, *, active_only: bool = False) -> list[int]:

@@ -81,11 +81,14 @@ class TaskRunner:
         dispatcher = self.dispatcher
         if dispatcher is None:
             row, _ = self.submitter.create(module_id, args, claim_for=None, kind=kind)
-            self._send(row)
+            if row.status == TaskStatus.QUEUED:  # not an earlier answer reused
+                self._send(row)
             return queries.info(row)
         row, slot_free = self.submitter.create(
             module_id, args, claim_for=dispatcher.name, slots=dispatcher.slots(), kind=kind
         )
+        if row.status == TaskStatus.DONE:  # an earlier answer reused
+            return queries.info(row)
         if row.status == TaskStatus.RUNNING:
             # claimed with the insert: the shortest way to a started task, answered from
             # what the insert wrote
@@ -218,6 +221,10 @@ class TaskRunner:
     def queued_by_submitter(self) -> builtins.list[tuple[str, str | None, int]]:
         """How many tasks each submitter (token name, user) has waiting."""
         return queries.queued_by_submitter(self.db)
+
+    def starts(self) -> dict[str, int]:
+        """How many tasks started warm or cold, and how many reused an earlier answer."""
+        return queries.starts(self.db)
 
     def active_for_module(self, module_id: int) -> builtins.list[int]:
         """Ids of the module's queued and running tasks."""

@@ -33,3 +33,4 @@ class Outcome:
     exit_code: int | None = None
     error: str | None = None
     output: list[dict[str, Any]] | None = None
+    start: str | None = None  # warm or cold, as the supervisor started it (None: as claimed)

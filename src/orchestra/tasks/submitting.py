@@ -11,8 +11,8 @@ from orchestra import catalogs
 from orchestra.access.caller import current
 from orchestra.executors import sandbox
 from orchestra.executors.base import TaskSpec
-from orchestra.manifest import Manifest, argument_tail
-from orchestra.tasks import lifecycle, requests
+from orchestra.manifest import Manifest, Param, argument_tail, coerce_value
+from orchestra.tasks import lifecycle, requests, reuse
 from orchestra.tasks.lifecycle import NewTask, TaskRecord
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class Submitter:
         if claim_for is not None:
             # it runs here: ORCHESTRA_SANDBOX=required refuses it now, leaving no row
             sandbox.require(self.settings)
+        args, fresh = request_options(args)
         manifest, install = self.registry.runnable(module_id)
         request = self._request(module_id, manifest, args, kind)
         generation = install.root.name
@@ -66,12 +67,20 @@ class Submitter:
             return {**spec.to_json(), **request.extra}
 
         caller = current()
+        key = None
+        if manifest.deterministic and kind == "run":  # the model version is part of the answer
+            key = reuse.reuse_key(generation, request.bound, model[1] if model else None)
         new = NewTask(
             module_id, request.bound, request.timeout, generation, build_spec,
             self.executor_name, submitted_by=caller.name, user=caller.user,
             queue=request.overrides.get("queue", manifest.queue),
             max_queued=self.settings.max_queued_per_submitter, kind=kind, model=model,
+            reuse_key=key,
         )  # fmt: skip
+        if key is not None and not fresh:
+            reused = self._reuse(new, key)
+            if reused is not None:
+                return reused, False
         limit = slots if claim_for is not None else None
         return lifecycle.create(self.db, new, max_running=limit, worker=claim_for)
 
@@ -82,6 +91,23 @@ class Submitter:
         if kind == "train":
             return requests.training(self, module_id, manifest, args)
         return requests.run(self, module_id, manifest, args)
+
+    def _reuse(self, new: NewTask, key: str) -> TaskRecord | None:
+        """A task done at once with an earlier answer's outputs, or None to run it."""
+        tasks_dir = self.settings.tasks_dir
+        source = reuse.earlier_answer(self.db, tasks_dir, key)
+        if source is None:
+            return None
+        try:
+            return lifecycle.create_reused(
+                self.db,
+                new,
+                source,
+                lambda task_id: reuse.share_outputs(tasks_dir, source, task_id),
+            )
+        except OSError as exc:  # deleted meanwhile, or a full disk: it runs instead
+            _LOGGER.info("task %s's answer could not be shared (%s): running anew", source.id, exc)
+            return None
 
     def spec(
         self,
@@ -98,5 +124,12 @@ class Submitter:
             executable=manifest.executable, args=tuple(argument_tail(bound)), timeout=timeout,
             grace=self.settings.kill_grace, outputs=manifest.output_files,
             catalog=catalogs.header_facts(manifest), network=manifest.network,
-            limits=manifest.limits or None, queue=manifest.queue,
+            limits=manifest.limits or None, queue=manifest.queue, warm=manifest.warm,
         )  # fmt: skip
+
+
+def request_options(args: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The module's arguments apart from the request options; whether ``fresh`` was asked."""
+    given = dict(args)
+    fresh = given.pop("fresh", None)
+    return given, fresh is not None and coerce_value(Param("fresh", "bool"), fresh) == "true"

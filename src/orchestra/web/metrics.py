@@ -63,6 +63,14 @@ class _TaskCollector(Collector):
         yield modules
         yield from self._worker_metrics()
         yield from self._model_metrics()
+        starts = GaugeMetricFamily(
+            "orchestra_task_starts",
+            "Tasks by how they started: warm, cold, or reused (answered from an earlier task)",
+            labels=["start"],
+        )
+        for kind, count in self._service.tasks.starts().items():
+            starts.add_metric([kind], count)
+        yield starts
 
     def _model_metrics(self) -> Iterator[Metric]:
         trainings = GaugeMetricFamily(
