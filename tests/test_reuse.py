@@ -196,3 +196,30 @@ def test_records_and_metrics_say_how_each_task_started(client: FlaskClient, modu
     assert 'orchestra_task_starts{start="cold"} 2.0' in text
     assert 'orchestra_task_starts{start="warm"} 0.0' in text
     assert 'orchestra_task_starts{start="reused"} 1.0' in text
+
+
+def test_another_model_version_runs_anew(
+    client: FlaskClient, service: Service, tmp_path: Path
+) -> None:
+    import json
+
+    from tests.support.paths import EXAMPLES
+
+    folder = tmp_path / "trainable"
+    shutil.copytree(EXAMPLES / "trainable", folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**metadata, "deterministic": True}))
+    module = service.register(str(folder)).id
+    for epochs in (3, 5):  # versions 1 and 2
+        trained = client.post(f"/module/{module}/train", json={"epochs": epochs})
+        assert trained.status_code == 202, trained.json
+        done = wait_for_status(
+            lambda t=trained.json["task"]: client.get(f"/task/{t}?wait=5").json, FINAL
+        )
+        assert done["status"] == "done", done
+    first = _run(client, module, json={"model": 1})
+    assert first["status"] == "done" and first["reused_from"] is None, first
+    assert _run(client, module, json={"model": 1})["reused_from"] == first["id"]
+    other = _run(client, module, json={"model": 2})
+    assert other["status"] == "done" and other["reused_from"] is None, other
+    assert _run(client, module, json={"model": "2"})["reused_from"] == other["id"]
