@@ -40,6 +40,7 @@ FORKSERVER = Path(__file__).resolve().parent / "forkserver.py"
 _READY_TIMEOUT = 120.0  # seconds a fork server may take to import a module's stack
 _SWEEP_EVERY = 1.0  # seconds between two looks at idle, gone and oversized fork servers
 _MB = 1024 * 1024
+_SOCKETS_PREFIX = "orchestra-warm-"
 # run as the cold wrapper: ``python -c LEARN executable output args...``; what the module
 # imported is written on descriptor 3 (opened by the supervisor) when it exits normally
 # (every module, in the order they were loaded: submodules such as sklearn.ensemble are
@@ -111,6 +112,14 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _sweep_socket_folders() -> None:
+    """Remove the socket folders of pools whose process is gone (killed: no close ran)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_SOCKETS_PREFIX}*-*"):
+        pid = folder.name[len(_SOCKETS_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def memory_budget(settings: Settings) -> int:
     """Bytes the warm interpreters may hold: the setting, or a quarter of the machine's."""
     if settings.warm_memory_mb:
@@ -128,7 +137,9 @@ class WarmPool:
         self._starting: set[tuple[str, bool]] = set()
         self._cold: set[tuple[str, bool]] = set()  # refused: its tasks start cold
         self._taught: set[str] = set()  # generations whose first task ran to learn
-        self._sockets = Path(tempfile.mkdtemp(prefix="orchestra-warm-"))  # short socket paths
+        _sweep_socket_folders()
+        # short socket paths (108 bytes at most), named for this process
+        self._sockets = Path(tempfile.mkdtemp(prefix=f"{_SOCKETS_PREFIX}{os.getpid()}-"))
         self._learnt = settings.home / "warm"
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="warm-sweep", daemon=True)
