@@ -251,10 +251,10 @@ def test_getting_started_runs_as_written(tmp_path: Path, uv_cache: Path) -> None
 
 @pytest.mark.slow
 def test_the_module_walkthrough_runs_as_written(tmp_path: Path, uv_cache: Path) -> None:
-    """From an empty folder to a registered, tested module that a real server runs."""
+    """From an empty folder to a registered, tested, trained module that a real server runs."""
     marked = steps(DOCS / "writing-a-module.md")
     kinds = [s.kind for s in marked]
-    assert kinds.count("file") == 5 and "serve" in kinds
+    assert kinds.count("file") == 7 and "serve" in kinds
     with page_run(tmp_path, uv_cache, serve_cwd=tmp_path / "work") as run:
         for step in marked:
             run.step(step)
@@ -266,3 +266,10 @@ def test_the_module_walkthrough_runs_as_written(tmp_path: Path, uv_cache: Path) 
         assert module["status"] == "installed" and module["name"] == "Southward Bz intervals"
         task = run.get("/task/2")
         assert task["status"] == "done" and task["args"]["threshold"] in ("-6", -6, -6.0)
+        # the Training section: two versions, the default moved to the second, runs following
+        versions = run.get("/module/1/models")["models"]
+        assert [v["version"] for v in versions] == [2, 1]
+        assert all("threshold" in v["metrics"] for v in versions)
+        assert run.get("/module/1/aliases")["aliases"] == {"default": 2}
+        runs = [t for t in run.get("/tasks")["tasks"] if t["kind"] == "run"]
+        assert [t["model"]["version"] for t in runs[:2]] == [2, 1]  # newest first
