@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
 from orchestra.config import Settings
+from orchestra.errors import TooManyRequests
 from orchestra.storage.db import Database
 from orchestra.storage.tables import ModuleRow, TaskRow
 from orchestra.tasks import lifecycle, workers
@@ -82,6 +83,34 @@ def test_claims_from_many_connections_never_exceed_the_limit(db: Database, url: 
         thread.join()
     assert len(claimed) == 3 and len(set(claimed)) == 3
     assert sorted(claimed) == [1, 2, 3]  # oldest first
+
+
+def test_a_quota_holds_for_submissions_from_many_connections(db: Database, url: str) -> None:
+    """Workers' servers submit without a slot lock: the quota's own lock keeps the count."""
+    others = [Database(url) for _ in range(6)]
+    barrier = threading.Barrier(len(others))
+    refused: list[int] = []
+
+    def submit(database: Database) -> None:
+        barrier.wait()
+        for _ in range(4):
+            new = NewTask(1, {}, 10, None, lambda i: {"id": i}, submitted_by="front",
+                          max_queued=5)  # fmt: skip
+            try:
+                lifecycle.create(database, new)
+            except TooManyRequests:
+                refused.append(1)
+
+    threads = [threading.Thread(target=submit, args=(d,)) for d in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with db.connect() as connection:
+        queued = connection.execute(select(func.count()).select_from(TaskRow)).scalar()
+    assert (queued, len(refused)) == (5, 19)
+    for database in others:
+        database.dispose()
 
 
 def test_submissions_claiming_from_many_connections_never_exceed_the_limit(

@@ -76,6 +76,8 @@ _QUEUED_OF = (
 QUOTA_RETRY_AFTER = 5  # seconds a submitter over its quota is told to wait
 # an arbitrary key ("slots"): the lock that serialises claims under max_running on PostgreSQL
 _SLOT_LOCK = text(f"SELECT pg_advisory_xact_lock({0x736C6F7473})")
+# one submitter's count-then-insert at a time (PITFALLS 17): keyed by the submitter's name
+_QUOTA_LOCK = text(f"SELECT pg_advisory_xact_lock({0x71756F74}, hashtext(:submitter))")
 
 
 class _Move:
@@ -262,6 +264,8 @@ def create(
 
 def _check_quota(connection: Connection, new: NewTask) -> None:
     """TooManyRequests when the submitter already has ``max_queued`` tasks waiting."""
+    if connection.dialect.name == "postgresql":  # SQLite's write lock already serialises
+        connection.execute(_QUOTA_LOCK, {"submitter": new.submitter})
     waiting = connection.execute(_QUEUED_OF, {"submitter": new.submitter}).scalar() or 0
     if waiting >= new.max_queued:
         raise TooManyRequests(
