@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -363,12 +363,19 @@ def _requirements(install: dict, problems: list[str]) -> str | tuple[str, ...] |
 
 
 def _requirements_file(install: dict, problems: list[str]) -> str | None:
-    value = install.get("requirements_file")
+    return _checked(install, "requirements_file", relative_path_problem, problems)
+
+
+def _checked(
+    install: dict, key: str, problem_of: Callable[[Any], str | None], problems: list[str]
+) -> str | None:
+    """``install[key]`` when ``problem_of`` finds nothing wrong with it; else the problem noted."""
+    value = install.get(key)
     if value is None:
         return None
-    problem = relative_path_problem(value)
+    problem = problem_of(value)
     if problem:
-        problems.append(f"install.requirements_file: {value!r} {problem}")
+        problems.append(f"install.{key}: {str(value)[:100]!r} {problem}")
         return None
     return str(value)
 
@@ -427,14 +434,7 @@ def _python_version(install: dict, problems: list[str]) -> str | None:
 
 
 def _resolve_as_of(install: dict, problems: list[str]) -> str | None:
-    value = install.get("resolve_as_of")
-    if value is None:
-        return None
-    problem = as_of_problem(value)
-    if problem:
-        problems.append(f"install.resolve_as_of: {str(value)[:100]!r} {problem}")
-        return None
-    return str(value)
+    return _checked(install, "resolve_as_of", as_of_problem, problems)
 
 
 def as_of_problem(value: object) -> str | None:
