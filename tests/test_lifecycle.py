@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -65,34 +65,45 @@ def test_a_created_task_is_queued_with_its_spec(db: Database) -> None:
     assert claimed.spec == {"id": task_id}
 
 
+def _from_many_connections(url: str, count: int, act: Callable[[Database, int], None]) -> None:
+    """``act(database, n)`` in ``count`` threads at once, each on a connection of its own, as
+    separate processes or servers would."""
+    others = [Database(url) for _ in range(count)]
+    barrier = threading.Barrier(count)
+
+    def run(database: Database, n: int) -> None:
+        barrier.wait()
+        act(database, n)
+
+    threads = [threading.Thread(target=run, args=(d, n)) for n, d in enumerate(others)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for database in others:
+        database.dispose()
+
+
 def test_claims_from_many_connections_never_exceed_the_limit(db: Database, url: str) -> None:
     _queue(db, 20)
-    others = [Database(url) for _ in range(4)]  # as separate processes would
     claimed: list[int] = []
 
-    def claim(database: Database) -> None:
+    def claim(database: Database, _n: int) -> None:
         for _ in range(10):
             row = lifecycle.claim_next(database, 3)
             if row is not None:
                 claimed.append(row.id)
 
-    threads = [threading.Thread(target=claim, args=(d,)) for d in others]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _from_many_connections(url, 4, claim)
     assert len(claimed) == 3 and len(set(claimed)) == 3
     assert sorted(claimed) == [1, 2, 3]  # oldest first
 
 
 def test_a_quota_holds_for_submissions_from_many_connections(db: Database, url: str) -> None:
     """Workers' servers submit without a slot lock: the quota's own lock keeps the count."""
-    others = [Database(url) for _ in range(6)]
-    barrier = threading.Barrier(len(others))
     refused: list[int] = []
 
-    def submit(database: Database) -> None:
-        barrier.wait()
+    def submit(database: Database, _n: int) -> None:
         for _ in range(4):
             new = NewTask(1, {}, 10, None, lambda i: {"id": i}, submitted_by="front",
                           max_queued=5)  # fmt: skip
@@ -101,43 +112,27 @@ def test_a_quota_holds_for_submissions_from_many_connections(db: Database, url: 
             except TooManyRequests:
                 refused.append(1)
 
-    threads = [threading.Thread(target=submit, args=(d,)) for d in others]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _from_many_connections(url, 6, submit)
     with db.connect() as connection:
         queued = connection.execute(select(func.count()).select_from(TaskRow)).scalar()
     assert (queued, len(refused)) == (5, 19)
-    for database in others:
-        database.dispose()
 
 
 def test_submissions_claiming_from_many_connections_never_exceed_the_limit(
     db: Database, url: str
 ) -> None:
-    others = [Database(url) for _ in range(6)]  # as several servers would
-    barrier = threading.Barrier(len(others))
-
-    def submit(database: Database) -> None:
-        barrier.wait()
+    def submit(database: Database, _n: int) -> None:
         for _ in range(8):
             new = NewTask(1, {}, 10, None, lambda i: {"id": i})
             lifecycle.create(database, new, max_running=2, worker="server")
             lifecycle.claim_next(database, 2, "server")
 
-    threads = [threading.Thread(target=submit, args=(d,)) for d in others]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _from_many_connections(url, 6, submit)  # as several servers would
     with db.connect() as connection:
         statuses = dict(
             connection.execute(select(TaskRow.status, func.count()).group_by(TaskRow.status)).all()
         )
     assert statuses == {"running": 2, "queued": 46}
-    for database in others:
-        database.dispose()
 
 
 def test_only_one_of_two_observers_settles_a_task(db: Database) -> None:
@@ -191,18 +186,13 @@ def test_a_worker_claims_a_given_queued_task_once_and_never_a_killed_one(db: Dat
 
 def test_of_many_workers_claiming_one_task_exactly_one_wins(db: Database, url: str) -> None:
     (task_id,) = _queue(db, 1)
-    others = [Database(url) for _ in range(4)]
     winners: list[str] = []
 
-    def claim(database: Database, name: str) -> None:
-        if lifecycle.claim(database, task_id, name) is not None:
-            winners.append(name)
+    def claim(database: Database, n: int) -> None:
+        if lifecycle.claim(database, task_id, f"w{n}") is not None:
+            winners.append(f"w{n}")
 
-    threads = [threading.Thread(target=claim, args=(d, f"w{n}")) for n, d in enumerate(others)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _from_many_connections(url, 4, claim)
     assert len(winners) == 1
     row = lifecycle.read(db, task_id)
     assert row is not None and row.worker == winners[0]
