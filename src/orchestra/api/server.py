@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
 import resource
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from waitress.server import create_server
 
 from orchestra.api.parking import ParkingDispatcher
 from orchestra.app import create_app
+from orchestra.edge.auth import header_allows
 from orchestra.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -59,26 +60,6 @@ def _may_hold_tokens(settings: Settings) -> bool:
     return bool(settings.database_url) or (settings.home / "orchestra.db").exists()
 
 
-def _reader(service: Service) -> Callable[[str], bool]:
-    """Whether an ``Authorization`` header names a token that may read a task."""
-    from orchestra.access.rules import RULES
-    from orchestra.errors import OrchestraError
-
-    rule, tokens = RULES["tasks.get_task"], service.access.tokens
-
-    def admits(authorization: str) -> bool:
-        scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        try:
-            caller = tokens.identify(secret.strip())
-        except OrchestraError:
-            return False
-        return caller.role is not None and rule.allows(caller.role)
-
-    return admits
-
-
 class ApiServer:
     """A waitress server for one service; ``serve_forever`` until ``stop``."""
 
@@ -87,8 +68,10 @@ class ApiServer:
         self.service = service
         self._map: dict[Any, Any] = {}
         self._stopping = threading.Event()
+        # a wait whose token may not read the task is answered at once, not parked
+        admits = functools.partial(header_allows, service.access.tokens, endpoint="tasks.get_task")
         self.dispatcher = ParkingDispatcher(
-            service.tasks, protect_reads=settings.protect_reads, admits=_reader(service)
+            service.tasks, protect_reads=settings.protect_reads, admits=admits
         )
         self.dispatcher.set_thread_count(settings.threads)
         self._server = create_server(
