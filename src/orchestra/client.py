@@ -325,19 +325,11 @@ def task_page(data: Mapping[str, Any]) -> TaskPage:
 # -- the client ----------------------------------------------------------------------------
 
 
-class Client:
-    """The service's module and task methods, answered by a server's REST API."""
+class _Remote:
+    """Calls to a server's REST API over one kept connection: the plumbing every part shares."""
 
-    def __init__(self, url: str, *, token: str = "", user: str | None = None) -> None:
-        endpoint = parse_url(url)
-        self.url = endpoint.url
-        self._http = _Connection(endpoint, token, user)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._http.close()
-
-    # -- plumbing -------------------------------------------------------------------------
+    def __init__(self, url: str, http: _Connection) -> None:
+        self.url, self._http = url, http
 
     def _answer(
         self,
@@ -369,6 +361,37 @@ class Client:
             return json.loads(raw)
         except ValueError:
             raise OrchestraError(f"{self.url}{path}: the answer is not JSON") from None
+
+    def open_output(self, task_id: int, name: str) -> http.client.HTTPResponse:
+        """One output file's bytes as they arrive."""
+        path = f"/task/{task_id}/output/{quote(name)}"
+        return self._answer("GET", path, headers={"Accept": "*/*"})
+
+
+class Client(_Remote):
+    """The service's calls, answered by a server's REST API: modules and tasks here, tokens
+    and the audit log in ``RemoteAccess``, trainings and versions in ``RemoteModels``."""
+
+    def __init__(self, url: str, *, token: str = "", user: str | None = None) -> None:
+        endpoint = parse_url(url)
+        super().__init__(endpoint.url, _Connection(endpoint, token, user))
+        self.access = access = RemoteAccess(self.url, self._http)
+        self.models = models = RemoteModels(self.url, self._http, self.get_task)
+        self.create_token = access.create_token
+        self.list_tokens = access.list_tokens
+        self.revoke_token = access.revoke_token
+        self.audit_log = access.audit_log
+        self.train = models.train
+        self.list_models = models.list_models
+        self.get_model = models.get_model
+        self.download_model = models.download_model
+        self.aliases = models.aliases
+        self.move_alias = models.move_alias
+        self.remove_alias = models.remove_alias
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._http.close()
 
     # -- modules --------------------------------------------------------------------------
 
@@ -572,7 +595,9 @@ class Client:
         found = re.search(r'filename="([^"/]+)"', disposition)
         return (found.group(1) if found else f"task-{task_id}.xml"), _read(response)
 
-    # -- access ---------------------------------------------------------------------------
+
+class RemoteAccess(_Remote):
+    """Tokens and the audit log on the server (SPEC §11)."""
 
     def create_token(self, name: str, *, role: str, expires_days: float | None = None) -> NewToken:
         """Make a token on the server; its secret is in the answer only."""
@@ -605,17 +630,18 @@ class Client:
         data = self._json("GET", "/audit", query=query)
         return _record(AuditPage, data, entries=lambda item: _record(AuditEntry, item))
 
-    def open_output(self, task_id: int, name: str) -> http.client.HTTPResponse:
-        """One output file's bytes as they arrive."""
-        path = f"/task/{task_id}/output/{quote(name)}"
-        return self._answer("GET", path, headers={"Accept": "*/*"})
 
-    # -- trainings and model versions ------------------------------------------------------
+class RemoteModels(_Remote):
+    """Trainings, model versions and aliases on the server (SPEC §10)."""
+
+    def __init__(self, url: str, http: _Connection, get_task: Callable[[int], TaskInfo]) -> None:
+        super().__init__(url, http)
+        self._get_task = get_task
 
     def train(self, module_id: int, args: Mapping[str, Any]) -> TaskInfo:
         """Start a training task; its record as the server has it right after."""
         accepted = self._json("POST", f"/module/{module_id}/train", payload=dict(args))
-        return self.get_task(int(accepted["task"]))
+        return self._get_task(int(accepted["task"]))
 
     def list_models(self, module_id: int) -> list[ModelVersion]:
         """A module's versions, newest first."""
