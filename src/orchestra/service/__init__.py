@@ -31,7 +31,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class Service:
-    """Modules, tasks, model versions, access, workers' transfers and the machine, for any front end."""
+    """Modules, tasks, model versions, access, workers' transfers and the machine, for all."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
