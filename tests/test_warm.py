@@ -79,11 +79,11 @@ def _run(server: LiveServer, module_id: int, **args: Any) -> dict[str, Any]:
     return _final(server, _start(server, module_id, **args))
 
 
-def _until_warm(server: LiveServer, module_id: int) -> dict[str, Any]:
+def _until_warm(server: LiveServer, module_id: int, tag: str | None = "w") -> dict[str, Any]:
     """Run tasks until one starts warm (the first runs cold and learns the imports)."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        task = _run(server, module_id, tag="w")
+        task = _run(server, module_id, **({} if tag is None else {"tag": tag}))
         assert task["status"] == "done", task
         if task["start"] == "warm":
             return task
@@ -115,7 +115,7 @@ def test_a_warm_task_starts_from_the_installed_state_in_its_own_folders(
     again = _run(live_server, module, tag="b")
     assert again["start"] == "warm"
     # what the first run imported, submodules included, never the module's own package
-    (learnt,) = (settings.home / "warm").glob("*/imports.txt")
+    (learnt,) = (settings.home / "warm").glob("*/*.txt")
     names = learnt.read_text().split()
     assert {"json", "json.decoder", "argparse"} <= set(names), names
     assert not [n for n in names if n.partition(".")[0] == "tinymod"]
@@ -134,8 +134,12 @@ def test_two_warm_tasks_at_once_see_neither_each_other_s_files_nor_tmp(
     live_server: LiveServer, service: Service, settings: Settings, tmp_path: Path
 ) -> None:
     module = _warmed(live_server, service, tmp_path / "pair")
-    ids = [_start(live_server, module, tag=tag, seconds=1.5) for tag in ("left", "right")]
-    tasks = [_final(live_server, task_id) for task_id in ids]
+    for _ in range(10):  # one spare is kept at first; a second once two were asked for at once
+        ids = [_start(live_server, module, tag=tag, seconds=1.5) for tag in ("left", "right")]
+        tasks = [_final(live_server, task_id) for task_id in ids]
+        if [t["start"] for t in tasks] == ["warm", "warm"]:
+            break
+        time.sleep(1.5)
     assert [t["start"] for t in tasks] == ["warm", "warm"], tasks
     for task, tag in zip(tasks, ("left", "right"), strict=True):
         seen = _seen(settings, task)
@@ -194,7 +198,7 @@ def test_an_update_is_run_by_the_next_task_and_stops_the_old_interpreter(
     task = _run(live_server, module, tag="b")
     assert task["status"] == "done" and _seen(settings, task)["count"] == 42
     wait_for(lambda: _running_with(str(generation)), lambda left: not left, timeout=15,
-             what="the old generation's warm interpreter")  # fmt: skip
+             what="the old generation's spare interpreter")  # fmt: skip
     again = _until_warm(live_server, module)
     assert _seen(settings, again)["count"] == 42
 
@@ -217,7 +221,7 @@ DAEMON = (
 
 
 @pytest.mark.parametrize("library", [THREADER, DAEMON], ids=["thread", "daemon"])
-def test_a_library_starting_a_thread_or_process_at_import_keeps_its_module_cold(
+def test_a_library_starting_a_thread_or_process_at_import_starts_warm_and_ends(
     live_server: LiveServer, service: Service, tmp_path: Path, settings: Settings, library: str
 ) -> None:
     folder = write_module(tmp_path / "threads", name="threads",
@@ -227,12 +231,12 @@ def test_a_library_starting_a_thread_or_process_at_import_keeps_its_module_cold(
     generation = next(p for p in settings.installs_dir.iterdir() if (p / "env").is_dir())
     site = next(generation.glob("env/lib/python*/site-packages"))
     (site / "threader.py").write_text(library)
-    tasks = [_run(live_server, module) for _ in range(6)]
-    assert [t["status"] for t in tasks] == ["done"] * 6, tasks
-    assert {t["start"] for t in tasks} == {"cold"}
-    # the refused interpreter's sandbox is gone, with whatever the import left running there
-    wait_for(lambda: _forkservers_of(settings.installs_dir), lambda left: not left, timeout=10,
-             what="the refused warm interpreter")  # fmt: skip
+    # a spare interpreter runs one task in its own process: nothing is forked after the
+    # import, so a thread it started cannot hang the task, and what it left dies with it
+    first = _run(live_server, module)
+    assert first["status"] == "done" and first["start"] == "cold", first
+    warm = _until_warm(live_server, module, tag=None)
+    assert (settings.tasks_dir / str(warm["id"]) / "output" / "ok.txt").read_text() == "ok"
 
 
 def test_more_modules_than_the_memory_budget_holds_are_each_answered_cold(
@@ -285,7 +289,7 @@ def test_a_warm_task_outlives_its_server_and_is_adopted_by_the_next(
         server.close()
 
 
-def _forkservers_of(installs: Path) -> list[int]:
+def _spares_of(installs: Path) -> list[int]:
     return _running_with(f"{installs}/")
 
 
@@ -299,7 +303,7 @@ def test_a_module_that_opts_out_always_starts_cold(
     module = service.register(str(folder)).id
     tasks = [_run(live_server, module, tag="x") for _ in range(5)]
     assert [(t["status"], t["start"]) for t in tasks] == [("done", "cold")] * 5
-    assert not _forkservers_of(service.settings.installs_dir)
+    assert not _spares_of(service.settings.installs_dir)
 
 
 def test_an_idle_warm_interpreter_is_stopped_and_started_again_when_needed(
@@ -317,8 +321,8 @@ def test_an_idle_warm_interpreter_is_stopped_and_started_again_when_needed(
         with serve_in_thread(service) as server:
             installs = quick.installs_dir
             module = _warmed(server, service, tmp_path / "idle")
-            wait_for(lambda: _forkservers_of(installs), lambda left: not left, timeout=15,
-                     what="the idle warm interpreter")  # fmt: skip
+            wait_for(lambda: _spares_of(installs), lambda left: not left, timeout=15,
+                     what="the idle spare interpreter")  # fmt: skip
             _until_warm(server, module)  # started again when needed
             text = http("GET", f"{server.url}/metrics").body.decode()
             assert 'orchestra_task_starts{start="warm"}' in text
@@ -332,10 +336,10 @@ def test_removing_a_module_stops_its_warm_interpreter(
 ) -> None:
     module = _warmed(live_server, service, tmp_path / "removed")
     installs = service.settings.installs_dir
-    assert _forkservers_of(installs)
+    assert _spares_of(installs)
     assert http("DELETE", f"{live_server.url}/module/{module}?purge=1").status == 204
-    wait_for(lambda: _forkservers_of(installs), lambda left: not left, timeout=10,
-             what="the removed module's warm interpreter")  # fmt: skip
+    wait_for(lambda: _spares_of(installs), lambda left: not left, timeout=10,
+             what="the removed module's spare interpreter")  # fmt: skip
     learnt = service.settings.home / "warm"
     wait_for(lambda: list(learnt.glob("*")), lambda left: not left, timeout=10,
              what="what the removed module imported")  # fmt: skip

@@ -10,6 +10,12 @@ it to the waiting supervisor, answers ``{"pid", "start"}`` and forks the next on
 It exits when its standard input closes (the server stopped or died); a waiting supervisor
 then sees the end of its pipe and exits, while those running tasks, in their own sessions,
 carry on.
+
+Warm starts (``warm.py``) add two requests. ``{"prepare": {"spare_dir", "spec"}}`` forks a
+supervisor that starts a spare interpreter in its sandbox at once (``warmstart.py``) and keeps
+it until a task comes: a launch request that names it (``"spare": pid``) is handed to it
+rather than to the plain supervisor, which takes the task when the spare is gone (``"warm":
+false`` in the answer). ``{"drop": pid}`` lets one go (the end of its pipe).
 """
 
 from __future__ import annotations
@@ -26,47 +32,63 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from orchestra.executors import limits, proctree, supervisor
+    from orchestra.executors import limits, proctree, supervisor, warmstart
 else:  # run by path with -I -S: the package is not importable, its sibling files are
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import limits  # type: ignore[no-redef]
     import proctree  # type: ignore[no-redef]
     import supervisor  # type: ignore[no-redef]
+    import warmstart  # type: ignore[no-redef]
 
 
-class _Spare:
-    """A supervisor forked ahead of need, set up and waiting on a pipe for its task."""
+# the writing ends of the pipes to the supervisors waiting for a task: each forked one closes
+# the others' copies, or a pipe would not end when the launcher closes it
+_WRITE_ENDS: set[int] = set()
 
-    def __init__(self, cgroups: list[str]) -> None:
+
+class _Forked:
+    """A supervisor forked ahead of need, set up and waiting on a pipe for its task (with a
+    spare interpreter already started, for a warm start, when ``spare`` says which)."""
+
+    def __init__(self, cgroups: list[str], spare: dict[str, Any] | None = None) -> None:
         read, write = os.pipe()
         # frozen objects are left alone by the collector, so the child's pages stay shared
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            os.close(write)
-            _spare_main(read, cgroups)
+            for fd in (write, *_WRITE_ENDS):
+                os.close(fd)
+            _forked_main(read, cgroups, spare)
         gc.unfreeze()
         os.close(read)
+        _WRITE_ENDS.add(write)
         self.pid = pid
         self.start = proctree.start_time(pid)
         self._write = write
 
     def hand(self, request: bytes) -> None:
-        """Give the spare its task; from now on it is that task's supervisor."""
+        """Give it its task; from now on it is that task's supervisor."""
         try:
             view = memoryview(request)
             while view:
                 view = view[os.write(self._write, view) :]
         finally:
-            os.close(self._write)
+            self.drop()
+
+    def drop(self) -> None:
+        """Close our end of its pipe (without a task: it sees the end and goes)."""
+        _WRITE_ENDS.discard(self._write)
+        os.close(self._write)
 
 
-def _spare_main(read: int, cgroups: list[str]) -> None:
+def _forked_main(read: int, cgroups: list[str], spare: dict[str, Any] | None) -> None:
     """The forked side: get ready, wait for a task, supervise it; never returns."""
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         supervisor.prepare(cgroups)
+        if spare is not None:
+            warmstart.serve(spare, read)
         chunks = []
         while chunk := os.read(read, 65536):
             chunks.append(chunk)
@@ -79,11 +101,54 @@ def _spare_main(read: int, cgroups: list[str]) -> None:
         os._exit(1)
 
 
-def _check(line: bytes) -> bytes:
-    request = json.loads(line)
+def _check(request: Any) -> dict[str, Any]:
     if not isinstance(request.get("task_dir"), str) or not isinstance(request.get("spec"), dict):
         raise ValueError("a launch request needs task_dir and spec")
-    return line
+    return dict(request)
+
+
+class _Launcher:
+    """The forked supervisors: the plain one ahead of need, and those with a spare interpreter."""
+
+    def __init__(self, cgroups: list[str]) -> None:
+        self.cgroups = cgroups
+        self.plain: _Forked | None = _Forked(cgroups)
+        self.spares: dict[int, _Forked] = {}
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        """What a request asks done, and its answer."""
+        request = json.loads(line)
+        if "prepare" in request:
+            spare = _Forked(self.cgroups, dict(request["prepare"]))
+            self.spares[spare.pid] = spare
+            return {"pid": spare.pid, "start": spare.start}
+        if "drop" in request:
+            dropped = self.spares.pop(int(request["drop"]), None)
+            if dropped is not None:
+                dropped.drop()
+            return {}
+        return self._launch(_check(request))
+
+    def _launch(self, request: dict[str, Any]) -> dict[str, Any]:
+        line = json.dumps(request).encode()
+        spare = self.spares.pop(int(request["spec"].get("spare") or 0), None)
+        if spare is not None:
+            try:
+                spare.hand(line)
+                return {"pid": spare.pid, "start": spare.start, "warm": True}
+            except OSError:
+                pass  # its interpreter is gone, and so is it: the plain supervisor takes it
+        current, self.plain = self.plain or _Forked(self.cgroups), None
+        current.hand(line)
+        return {"pid": current.pid, "start": current.start, "warm": False}
+
+    def next_plain(self) -> None:
+        """Fork the next task's supervisor, while no request waits for it."""
+        if self.plain is None:
+            try:
+                self.plain = _Forked(self.cgroups)
+            except OSError:
+                self.plain = None
 
 
 def serve(cgroups: list[str]) -> None:
@@ -95,23 +160,16 @@ def serve(cgroups: list[str]) -> None:
     supervisor.preload()
     # the supervisors are our children: let the kernel reap them as they end
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    spare: _Spare | None = _Spare(cgroups)
+    launcher = _Launcher(cgroups)
     for line in sys.stdin.buffer:
         reply: dict[str, Any]
         try:
-            request = _check(line)
-            current, spare = spare or _Spare(cgroups), None
-            current.hand(request)
-            reply = {"pid": current.pid, "start": current.start}
-        except (OSError, ValueError, TypeError) as exc:
+            reply = launcher.answer(line)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
             reply = {"error": repr(exc)}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
-        if spare is None:
-            try:  # the next task's supervisor, forked while no request waits for it
-                spare = _Spare(cgroups)
-            except OSError:
-                spare = None
+        launcher.next_plain()
 
 
 if __name__ == "__main__":

@@ -217,6 +217,11 @@ class Guard:
         finally:
             # one made ahead that this task sets no limit in stays unlimited, removed at the end
             self._groups.update((f"unused {base}", group) for base, group in ready.items())
+        self.arm()
+
+    def arm(self) -> None:
+        """Set the rlimits the module inherits when this process spawns it."""
+        memory = self.values["memory_mb"]
         if memory and not self._memory_base:
             self._set(resource.RLIMIT_DATA, memory * MB, memory * MB)
         if self.values["cpu_seconds"]:
@@ -231,16 +236,10 @@ class Guard:
         resource.setrlimit(which, (soft, hard))
         self._saved.append((which, old))
 
-    def place(self, pid: int) -> None:
-        """Put a process this one did not spawn (a warm start) in the task's cgroups and rlimits."""
-        for group in self._groups.values():
-            _write(os.path.join(group.path, "cgroup.procs"), str(pid))
-        for which, _old in self._saved:
-            resource.prlimit(pid, which, resource.getrlimit(which))
-
     def spawned(self) -> None:
         """Take this process's own rlimits back where it may (the module keeps its copy)."""
-        for which, old in self._saved:
+        saved, self._saved = self._saved, []
+        for which, old in saved:
             try:
                 resource.setrlimit(which, old)
             except (OSError, ValueError):

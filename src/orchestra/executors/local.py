@@ -12,6 +12,7 @@ each supervisor stops its task, when the worker process ends in any way, SIGKILL
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from orchestra.errors import OrchestraError
 from orchestra.executors import outcomes, proctree, sandbox
 from orchestra.executors.base import Handle, TaskSpec
-from orchestra.executors.warm import WarmPool
+from orchestra.executors.warm import LEARN, SPARE_OUTPUT, SPARE_SOURCE, Kind, WarmPool
 from orchestra.models.store import ModelStore
 from orchestra.process import clean_env
 from orchestra.storage.files import InstallFolder, TaskFolder
@@ -74,8 +75,14 @@ class LocalExecutor:
                 cgroups = sandbox.prepared_cgroups(self._settings)
                 self._launcher = _Launcher(self._settings.home, cgroups, self._lifeline_fds())
                 self._watcher = _ExitWatcher()
-                if self._settings.warm and sandbox.detect(self._settings.sandbox).active:
-                    self._warm = WarmPool(self._settings)
+                if self._settings.warm:
+                    self._warm = WarmPool(self._settings, self._call_launcher)
+
+    def _call_launcher(self, request: dict[str, Any]) -> dict[str, Any]:
+        launcher = self._launcher
+        if launcher is None:
+            raise OSError("the executor is closed")
+        return launcher.call(request)
 
     def _lifeline_fds(self) -> tuple[int, ...]:
         return () if self._lifeline is None else (self._lifeline[0],)
@@ -92,12 +99,12 @@ class LocalExecutor:
             launcher, watcher, lifeline = self._launcher, self._watcher, self._lifeline
             warm = self._warm
             self._launcher = self._watcher = self._lifeline = self._warm = None
-        launcher.close()
+        if warm is not None:
+            warm.close()
+        launcher.close()  # and with it every spare interpreter
         watcher.stop()
         for fd in lifeline or ():
             os.close(fd)
-        if warm is not None:
-            warm.close()
 
     def send(self, spec: TaskSpec) -> None:
         """Nothing to send: the server that claims a task starts it."""
@@ -156,29 +163,41 @@ class LocalExecutor:
         argv = [str(install.python), "-m", task.executable, str(output), *task.args]
         request = {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
                    "timeout": task.timeout, "grace": task.grace}  # fmt: skip
-        warm = self._warm_part(task, install, output)
-        if "learn_argv" in warm:  # a cold run that tells what it imported
-            request["argv"] = [argv[0], *warm.pop("learn_argv"), *argv[3:]]
+        kind = _kind(task, readonly) if self._warm is not None and task.warm else None
+        learnt = None if kind is None or self._warm is None else self._warm.learning(kind)
+        if learnt is not None:  # a cold run that tells what it imported, for the spares
+            request["argv"] = [argv[0], "-c", LEARN, *argv[2:]]
+            request["learn"] = str(learnt)
+        confine = functools.partial(
+            sandbox.confine, settings=self._settings, install=install, network=task.network,
+            limits=task.limits, readonly=readonly,
+        )  # fmt: skip
         try:
-            confined = sandbox.confine(
-                request, settings=self._settings, install=install, output=output,
-                network=task.network, limits=task.limits, readonly=readonly,
-            )  # fmt: skip
+            confined = confine(request, output=output)
         except OrchestraError as exc:  # ORCHESTRA_SANDBOX=required and none here
             raise OSError(str(exc)) from exc
-        return {**confined, **warm}
+        if kind is not None and self._warm is not None:
+            confined["module_argv"] = argv[2:]  # what a spare interpreter is sent (spare.py)
+            spare = self._warm.take(kind, functools.partial(self._spare_spec, confine, request))
+            if spare is not None:
+                confined["spare"] = spare
+        return confined
 
-    def _warm_part(self, task: TaskSpec, install: InstallFolder, output: Path) -> dict[str, Any]:
-        """What a warm start (or a cold run that learns for one) adds to the launch request."""
-        pool = self._warm
-        if pool is None:
-            return {}
-        state = sandbox.detect(self._settings.sandbox)
-        try:
-            return pool.launch(task, install, output, state)
-        except OSError as exc:
-            _LOGGER.warning("task %s starts cold: %s", task.task_id, exc)
-            return {}
+    def _spare_spec(
+        self, confine: Callable[..., dict[str, Any]], request: dict[str, Any], folder: Path,
+        names: list[str],
+    ) -> dict[str, Any]:  # fmt: skip
+        """A spare interpreter's spec: the task's sandbox and limits, less the task itself."""
+        inside = SPARE_OUTPUT if sandbox.detect(self._settings.sandbox).active else None
+        output = folder / "output"
+        python = request["argv"][0]
+        env = {k: v for k, v in request["env"].items() if k != "ORCHESTRA_TASK_ID"}
+        spec = {"argv": [python, "-c", _spare_source(), inside or str(output), *names],
+                "cwd": request["cwd"], "env": env}  # fmt: skip
+        spec = confine(spec, output=output, output_at=inside)
+        if self._lifeline is not None:  # kept from the interpreter, as from a task
+            spec["lifeline"] = self._lifeline[0]
+        return spec
 
     def _model_folder(self, task: TaskSpec, env: dict[str, str]) -> list[Path]:
         """The model version a task reads (a run's, or a training's base), named in ``env``."""
@@ -241,6 +260,18 @@ class LocalExecutor:
     def orphan_outcome(self, task_id: int, handle: Handle | None, kill_requested: bool) -> Outcome:
         """A running task whose supervisor is gone without a result."""
         return outcomes.orphan_outcome(handle, kill_requested)
+
+
+def _kind(task: TaskSpec, readonly: list[Path]) -> Kind:
+    """What a spare interpreter for ``task`` must be made for (see warm.Kind)."""
+    limits = json.dumps(dict(task.limits or {}), sort_keys=True)
+    model = str(readonly[0]) if readonly else ""
+    return Kind(task.module_id, task.generation, task.executable, task.network, model, limits)
+
+
+@functools.cache
+def _spare_source() -> str:
+    return SPARE_SOURCE.read_text(encoding="utf-8")
 
 
 def _supervisor_file(task_dir: Path) -> dict[str, Any]:
@@ -321,13 +352,16 @@ class _Launcher:
 
     def launch(self, task_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
         """Fork a supervisor for ``task_dir`` running ``spec``; its pid and start time."""
+        return self.call({"task_dir": str(task_dir), "spec": spec})
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to the launcher (a launch, a spare to prepare or drop); its answer."""
         with self._lock:
             proc = self._proc
             if proc is None or proc.poll() is not None:
                 proc = self._spawn()
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                request = {"task_dir": str(task_dir), "spec": spec}
                 proc.stdin.write(json.dumps(request).encode() + b"\n")
                 proc.stdin.flush()
                 line = proc.stdout.readline()

@@ -204,11 +204,14 @@ def confine(
     network: bool = False,
     limits: Mapping[str, int] | None = None,
     readonly: Sequence[Path] = (),
+    output_at: str | None = None,
 ) -> dict[str, Any]:
     """``spec`` (argv, env, cwd) made to run in the sandbox with its limits, where they apply.
 
     ``network`` and ``limits`` are the module's (``metadata.json``); ``readonly``: folders
-    it reads besides its module (a model version); paths are this machine's.
+    it reads besides its module (a model version); paths are this machine's. ``output_at``:
+    where the output folder is seen inside when not at its own path (a spare interpreter's,
+    which has no task yet), with an empty tasks' folder where it makes its task's path.
     """
     state = require(settings)
     task_limits: dict[str, Any] = effective_limits(settings, limits or {})
@@ -219,7 +222,8 @@ def confine(
         spec = {**spec, "limits": task_limits}
     if not state.active:
         return spec
-    prefix = bwrap_argv(state, install=install, output=output, network=network)
+    prefix = bwrap_argv(state, install=install, output=output, network=network,
+                        output_at=output_at, tasks_dir=settings.tasks_dir)  # fmt: skip
     for folder in readonly:  # after the chdir option: bubblewrap reads binds in any order
         prefix += ["--ro-bind", str(folder), str(folder)]
     argv = [*prefix, "--", *spec["argv"]]
@@ -228,9 +232,15 @@ def confine(
 
 
 def bwrap_argv(
-    state: SandboxState, *, install: InstallFolder, output: Path | None, network: bool
+    state: SandboxState,
+    *,
+    install: InstallFolder,
+    output: Path,
+    network: bool,
+    output_at: str | None = None,
+    tasks_dir: Path | None = None,
 ) -> list[str]:
-    """bubblewrap's options for a task of ``install`` writing into ``output``."""
+    """bubblewrap's options for a task of ``install`` writing into ``output`` (see confine)."""
     # no --die-with-parent: the sandbox's pid 1 ignores the parent-death signal (the kernel
     # spares a namespace's init), so it would outlive a killed supervisor unseen; without
     # it the tree stays below bubblewrap, where the server finds and kills it
@@ -244,47 +254,10 @@ def bwrap_argv(
         argv += ["--ro-bind", prefix, prefix]
     # the generation (code, environment, its install log) in one bind: each costs a start
     argv += ["--ro-bind", str(install.root), str(install.root)]
-    if output is not None:
-        argv += ["--bind", str(output), str(output)]
+    argv += ["--bind", str(output), output_at or str(output)]
+    if output_at and tasks_dir is not None:
+        argv += ["--dir", str(tasks_dir)]
     return [*argv, "--chdir", str(install.code)]
-
-
-WARM_SCRIPT = "/orchestra-warm/forkserver.py"  # where a fork server's program is, inside
-_WARM_UID = "1000"  # a fork server's uid in its namespace (see forkserver.py)
-WARM_KEEP = "/orchestra-keep"  # forkserver.KEEP
-
-
-def warm_argv(
-    state: SandboxState,
-    *,
-    install: InstallFolder,
-    network: bool,
-    tasks_dir: Path,
-    sockets: Path,
-    script: Path,
-) -> list[str]:
-    """bubblewrap's options for a fork server of ``install``: a task's, less its output.
-
-    An empty mount point where tasks' folders are (each task's child attaches its own output
-    folder there), its socket's folder, its program; a uid that is not 0, so that each task's
-    child can map it into namespaces of its own without a capability.
-    """
-    argv = bwrap_argv(state, install=install, output=None, network=network)
-    argv += ["--dir", str(tasks_dir.resolve()), "--bind", str(sockets), str(sockets)]
-    argv += ["--ro-bind", str(script), WARM_SCRIPT, "--uid", _WARM_UID, "--gid", _WARM_UID]
-    # the fork server as its pid namespace's first process: when it ends (after its tasks),
-    # so does whatever an import left running there
-    argv += ["--dir", WARM_KEEP, "--as-pid-1"]
-    return [*argv, "--"]
-
-
-def warm_keep(install: InstallFolder) -> list[str]:
-    """The binds a warm task's child puts back after it has renewed /tmp."""
-    prefix = interpreter_prefix(str(install.env))
-    keep = [str(install.root)]
-    if prefix and prefix != "/usr" and not prefix.startswith("/usr/"):
-        keep.append(prefix)
-    return keep
 
 
 def installer_argv(

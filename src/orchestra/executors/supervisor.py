@@ -34,15 +34,15 @@ import time
 # typing is left out at run time: every module this process loads grows each forked supervisor
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 if __package__:
-    from orchestra.executors import limits, proctree, warmclient
+    from orchestra.executors import limits, proctree
 else:  # run by path with -I -S: the package is not importable, its sibling files are
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import limits  # type: ignore[no-redef]
     import proctree  # type: ignore[no-redef]
-    import warmclient  # type: ignore[no-redef]
 
 PR_SET_CHILD_SUBREAPER = 36
 _POLL = 0.05  # seconds between looks at the tree while it is being stopped
@@ -89,11 +89,21 @@ def _install_signals() -> None:
     signal.signal(signal.SIGHUP, lambda *_: None)
 
 
-def _wait_for_signal(timeout: float, lifeline: int | None = None, also: Any = None) -> None:
-    watched = [_State.wake_read, *(x for x in (lifeline, also) if x is not None)]
-    ready, _, _ = select.select(watched, [], [], max(timeout, 0.0))
+def stop_requested() -> bool:
+    """True once a SIGTERM asked for the task to be stopped."""
+    return _State.stop_requested
+
+
+def wait_readable(fds: list[int], timeout: float | None = None) -> list[int]:
+    """Wait for a signal or one of ``fds`` to be readable; those that are."""
+    ready, _, _ = select.select([_State.wake_read, *fds], [], [], timeout)
     if _State.wake_read in ready:
         os.read(_State.wake_read, 512)
+    return [fd for fd in ready if fd != _State.wake_read]
+
+
+def _wait_for_signal(timeout: float, lifeline: int | None = None) -> None:
+    ready = wait_readable([] if lifeline is None else [lifeline], max(timeout, 0.0))
     if lifeline is not None and lifeline in ready and not os.read(lifeline, 512):
         _State.orphaned = True  # nobody writes to it: readable means its writer is gone
 
@@ -154,7 +164,7 @@ def _redirect_stdio() -> None:
     os.close(null)
 
 
-def _log_failure(task_dir: str) -> None:
+def log_failure(task_dir: str) -> None:
     import traceback
 
     try:
@@ -164,20 +174,20 @@ def _log_failure(task_dir: str) -> None:
         pass
 
 
-def _spawn(spec: dict[str, Any], task_dir: str) -> int:
+def spawn(spec: dict[str, Any], task_dir: str, fds: dict[int, int] | None = None) -> int:
     """Start the module in a new session, its output appended to the task's logs; its pid.
 
     posix_spawn rather than subprocess: no Python runs between the fork and the exec, so
     the start costs this process almost nothing. Every descriptor Python opened is closed at
-    the exec (they are not inheritable); SIGPIPE and SIGXFSZ, which Python ignores, get
-    their defaults back as subprocess would give them.
+    the exec (they are not inheritable) but ``fds`` (its number there: ours); SIGPIPE and
+    SIGXFSZ, which Python ignores, get their defaults back as subprocess would give them.
     """
     argv = [str(a) for a in spec["argv"]]
     env = spec.get("env")
     if spec.get("cwd"):
         os.chdir(spec["cwd"])  # this process has no other use for its working directory
     log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    actions = [
+    actions: list[tuple[Any, ...]] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.path.join(task_dir, "stdout.log"), log_flags, 0o644),
         (os.POSIX_SPAWN_OPEN, 2, os.path.join(task_dir, "stderr.log"), log_flags, 0o644),
@@ -185,6 +195,8 @@ def _spawn(spec: dict[str, Any], task_dir: str) -> int:
     if spec.get("learn"):  # what the module imports is written on descriptor 3 at its exit
         learnt = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         actions.append((os.POSIX_SPAWN_OPEN, 3, _learning(spec["learn"]), learnt, 0o644))
+    for number, fd in (fds or {}).items():
+        actions.append((os.POSIX_SPAWN_DUP2, fd, number))
     return os.posix_spawn(
         argv[0],
         argv,
@@ -213,21 +225,7 @@ def _learnt(spec: dict[str, Any]) -> None:
         pass
 
 
-def _start(
-    spec: dict[str, Any], task_dir: str, guard: limits.Guard | None
-) -> tuple[int, warmclient.WarmTask | None]:
-    """Start the module: through its fork server when the spec says so, else spawned."""
-    if spec.get("warm"):
-        place = guard.place if guard is not None else (lambda _pid: None)
-        try:
-            task = warmclient.start(spec, task_dir, place)
-            return task.pid, task
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            _note(task_dir, f"warm start refused ({exc}): starting cold")
-    return _spawn(spec, task_dir), None
-
-
-def _note(task_dir: str, text: str) -> None:
+def note(task_dir: str, text: str) -> None:
     try:
         with open(os.path.join(task_dir, "supervisor.log"), "a", encoding="utf-8") as log:
             log.write(text + "\n")
@@ -235,7 +233,7 @@ def _note(task_dir: str, text: str) -> None:
         pass
 
 
-def _reap(module_pid: int) -> int | None:
+def reap(module_pid: int) -> int | None:
     """Reap every finished child (orphans included); the module's wait status if it ended."""
     status = None
     while True:
@@ -259,24 +257,17 @@ def _has_children() -> bool:
             return False
 
 
-def _ended(module_pid: int, warm: warmclient.WarmTask | None) -> int | None:
-    """The module's wait status once it has ended (children are reaped either way)."""
-    status = _reap(module_pid)
-    return status if warm is None else warm.status()
-
-
 def _watch(
     module_pid: int,
     timeout: float | None,
     guard: limits.Guard | None,
     lifeline: int | None,
-    warm: warmclient.WarmTask | None = None,
 ) -> tuple[str, int | None]:
     """Wait until the module ends, or a stop, the timeout, a limit or the lifeline's end."""
     deadline = None if timeout is None else time.monotonic() + timeout
     interval = 3600.0 if guard is None or guard.interval is None else guard.interval
     while True:
-        status = _ended(module_pid, warm)
+        status = reap(module_pid)
         if status is not None:
             return "exited", status
         if _State.stop_requested:
@@ -288,10 +279,10 @@ def _watch(
             return "timeout", None
         if guard is not None and guard.interval is not None and guard.check():
             return "limit", None
-        _wait_for_signal(min(remaining, interval), lifeline, warm)
+        _wait_for_signal(min(remaining, interval), lifeline)
 
 
-def _lifeline(spec: dict[str, Any]) -> int | None:
+def lifeline_of(spec: dict[str, Any]) -> int | None:
     """The lifeline's descriptor, kept from the module (it inherited it from the launcher)."""
     fd = spec.get("lifeline")
     if not isinstance(fd, int):
@@ -304,23 +295,7 @@ def _lifeline(spec: dict[str, Any]) -> int | None:
     return fd
 
 
-def _stop_warm(warm: warmclient.WarmTask, grace: float, status: int | None) -> int | None:
-    """Stop a warm task: its first process passes SIGTERM on; SIGKILL ends its namespace."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _REAP_LIMIT)):
-        if status is not None:
-            return status
-        try:
-            os.kill(warm.pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + wait
-        while status is None and time.monotonic() < deadline:
-            _wait_for_signal(_POLL, also=warm)
-            status = warm.status()
-    return status
-
-
-def _stop_tree(module_pid: int, grace: float, status: int | None) -> int | None:
+def stop_tree(module_pid: int, grace: float, status: int | None) -> int | None:
     """SIGTERM the module's group and every descendant, SIGKILL what outlives ``grace``."""
     me = os.getpid()
     proctree.signal_tree(me, module_pid, signal.SIGTERM)
@@ -334,7 +309,7 @@ def _stop_tree(module_pid: int, grace: float, status: int | None) -> int | None:
 def _drain(module_pid: int, status: int | None, deadline: float, kill: bool = False) -> int | None:
     me = os.getpid()
     while True:
-        reaped = _reap(module_pid)
+        reaped = reap(module_pid)
         status = reaped if reaped is not None else status
         if status is not None and not proctree.descendants(me):
             return status
@@ -361,18 +336,45 @@ def _supervise(
     task_dir: str, spec: dict[str, Any], record: _Record, guard: limits.Guard | None
 ) -> dict[str, Any]:
     started = time.time()
-    lifeline = _lifeline(spec)
+    lifeline = lifeline_of(spec)
     try:
-        if guard is not None:
-            guard.enter()
-        module_pid, warm = _start(spec, task_dir, guard)
+        module_pid = start_cold(spec, task_dir, guard)
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         if guard is not None:
             guard.leave()
         return {**_result("start_failed", None, started), "error": str(exc)}
+    return follow(task_dir, spec, record, guard, module_pid, started, lifeline)
+
+
+def start_cold(
+    spec: dict[str, Any],
+    task_dir: str,
+    guard: limits.Guard | None,
+    *,
+    joined: bool = False,
+    fds: dict[int, int] | None = None,
+) -> int:
+    """Spawn the module in its limits (``joined``: this process is in its cgroups already)."""
+    try:
+        if guard is not None:
+            guard.arm() if joined else guard.enter()
+        return spawn(spec, task_dir, fds)
     finally:
         if guard is not None:
             guard.spawned()
+
+
+def follow(
+    task_dir: str,
+    spec: dict[str, Any],
+    record: _Record,
+    guard: limits.Guard | None,
+    module_pid: int,
+    started: float,
+    lifeline: int | None,
+    start: str = "cold",
+) -> dict[str, Any]:
+    """Watch a started module to its end (or stop it) and say how it ended."""
     # from here on the module is starting: what is written now costs it no time
     me = os.getpid()
     record.start(
@@ -383,19 +385,12 @@ def _supervise(
             "module_start": proctree.start_time(module_pid),
         }
     )
-    reason, status = _watch(module_pid, spec.get("timeout"), guard, lifeline, warm)
-    grace = float(spec.get("grace", 5.0))
-    if warm is not None:
-        if reason != "exited":
-            status = _stop_warm(warm, grace, status)
-        if warm.said:
-            _note(task_dir, f"the fork server said: {warm.said}")
-        warm.close()
-    elif reason != "exited" or _has_children():
+    reason, status = _watch(module_pid, spec.get("timeout"), guard, lifeline)
+    if reason != "exited" or _has_children():
         # also when the module ended normally: what it left running dies with the task
-        status = _stop_tree(module_pid, grace, status)
+        status = stop_tree(module_pid, float(spec.get("grace", 5.0)), status)
     result = _result(reason, status, started)
-    result["start"] = "cold" if warm is None else "warm"
+    result["start"] = start
     _learnt(spec)
     if guard is not None:
         _judge(guard, result, status, reason)
@@ -415,7 +410,7 @@ def _judge(guard: limits.Guard, result: dict[str, Any], status: int | None, reas
         result["disk_full"] = limits.disk_full(guard.task_dir)
 
 
-def _leave_soon(guard: limits.Guard) -> None:
+def leave_soon(guard: limits.Guard) -> None:
     """Remove the task's cgroups in a child of ours, so that we can end at once.
 
     The kernel takes ~10 ms to let go of a group whose last process has just ended, and the
@@ -448,27 +443,45 @@ def prepare(cgroups: list[str] | None = None) -> None:
     limits.prepare(cgroups or [])
 
 
+def new_guard(spec: dict[str, Any], task_dir: str) -> limits.Guard | None:
+    """What enforces the task's limits, when it has some (or its cgroups were made ahead)."""
+    if spec.get("limits") or limits.has_prepared():
+        return limits.Guard(spec.get("limits") or {}, task_dir)
+    return None
+
+
 def run(task_dir: str, spec: dict[str, Any] | None = None, *, prepared: bool = False) -> None:
     """Supervise the task in ``task_dir`` (``spec``, or its spec.json) to its end; never returns."""
-    code = 0
     task_dir = os.path.abspath(task_dir)  # the module's start changes the working directory
-    record = _Record(task_dir)
-    try:
+
+    def work(record: _Record) -> None:
         if not prepared:
             prepare()
         if spec is None:
             with open(os.path.join(task_dir, "spec.json"), encoding="utf-8") as handle:
-                spec = json.load(handle)
-        wants_guard = spec.get("limits") or limits.has_prepared()
-        guard = limits.Guard(spec.get("limits") or {}, task_dir) if wants_guard else None
+                task = json.load(handle)
+        else:
+            task = spec
+        guard = new_guard(task, task_dir)
         try:
-            record.finish(_supervise(task_dir, spec, record, guard))
+            record.finish(_supervise(task_dir, task, record, guard))
         finally:
             if guard is not None:
-                _leave_soon(guard)
+                leave_soon(guard)
+
+    conclude(task_dir, work)
+
+
+def conclude(task_dir: str, work: Callable[[_Record], None]) -> None:
+    """Run ``work``, which finishes the task's record, see that the record says how the task
+    ended whatever happened, and exit (never returns)."""
+    code = 0
+    record = _Record(task_dir)
+    try:
+        work(record)
     except BaseException as exc:  # the result file must say what happened, whatever it was
         code = 1
-        _log_failure(task_dir)
+        log_failure(task_dir)
         try:
             record.finish({**_result("start_failed", None, time.time()), "error": repr(exc)})
         except OSError:

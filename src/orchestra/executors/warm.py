@@ -1,46 +1,48 @@
-"""Warm interpreters (SPEC section 12): one fork server per module generation and sandbox profile.
+"""Warm starts (SPEC section 12): spare interpreters, each started ahead for one task.
 
-The pool lives beside the local executor (on a server as on a worker). A module's first task
-runs cold through a small wrapper that writes, at its end, the names it imported (the
-``learn`` file); once a generation has such a file, its fork server (``forkserver.py``) is
-started in the background, in the module's sandbox, and later tasks of that generation go
-through it (``warm`` in the launch request; the supervisor falls back to a cold start when
-the fork server cannot take one). A fork server that refuses (a thread or a process started
-by the imports) keeps its generation cold. Fork servers are stopped after
-``warm_idle_seconds`` unused, when their generation is gone (removed, or replaced and
-dropped) or another generation of the module is launched (an update), and the least recently
-used first when their memory passes ``warm_memory_mb``. See docs/architecture.md.
+A spare is what a cold task of a module would be, started before the task exists: a
+supervisor (forked by the launcher, ``warmstart.py``) that has already made the task's sandbox
+and limits and run the module's interpreter there, which has imported what earlier tasks of
+the module imported (``spare.py``) and waits. A task that finds a spare of its kind is handed
+to it and runs at once; the pool then starts another in the background. A spare serves one
+task and ends with it, so a warm task is as isolated as a cold one: its own sandbox,
+namespaces, ``/tmp``, cgroups and process tree, and a module state that no earlier task
+touched. What it saves a task is the interpreter's start and its imports; what it costs is
+that work done ahead, once per task, and the spares' memory.
+
+The kind (:class:`Kind`) is everything a spare is made for: the generation, the entry point,
+the network, the model version's folder and the limits. A kind's first task runs cold
+through a small wrapper that writes, at its end, the names it imported (the ``learn`` file),
+which its spares import. The pool keeps one spare per kind in use, one more
+each time a task found none (up to ``max_running``), all within ``warm_memory_mb`` (the
+least recently used kinds give theirs up first; a kind whose one spare is larger than the
+budget starts cold), and drops a kind's spares after ``warm_idle_seconds`` unused, when its
+generation is gone (removed, or replaced and dropped) or another generation of the module is
+launched (an update), and after two spares of it died before their task came.
+See docs/architecture.md ("Warm starts").
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-from orchestra.executors import proctree, sandbox
-from orchestra.process import clean_env
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
-    from orchestra.executors.base import TaskSpec
-    from orchestra.storage.files import InstallFolder
 
 _LOGGER = logging.getLogger(__name__)
-FORKSERVER = Path(__file__).resolve().parent / "forkserver.py"
-_READY_TIMEOUT = 120.0  # seconds a fork server may take to import a module's stack
-_SWEEP_EVERY = 1.0  # seconds between two looks at idle, gone and oversized fork servers
+SPARE_SOURCE = Path(__file__).resolve().parent / "spare.py"
+SPARE_OUTPUT = "/orchestra-spare/output"  # where a spare's output folder is, in its sandbox
+_SWEEP_EVERY = 1.0  # seconds between two looks at idle, gone, dead and oversized spares
+_FAILURES = 2  # spares of a kind that died before their task: its tasks start cold
 _MB = 1024 * 1024
-_SOCKETS_PREFIX = "orchestra-warm-"
 # run as the cold wrapper: ``python -c LEARN executable output args...``; what the module
 # imported is written on descriptor 3 (opened by the supervisor) when it exits normally
 # (every module, in the order they were loaded: submodules such as sklearn.ensemble are
@@ -62,44 +64,64 @@ LEARN = (
     "runpy._run_module_as_main(sys.argv[0])\n"
 )
 
+Launcher = Callable[[dict[str, Any]], dict[str, Any]]  # one request to the launcher, its answer
+# makes a spare's spec (argv, env, cwd, limits) for its folder and the names it imports
+Recipe = Callable[[Path, list[str]], dict[str, Any]]
 
-@dataclass
-class _Server:
-    """One running fork server."""
+
+@dataclass(frozen=True)
+class Kind:
+    """What a spare is made for: tasks of one entry point of one generation, run alike."""
 
     module_id: int
     generation: str
-    process: subprocess.Popen[bytes]
-    socket: str
-    last_used: float = field(default_factory=time.monotonic)
+    executable: str
+    network: bool
+    model: str  # the model version's folder, or ""
+    limits: str  # the module's own limits, as JSON
+
+
+@dataclass
+class _Spare:
+    pid: int
+    folder: Path
+    size: int = 0  # bytes, measured once it was ready: from then on it is handed out
+
+    def ready(self) -> bool:
+        return (self.folder / "ready").exists()
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return Path(f"/proc/{self.pid}").exists()
 
     def memory(self) -> int:
-        """Bytes resident in the fork server and its two bubblewrap processes (not its tasks)."""
-        chain = [self.process.pid]
-        for _ in range(2):  # bubblewrap, its pid namespace's first process, the fork server
-            below = _children(chain[-1])
-            if not below:
-                break
-            chain.append(below[0])
-        return sum(_rss(pid) for pid in chain)
+        """Bytes resident in its supervisor and all below it (sandbox, interpreter)."""
+        return sum(_rss(pid) for pid in [self.pid, *_descendants(self.pid)])
 
-    def stop(self) -> None:
-        """Retire it: it takes no more tasks and ends once its running tasks have ended.
 
-        Never killed: its sandbox's first process is the ancestor of every task it started,
-        which must outlive this server like any task (they are adopted after a restart).
-        """
-        if self.process.stdin is not None:
-            self.process.stdin.close()  # the end of its standard input tells it to retire
+@dataclass
+class _Demand:
+    """A kind's spares, how to make more, and how much it is asked for."""
+
+    recipe: Recipe
+    spares: list[_Spare] = field(default_factory=list)
+    wanted: int = 1
+    last_used: float = field(default_factory=time.monotonic)
+    failures: int = 0
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        below = _children(todo.pop())
+        found += below
+        todo += below
+    return found
 
 
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-            return sorted(int(p) for p in handle.read().split())
+            return [int(p) for p in handle.read().split()]
     except (OSError, ValueError):
         return []
 
@@ -112,210 +134,209 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def _sweep_socket_folders() -> None:
-    """Remove the socket folders of pools whose process is gone (killed: no close ran)."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{_SOCKETS_PREFIX}*-*"):
-        pid = folder.name[len(_SOCKETS_PREFIX) :].partition("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def memory_budget(settings: Settings) -> int:
-    """Bytes the warm interpreters may hold: the setting, or a quarter of the machine's."""
+    """Bytes the spare interpreters may hold: the setting, or a quarter of the machine's."""
     if settings.warm_memory_mb:
         return settings.warm_memory_mb * _MB
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 class WarmPool:
-    """The fork servers of this process's tasks, and what each generation imports."""
+    """The spare interpreters of this process's tasks, by kind, and what each kind imports."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, launcher: Launcher) -> None:
         self._settings = settings
+        self._launcher = launcher
         self._lock = threading.Lock()
-        self._servers: dict[tuple[str, bool], _Server] = {}
-        self._starting: set[tuple[str, bool]] = set()
-        self._cold: set[tuple[str, bool]] = set()  # refused: its tasks start cold
-        self._taught: set[str] = set()  # generations whose first task ran to learn
-        _sweep_socket_folders()
-        # short socket paths (108 bytes at most), named for this process
-        self._sockets = Path(tempfile.mkdtemp(prefix=f"{_SOCKETS_PREFIX}{os.getpid()}-"))
+        self._kinds: dict[Kind, _Demand] = {}
+        self._cold: set[Kind] = set()  # too large for the budget, or its spares die
+        self._taught: set[Kind] = set()  # those whose first task was asked what it imports
         self._learnt = settings.home / "warm"
+        self._folders = settings.home / "spares"
+        self._made = 0
+        _sweep_spare_folders(self._folders)
+        self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="warm-sweep", daemon=True)
-        self._sweeper.start()
+        self._thread = threading.Thread(target=self._loop, name="warm-spares", daemon=True)
+        self._thread.start()
 
-    def launch(
-        self, task: TaskSpec, install: InstallFolder, output: Path, state: sandbox.SandboxState
-    ) -> dict[str, Any]:
-        """What to add to a task's launch request: ``warm``, ``learn``, or nothing (cold)."""
-        if not task.warm or not state.active:
-            return {}
-        key = (task.generation, task.network)
-        self._retire_others(task.module_id, task.generation)
+    def learning(self, kind: Kind) -> Path | None:
+        """Where the first task of ``kind`` writes what it imports (None for the others).
+
+        A task that does not end normally (killed, or by a limit) tells nothing: the spares of
+        its kind then import nothing ahead, but still save the interpreter's start.
+        """
+        learnt = self.learnt_file(kind)
         with self._lock:
-            server = self._servers.get(key)
-            if server is not None and server.alive():
-                server.last_used = time.monotonic()
-                argv = [str(output), *task.args]
-                warm = {"socket": server.socket, "output": str(output),
-                        "executable": task.executable, "argv": argv}  # fmt: skip
-                return {"warm": warm}
-            if key in self._cold or key in self._starting:
-                return {}
-        learnt = self._learnt_file(task.generation)
-        if not learnt.is_file() and task.generation not in self._taught:
-            # the first task runs cold and tells what it imports (a task killed by a limit
-            # tells nothing: its fork server then imports nothing ahead, but still forks)
-            self._taught.add(task.generation)
-            learnt.parent.mkdir(parents=True, exist_ok=True)
-            return {"learn": str(learnt), "learn_argv": ["-c", LEARN, task.executable]}
-        self._start_soon(task, install, state, key)
-        return {}
+            if learnt.is_file() or kind in self._taught:
+                return None
+            self._taught.add(kind)
+        learnt.parent.mkdir(parents=True, exist_ok=True)
+        return learnt
 
-    def _learnt_file(self, generation: str) -> Path:
-        return self._learnt / generation / "imports.txt"
+    def learnt_file(self, kind: Kind) -> Path:
+        """What tasks of ``kind`` import, once one has run."""
+        return self._learnt / kind.generation / f"{kind.executable}.txt"
 
-    def _start_soon(
-        self, task: TaskSpec, install: InstallFolder, state: sandbox.SandboxState, key: Any
-    ) -> None:
+    def take(self, kind: Kind, recipe: Recipe) -> int | None:
+        """A spare for a task of ``kind`` (its supervisor's pid), or None: it starts cold."""
+        self._retire_others(kind)
         with self._lock:
-            self._starting.add(key)
-        thread = threading.Thread(
-            target=self._start, args=(task, install, state, key), name="warm-start", daemon=True
-        )
-        thread.start()
+            if kind in self._cold:
+                return None
+            demand = self._kinds.setdefault(kind, _Demand(recipe))
+            demand.recipe, demand.last_used = recipe, time.monotonic()
+            spare = next((s for s in demand.spares if s.size), None)
+            if spare is not None:
+                demand.spares.remove(spare)
+            else:  # asked for more than there were: keep one more from now on
+                demand.wanted = min(demand.wanted + 1, max(1, self._settings.max_running))
+        self._wake.set()
+        return None if spare is None else spare.pid
 
-    def _start(
-        self, task: TaskSpec, install: InstallFolder, state: sandbox.SandboxState, key: Any
-    ) -> None:
-        server = None
+    def _retire_others(self, kind: Kind) -> None:
+        """Drop the spares of the module's other generations (it was updated)."""
+        self._forget(lambda k: k.module_id == kind.module_id and k.generation != kind.generation)
+
+    def _forget(self, condition: Callable[[Kind], bool]) -> None:
+        with self._lock:
+            gone = [k for k in self._kinds if condition(k)]
+            spares = [s for k in gone for s in self._kinds.pop(k).spares]
+        for spare in spares:
+            self._drop(spare)
+
+    def _drop(self, spare: _Spare) -> None:
         try:
-            server = self._spawn(task, install, state)
-        except OSError as exc:
-            _LOGGER.warning("no warm interpreter for %s: %s", task.generation, exc)
-        with self._lock:
-            self._starting.discard(key)
-            if server is None:
-                self._cold.add(key)
+            self._launcher({"drop": spare.pid})
+        except OSError as exc:  # the launcher is gone: so are its spares
+            _LOGGER.debug("dropping spare %s: %s", spare.pid, exc)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(_SWEEP_EVERY)
+            self._wake.clear()
+            if self._stopping.is_set():
                 return
-            self._servers[key] = server
-        self._keep_within_budget(key)
-
-    def _spawn(
-        self, task: TaskSpec, install: InstallFolder, state: sandbox.SandboxState
-    ) -> _Server:
-        """Start a fork server and wait until it has imported; OSError if it refuses."""
-        folder = Path(tempfile.mkdtemp(dir=self._sockets))
-        socket_path = str(folder / "s")
-        learnt = self._learnt_file(task.generation)
-        imports = learnt.read_text(encoding="utf-8").split() if learnt.is_file() else []
-        argv = [
-            *sandbox.warm_argv(
-                state,
-                install=install,
-                network=task.network,
-                tasks_dir=self._settings.tasks_dir,
-                sockets=folder,
-                script=FORKSERVER,
-            ),  # fmt: skip
-            str(install.python),
-            "-s",
-            "-B",
-            sandbox.WARM_SCRIPT,
-            socket_path,
-            str(self._settings.tasks_dir.resolve()),
-            ":".join(sandbox.warm_keep(install)),
-            *imports,
-        ]
-        env = clean_env({"HOME": "/tmp", "TMPDIR": "/tmp", "VIRTUAL_ENV": str(install.env)})
-        log = open(folder / "forkserver.log", "ab")  # noqa: SIM115 - kept by the process
-        try:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                start_new_session=True,
-            )  # fmt: skip
-        finally:
-            log.close()
-        answer = _first_line(process.stdout, _READY_TIMEOUT)
-        if answer != "ready":  # it serves no task yet: all of its sandbox goes
-            proctree.signal_tree(process.pid, process.pid, signal.SIGKILL, include_root=True)
-            process.wait()
-            if process.stdin is not None:
-                process.stdin.close()
-            shutil.rmtree(folder, ignore_errors=True)
-            raise OSError(f"its fork server answered {answer or 'nothing'!r}")
-        _LOGGER.info("warm interpreter for %s ready (%d names)", task.generation, len(imports))
-        return _Server(task.module_id, task.generation, process, socket_path)
-
-    def _retire_others(self, module_id: int, generation: str) -> None:
-        """Stop the module's fork servers of other generations (it was updated)."""
-        self._stop_where(lambda s: s.module_id == module_id and s.generation != generation)
-
-    def _stop_where(self, condition: Any) -> None:
-        with self._lock:
-            gone = {k: s for k, s in self._servers.items() if condition(s) or not s.alive()}
-            for key in gone:
-                del self._servers[key]
-        for server in gone.values():
-            server.stop()
-
-    def _keep_within_budget(self, newest: Any) -> None:
-        """Stop the least recently used fork servers while they hold more than the budget."""
-        budget = memory_budget(self._settings)
-        with self._lock:
-            servers = sorted(self._servers.items(), key=lambda item: item[1].last_used)
-        sizes = {key: server.memory() for key, server in servers}
-        total = sum(sizes.values())
-        for key, server in servers:
-            if total <= budget:
-                return
-            if key == newest and len(servers) > 1:
-                continue
-            with self._lock:
-                self._servers.pop(key, None)
-                if sizes[key] > budget:
-                    self._cold.add(key)  # alone too large: its tasks start cold
-            server.stop()
-            total -= sizes[key]
+            try:
+                self.sweep()
+                self._fill()
+            except Exception:  # the next round tries again
+                _LOGGER.exception("keeping spare interpreters failed")
 
     def sweep(self) -> None:
-        """Stop fork servers idle too long or whose generation is gone."""
-        idle = self._settings.warm_idle_seconds
-        now = time.monotonic()
+        """Drop idle kinds and those whose generation is gone; count spares that died."""
+        idle, now = self._settings.warm_idle_seconds, time.monotonic()
         installs = self._settings.installs_dir
-        self._stop_where(
-            lambda s: now - s.last_used > idle or not (installs / s.generation).is_dir()
-        )
+        unused = lambda k: now - self._kinds[k].last_used > idle  # noqa: E731
+        self._forget(lambda k: unused(k) or not (installs / k.generation).is_dir())
+        with self._lock:
+            for kind, demand in self._kinds.items():
+                for spare in [s for s in demand.spares if not s.alive()]:
+                    demand.spares.remove(spare)
+                    if _failed(spare):
+                        demand.failures += 1
+                if demand.failures >= _FAILURES and kind not in self._cold:
+                    _LOGGER.warning("spares of %s keep dying: its tasks start cold", kind)
+                    self._cold.add(kind)
+        self._admit()
         # what a removed generation imported is of no more use
         for folder in self._learnt.glob("*") if self._learnt.is_dir() else ():
             if not (installs / folder.name).exists():
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _sweep_loop(self) -> None:
-        while not self._stopping.wait(_SWEEP_EVERY):
-            try:
-                self.sweep()
-            except Exception:  # the next round tries again
-                _LOGGER.exception("sweeping warm interpreters failed")
-
-    def running(self) -> int:
-        """How many fork servers run."""
+    def _admit(self) -> None:
+        """Measure the spares that became ready, and keep them within the budget."""
+        budget = memory_budget(self._settings)
         with self._lock:
-            return sum(1 for s in self._servers.values() if s.alive())
+            fresh = [(k, s) for k, d in self._kinds.items() for s in d.spares
+                     if not s.size and s.ready()]  # fmt: skip
+        for kind, spare in fresh:
+            spare.size = max(1, spare.memory())
+            if spare.size > budget:  # alone larger than the budget: its kind starts cold
+                _LOGGER.warning("a spare of %s is larger than ORCHESTRA_WARM_MEMORY_MB", kind)
+                with self._lock:
+                    self._cold.add(kind)
+                self._forget(lambda k, cold=kind: k == cold)  # type: ignore[misc]
+            elif not self._room_for(kind):
+                self._forget_spare(kind, spare)
+
+    def _forget_spare(self, kind: Kind, spare: _Spare) -> None:
+        with self._lock:
+            demand = self._kinds.get(kind)
+            if demand is not None and spare in demand.spares:
+                demand.spares.remove(spare)
+        self._drop(spare)
+
+    def _fill(self) -> None:
+        """Start the spares wanted (measured and kept within the budget once ready)."""
+        with self._lock:
+            short = [(k, d) for k, d in self._kinds.items()
+                     if k not in self._cold and len(d.spares) < d.wanted]  # fmt: skip
+        for kind, demand in short:
+            learnt = self.learnt_file(kind)
+            names = learnt.read_text(encoding="utf-8").split() if learnt.is_file() else []
+            spare = self._start(kind, demand, names)
+            if spare is not None:
+                with self._lock:
+                    demand.spares.append(spare)
+
+    def _start(self, kind: Kind, demand: _Demand, names: list[str]) -> _Spare | None:
+        self._made += 1
+        folder = self._folders / f"{os.getpid()}-{self._made}"
+        try:
+            (folder / "output").mkdir(parents=True)
+            spec = demand.recipe(folder, names)
+            answer = self._launcher({"prepare": {"spare_dir": str(folder), "spec": spec}})
+            return _Spare(int(answer["pid"]), folder)
+        except (OSError, KeyError, ValueError) as exc:
+            _LOGGER.warning("no spare interpreter for %s: %s", kind, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+
+    def _room_for(self, kind: Kind) -> bool:
+        """Whether the measured spares fit the budget, once the least recently used kinds'
+        spares (never those of ``kind``, which has just grown) are dropped to make room."""
+        budget = memory_budget(self._settings)
+        with self._lock:
+            order = sorted(self._kinds.items(), key=lambda item: item[1].last_used)
+        total = sum(s.size for _, d in order for s in d.spares)
+        for other, demand in order:
+            if total <= budget:
+                return True
+            if other == kind:
+                continue
+            for spare in [s for s in demand.spares if s.size]:
+                self._forget_spare(other, spare)
+                total -= spare.size
+        return total <= budget
+
+    def spares(self) -> dict[str, int]:
+        """How many spares are ready and how many are starting."""
+        with self._lock:
+            every = [s for d in self._kinds.values() for s in d.spares]
+        ready = sum(1 for s in every if s.ready())
+        return {"ready": ready, "starting": len(every) - ready}
 
     def close(self) -> None:
-        """Stop every fork server (they need not survive this process)."""
+        """Stop keeping spares (those there are end with the launcher)."""
         self._stopping.set()
-        self._stop_where(lambda _s: True)
-        shutil.rmtree(self._sockets, ignore_errors=True)
+        self._wake.set()
+        self._thread.join(timeout=5)
 
 
-def _first_line(stream: IO[bytes] | None, timeout: float) -> str:
-    """The first line a fork server prints, within ``timeout``; empty if none."""
-    if stream is None:
-        return ""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        return ""
-    return stream.readline().decode("ascii", "replace").strip()
+def _failed(spare: _Spare) -> bool:
+    """Whether a spare that is gone died before its task came (its supervisor said so)."""
+    marker = spare.folder.with_name(spare.folder.name + ".failed")
+    try:
+        marker.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _sweep_spare_folders(folders: Path) -> None:
+    """Remove what spares of processes that are gone (killed: nothing ran) left behind."""
+    for folder in folders.glob("*-*") if folders.is_dir() else ():
+        pid = folder.name.partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True) if folder.is_dir() else folder.unlink()
