@@ -34,11 +34,13 @@ METHOD = (
     "run with `uv run` on the shared installer cache), 1,440 minute rows predicted and written "
     "as CSV. Registered on `python -m orchestra serve` with the sandbox on, after the "
     "background compile. The first task: request to `done` (waiting client). Later tasks: "
-    "request to `done` once they start warm (`ORCHESTRA_WARM=1`; the first task of the "
-    "generation runs cold and records its imports, the warm interpreter starts after it), "
-    "alternated with the bare command (`env/bin/python -m Forest OUT --start … --stop …` "
-    "from the installed code folder). First tasks: copies of the module under other names, "
-    "each registered and run once on that server and on a second one with warm starts off."
+    "request to `done` once they start warm (the default; the first task of the generation "
+    "runs cold and records its imports, a spare interpreter is started after it, and another "
+    "after each task that takes one), alternated with the bare command (`env/bin/python -m "
+    "Forest OUT --start … --stop …` from the installed code folder), which gives the next "
+    "spare the second it needs to import. First tasks: copies of the module under other "
+    "names, each registered and run once on that server and on a second one with "
+    "`ORCHESTRA_WARM=0`."
 )
 
 
@@ -53,7 +55,7 @@ def run_bench(ctx: Context) -> list[Row]:
         if ctx.quick
         else _forest_module(ctx, scratch / "module")
     )
-    cold_env = orchestra_env(scratch / "home-cold", ctx.uv_cache)
+    cold_env = orchestra_env(scratch / "home-cold", ctx.uv_cache, warm="0")
     warm_env = orchestra_env(scratch / "home", ctx.uv_cache, warm="1")
     with (
         Server(cold_env, scratch / "server-cold.log") as cold,

@@ -176,10 +176,10 @@ def _load_as_another_user(system: Path) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def test_warm_starts_are_off_unless_asked_and_keep_ten_minutes(tmp_path: Path) -> None:
+def test_warm_starts_are_on_unless_turned_off_and_keep_ten_minutes(tmp_path: Path) -> None:
     settings = load_settings(environ={"ORCHESTRA_HOME": str(tmp_path)}, system_config=None)
-    assert (settings.warm, settings.warm_memory_mb, settings.warm_idle_seconds) == (False, 0, 600)
-    env = {"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_WARM": "1",
+    assert (settings.warm, settings.warm_memory_mb, settings.warm_idle_seconds) == (True, 0, 600)
+    env = {"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_WARM": "0",
            "ORCHESTRA_WARM_MEMORY_MB": "2048", "ORCHESTRA_WARM_IDLE_SECONDS": "30"}  # fmt: skip
-    warm = load_settings(environ=env, system_config=None)
-    assert (warm.warm, warm.warm_memory_mb, warm.warm_idle_seconds) == (True, 2048, 30.0)
+    cold = load_settings(environ=env, system_config=None)
+    assert (cold.warm, cold.warm_memory_mb, cold.warm_idle_seconds) == (False, 2048, 30.0)

@@ -24,8 +24,9 @@ from tests.support.processes import TREE, alive, children, wait_for_file
 
 @pytest.fixture
 def local(settings: Settings) -> Settings:
-    """Settings with a short kill grace period."""
-    return settings.with_overrides(kill_grace=1.0)
+    """Settings with a short kill grace period; cold starts, whose launch requests are read
+    here (warm starts have tests/test_warm.py)."""
+    return settings.with_overrides(kill_grace=1.0, warm=False)
 
 
 @pytest.fixture

@@ -72,9 +72,9 @@ class Settings:
     api_url: str = ""  # where a worker reaches the API (packages, outputs, logs)
     max_queued_per_submitter: int = 0  # queued tasks one submitter may have (0 = no limit)
     model_keep: int = 0  # model versions kept per module after a training, plus aliased; 0 = all
-    warm: bool = False  # start tasks from warm interpreters where modules allow (sandbox needed)
-    warm_memory_mb: int = 0  # MB the warm interpreters may hold; 0 = a quarter of the machine's
-    warm_idle_seconds: float = 600.0  # seconds a warm interpreter is kept unused
+    warm: bool = True  # start tasks from spare interpreters started ahead, where modules allow
+    warm_memory_mb: int = 0  # MB the spare interpreters may hold; 0 = a quarter of the machine's
+    warm_idle_seconds: float = 600.0  # seconds a module's spare interpreters are kept unused
 
     @property
     def db_url(self) -> str:

@@ -41,6 +41,7 @@ _LOGGER = logging.getLogger(__name__)
 SPARE_SOURCE = Path(__file__).resolve().parent / "spare.py"
 SPARE_OUTPUT = "/orchestra-spare/output"  # where a spare's output folder is, in its sandbox
 _SWEEP_EVERY = 1.0  # seconds between two looks at idle, gone, dead and oversized spares
+_PENDING_EVERY = 0.05  # the same while a spare is starting: it is handed out once measured
 _FAILURES = 2  # spares of a kind that died before their task: its tasks start cold
 _MB = 1024 * 1024
 # run as the cold wrapper: ``python -c LEARN executable output args...``; what the module
@@ -213,7 +214,9 @@ class WarmPool:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(_SWEEP_EVERY)
+            with self._lock:
+                pending = any(not s.size for d in self._kinds.values() for s in d.spares)
+            self._wake.wait(_PENDING_EVERY if pending else _SWEEP_EVERY)
             self._wake.clear()
             if self._stopping.is_set():
                 return
