@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import BenchError, run, user_env
+from harness import ROOT, BenchError, run, user_env
 
 if TYPE_CHECKING:
     from orchestra.storage.db import Database
@@ -272,3 +273,23 @@ def home_database(home: Path) -> Iterator[Database]:
         yield db
     finally:
         db.dispose()
+
+
+@contextmanager
+def celery_services(scratch: Path) -> Iterator[tuple[Any, Any]]:
+    """A real PostgreSQL and Redis (the test suite's fixtures) for a Celery cluster."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.postgres import find_binaries, start_server
+    from tests.support.redis import RedisServer
+
+    binaries, redis = find_binaries(), shutil.which("redis-server")
+    if binaries is None or redis is None:
+        raise BenchError("a Celery benchmark needs PostgreSQL's binaries and redis-server")
+    postgres = start_server(binaries)
+    broker = RedisServer(redis, scratch / "redis")
+    broker.start()
+    try:
+        yield postgres, broker
+    finally:
+        broker.stop()
+        postgres.stop()

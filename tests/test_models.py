@@ -376,3 +376,27 @@ def test_concurrent_settlers_make_one_version_per_task_and_distinct_numbers(
     assert sorted(v for v, created in made if created) == [1, 2, 3], made
     assert sum(created for _, created in made) == 3 and len(made) == 5
     assert sorted(v.task for v in service.list_models(module)) == [7, 8, 9]
+
+
+def test_a_stored_folder_becomes_links_to_read_only_blobs_and_leaves_no_staging(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "model"
+    (folder / "scaler").mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"w" * 4096)
+    (folder / "scaler" / "copy.bin").write_bytes(b"w" * 4096)  # the same content twice
+    (folder / "scaler" / "mean.json").write_text("[0.5]")
+    store = ModelStore(tmp_path / "store")
+    stored = store.ingest(folder)
+    assert stored.digest == _sha256sum(folder) and stored.size == 2 * 4096 + 5
+    final = store.materialize(4, 1, stored)
+    blobs = [p for p in store.blobs.rglob("*") if p.is_file()]
+    assert len(blobs) == 2 and all(p.stat().st_mode & 0o777 == 0o444 for p in blobs)
+    for rel, sha, _ in stored.contents:
+        assert (final / rel).stat().st_ino == store.blob(sha).stat().st_ino, rel
+    again = store.ingest(folder)  # stored already: nothing new, and its staging unused
+    store.unstage(again)
+    store.unstage(stored)  # taken by the version: nothing to remove
+    assert sorted(p.name for p in store.versions.iterdir()) == ["4"]
+    assert [p for p in store.blobs.rglob("*") if p.is_file()] == blobs
+    assert (final / "scaler" / "mean.json").read_text() == "[0.5]"

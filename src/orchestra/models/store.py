@@ -13,6 +13,7 @@ folder, so that anyone can check a downloaded version with standard tools.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -22,7 +23,7 @@ import shutil
 import stat
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ _CHUNK = 1024 * 1024  # bytes hashed or copied at a time
 _HASHERS = min(4, os.cpu_count() or 1)  # files hashed at once while a model is stored
 NO_MODEL = "the training wrote no model"
 SHA256 = re.compile(r"[0-9a-f]{64}")
+_FAN_OUT = tuple(f"{n:02x}" for n in range(256))  # the blobs' folders, by a hash's first byte
 Entry = tuple[str, str, int]  # relative path, sha256 hex of its content, size in bytes
 
 
@@ -52,6 +54,7 @@ class Stored:
     digest: str
     size: int
     contents: tuple[Entry, ...]
+    staged: Path | None = None  # the version's folder of links, made while the files were stored
 
 
 def digest_of(contents: Iterable[Entry]) -> str:
@@ -81,26 +84,53 @@ class ModelStore:
     def ingest(self, folder: Path) -> Stored:
         """Every file of a training's model folder into the store; ModelProblem if refused."""
         found = scan(folder)
-        # hashing is the cost (the files are linked, not copied): hashlib lets go of the
-        # GIL while it hashes, so files are hashed side by side on the machine's cores
-        with ThreadPoolExecutor(max_workers=_HASHERS) as pool:
-            entries = list(pool.map(lambda item: self._ingest_file(*item), found))
-        contents = tuple(sorted(entries))
-        return Stored(digest_of(contents), sum(e[2] for e in contents), contents)
+        self._fan_out()
+        staged = self._staging(rel for rel, _ in found)
+        try:
+            entries = _side_by_side(lambda item: self._ingest_file(*item, staged), found)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return dataclasses.replace(_stored(entries), staged=staged)
 
-    def _ingest_file(self, rel: str, path: Path) -> Entry:
-        sha, size = _hash_file(path)
+    def _staging(self, rels: Iterable[str]) -> Path:
+        """A version's folder to be, its subfolders made, that storing the files fills."""
+        staged = self.versions / f".staged-{uuid.uuid4().hex}"
+        for parent in sorted({os.path.dirname(rel) for rel in rels}):
+            (staged / parent).mkdir(parents=True, exist_ok=True)
+        return staged
+
+    def unstage(self, stored: Stored) -> None:
+        """Remove the folder ``ingest`` staged if no version took it (a failed or lost race)."""
+        if stored.staged is not None:
+            shutil.rmtree(stored.staged, ignore_errors=True)
+
+    def _fan_out(self) -> None:
+        """The blobs' 256 folders, made once for the store rather than one by one as it fills."""
+        if (self.blobs / _FAN_OUT[-1]).is_dir():
+            return
+        for name in _FAN_OUT:
+            (self.blobs / name).mkdir(parents=True, exist_ok=True)
+
+    def _ingest_file(self, rel: str, path: Path, staged: Path) -> Entry:
+        # the training has ended: its file becomes the blob itself, sealed before it shows
+        sha, size = _hash_file(path, seal=True)
         target = self.blob(sha)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)  # the same disk: no copy at all
+        except FileExistsError:
+            pass  # stored already (the same content: its name is its hash)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
             tmp = target.with_name(f".{sha}.{uuid.uuid4().hex}")
             try:
-                os.link(path, tmp)  # the same disk: no copy at all
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
                 shutil.copyfile(path, tmp)
-            self._seal(tmp, target)
+                self._seal(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        # the version's link now, while the other files hash, rather than in a pass of its own
+        _link_or_copy(target, staged / rel)
         return rel, sha, size
 
     def receive(self, sha: str, chunks: Iterator[bytes]) -> int:
@@ -140,28 +170,46 @@ class ModelStore:
             if self.blob(sha).stat().st_size != size:
                 raise ModelProblem(f"contents: {rel!r} does not have the size sent")
             entries.append((rel, sha, size))
-        stored = Stored(digest_of(entries), sum(e[2] for e in entries), tuple(sorted(entries)))
+        stored = _stored(entries)
         if stored.digest != digest:
             raise ModelProblem(f"the files sent make {stored.digest}, not {digest}")
         return stored
 
-    def materialize(self, module_id: int, version: int, contents: Iterable[Entry]) -> Path:
-        """Make a version's folder of links to its blobs; its path."""
+    def materialize(self, module_id: int, version: int, stored: Stored) -> Path:
+        """Put a version's folder of links to its blobs in place (the staged one if any)."""
         final = self.version_dir(module_id, version)
-        tmp = final.with_name(f".{version}.{uuid.uuid4().hex}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # left by an interrupted attempt: its number is ours now
+            shutil.rmtree(final)
+        if stored.staged is not None:
+            try:
+                os.replace(stored.staged, final)
+                return final
+            except FileNotFoundError:  # taken by another settler of the same training
+                pass
+        tmp = self._links(final.with_name(f".{version}.{uuid.uuid4().hex}"), stored)
         try:
-            for rel, sha, _ in contents:
-                path = tmp / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(self.blob(sha), path)
-            tmp.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # left by an interrupted attempt: its number is ours now
-                shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def _links(self, tmp: Path, stored: Stored) -> Path:
+        """A folder at ``tmp`` of links to the blobs of ``stored``."""
+        try:
+            tmp.mkdir(parents=True)
+            made = {tmp}
+            for rel, sha, _ in stored.contents:
+                path = tmp / rel
+                if path.parent not in made:  # one mkdir per folder, not one per file
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
+                _link_or_copy(self.blob(sha), path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tmp
 
     # -- freeing ----------------------------------------------------------------------------
 
@@ -222,10 +270,30 @@ def _scan(folder: Path, prefix: str, found: list[tuple[str, Path]]) -> None:
             raise ModelProblem(f"the model folder holds something that is not a file: {rel}")
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
+def _hash_file(path: Path, seal: bool = False) -> tuple[str, int]:
+    """A file's SHA-256 and size; with ``seal``, made read-only through the same handle."""
     with open(path, "rb", buffering=0) as source:
         digest = hashlib.file_digest(source, "sha256")  # one reused buffer, no copies
+        if seal:
+            os.fchmod(source.fileno(), 0o444)
         return digest.hexdigest(), source.tell()
+
+
+def _side_by_side(
+    work: Callable[[tuple[str, Path]], Entry], found: list[tuple[str, Path]]
+) -> list[Entry]:
+    """``work`` on each file, files side by side on the machine's cores.
+
+    Hashing is the cost of storing a model (its files are linked, not copied), and hashlib
+    lets go of the GIL while it hashes large buffers, so threads hash on every core.
+    """
+    with ThreadPoolExecutor(max_workers=_HASHERS) as pool:
+        return list(pool.map(work, found))
+
+
+def _stored(entries: Iterable[Entry]) -> Stored:
+    contents = tuple(sorted(entries))
+    return Stored(digest_of(contents), sum(e[2] for e in contents), contents)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -240,8 +308,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def hash_folder(folder: Path) -> Stored:
     """The digest of a folder as it is, nothing stored (a worker checking what it holds)."""
-    contents = tuple(sorted((rel, *_hash_file(path)) for rel, path in scan(folder)))
-    return Stored(digest_of(contents), sum(e[2] for e in contents), contents)
+    return _stored(_side_by_side(lambda item: (item[0], *_hash_file(item[1])), scan(folder)))
 
 
 def write_zip(files: Iterable[tuple[str, Path]], target: Path) -> None:

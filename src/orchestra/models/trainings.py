@@ -52,7 +52,10 @@ class Trainings:
         except OSError as exc:
             why = "no space left to store the model" if is_disk_full(exc) else str(exc)
             return dataclasses.replace(outcome, status=TaskStatus.ERROR, error=why)
-        return self.make_version(task_id, spec, outcome, stored, read_metrics(folder / METRICS))
+        try:
+            return self.make_version(task_id, spec, outcome, stored, read_metrics(folder / METRICS))
+        finally:
+            self.store.unstage(stored)
 
     def make_version(
         self,

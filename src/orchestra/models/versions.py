@@ -144,7 +144,7 @@ def _create(
         if current is None or made.promote:
             _move(session, made.module_id, DEFAULT, number, by)
         # the folder last, inside the transaction: a failure leaves no row behind
-        store.materialize(made.module_id, number, stored.contents)
+        store.materialize(made.module_id, number, stored)
         version = _version_of(row, ())
     return version, True
 
