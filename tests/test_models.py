@@ -182,6 +182,17 @@ def test_deleting_versions_frees_files_and_numbers_are_never_given_twice(
     assert server.aliases(example).history[-1].to == 3
 
 
+def test_a_deleted_training_leaves_its_version_without_a_task_and_its_id_trains_anew(
+    server: Service, example: int
+) -> None:
+    first = _train(server, example, epochs=2)
+    server.delete_task(first.id)  # the newest task: SQLite gives its id to the next one
+    assert server.get_model(example, 1).task is None
+    second = _train(server, example, epochs=3)
+    assert (second.status, second.trained) == ("done", 2), second
+    assert [(v.version, v.task) for v in server.list_models(example)] == [(2, second.id), (1, None)]
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -368,14 +379,16 @@ def test_concurrent_settlers_make_one_version_per_task_and_distinct_numbers(
         version, created = versions.create(service.db, store, record, stored)
         made.append((version.version, created))
 
-    threads = [threading.Thread(target=settle, args=(task,)) for task in (7, 7, 8, 9, 9)]
+    first, second, third = (service.train(module, {"epochs": "1"}).id for _ in range(3))
+    settlers = (first, first, second, third, third)
+    threads = [threading.Thread(target=settle, args=(task,)) for task in settlers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert sorted(v for v, created in made if created) == [1, 2, 3], made
     assert sum(created for _, created in made) == 3 and len(made) == 5
-    assert sorted(v.task for v in service.list_models(module)) == [7, 8, 9]
+    assert sorted(v.task for v in service.list_models(module)) == [first, second, third]
 
 
 def test_a_stored_folder_becomes_links_to_read_only_blobs_and_leaves_no_staging(

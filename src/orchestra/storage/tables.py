@@ -143,7 +143,11 @@ class ModelVersionRow(Base):
     # [[relative path, sha256 hex, size], ...] sorted by path: what the folder holds
     contents: Mapped[list[Any]] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column()
-    task_id: Mapped[int | None] = mapped_column(Id, unique=True)  # the training task
+    # the training task; cleared when that task is deleted (SQLite gives its id again)
+    task_id: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("tasks.id", ondelete="SET NULL", name="fk_model_versions_task"),
+        unique=True,
+    )  # fmt: skip
     generation: Mapped[str | None] = mapped_column(Text)
     commit: Mapped[str | None] = mapped_column(String(64))
     args: Mapped[dict[str, str]] = mapped_column(JSON)

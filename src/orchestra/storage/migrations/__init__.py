@@ -8,4 +8,4 @@ matches the scripts in ``versions/``: a new migration must move it.
 from __future__ import annotations
 
 BASELINE = "0001"  # the schema of the first release (SCHEMA_VERSION 1, no alembic_version)
-HEAD = "0007"
+HEAD = "0008"
