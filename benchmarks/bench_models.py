@@ -57,7 +57,7 @@ METHOD = (
     "waiting client, interleaved in blocks of 10, the trained one with its version in the "
     "worker's cache (read-only in its sandbox). First run: a new version trained, then the "
     "first run with it, which the worker starts only once it has fetched the version "
-    "(download from the API, unpack, check its digest), three times"
+    "(download from the API, unpack, check its digest), three times."
 )
 
 
