@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -407,7 +409,11 @@ def test_a_stored_folder_becomes_links_to_read_only_blobs_and_leaves_no_staging(
     assert len(blobs) == 2 and all(p.stat().st_mode & 0o777 == 0o444 for p in blobs)
     for rel, sha, _ in stored.contents:
         assert (final / rel).stat().st_ino == store.blob(sha).stat().st_ino, rel
+    left = store.versions / ".staged-left-by-a-stopped-server"
+    left.mkdir()
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
     again = store.ingest(folder)  # stored already: nothing new, and its staging unused
+    assert not left.exists() and again.staged is not None and again.staged.is_dir()
     store.unstage(again)
     store.unstage(stored)  # taken by the version: nothing to remove
     assert sorted(p.name for p in store.versions.iterdir()) == ["4"]

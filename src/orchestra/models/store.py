@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +37,8 @@ _CHUNK = 1024 * 1024  # bytes hashed or copied at a time
 _HASHERS = min(4, os.cpu_count() or 1)  # files hashed at once while a model is stored
 NO_MODEL = "the training wrote no model"
 SHA256 = re.compile(r"[0-9a-f]{64}")
+_STAGED = ".staged-"  # a version's folder of links made while its files are stored
+_STAGED_FOR = 3600.0  # seconds after which a staged folder is left over, not in use
 _FAN_OUT = tuple(f"{n:02x}" for n in range(256))  # the blobs' folders, by a hash's first byte
 Entry = tuple[str, str, int]  # relative path, sha256 hex of its content, size in bytes
 
@@ -95,10 +98,22 @@ class ModelStore:
 
     def _staging(self, rels: Iterable[str]) -> Path:
         """A version's folder to be, its subfolders made, that storing the files fills."""
-        staged = self.versions / f".staged-{uuid.uuid4().hex}"
+        self._sweep_staging()
+        staged = self.versions / f"{_STAGED}{uuid.uuid4().hex}"
         for parent in sorted({os.path.dirname(rel) for rel in rels}):
             (staged / parent).mkdir(parents=True, exist_ok=True)
         return staged
+
+    def _sweep_staging(self) -> None:
+        """Remove staged folders that a server stopped mid-way left (their links hold space)."""
+        try:
+            entries = list(os.scandir(self.versions))
+        except FileNotFoundError:
+            return
+        old = time.time() - _STAGED_FOR
+        for entry in entries:
+            if entry.name.startswith(_STAGED) and entry.stat().st_mtime < old:
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     def unstage(self, stored: Stored) -> None:
         """Remove the folder ``ingest`` staged if no version took it (a failed or lost race)."""
