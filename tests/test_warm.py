@@ -112,8 +112,7 @@ def test_a_warm_task_starts_from_the_installed_state_in_its_own_folders(
     first = _run(live_server, module, tag="a")
     assert first["status"] == "done" and first["start"] == "cold", first
     warm = _until_warm(live_server, module)
-    again = _run(live_server, module, tag="b")
-    assert again["start"] == "warm"
+    again = _until_warm(live_server, module, tag="b")  # the next spare, once it is ready
     # what the first run imported, submodules included, never the module's own package
     (learnt,) = (settings.home / "warm").glob("*/*.txt")
     names = learnt.read_text().split()

@@ -254,14 +254,16 @@ class WarmPool:
             fresh = [(k, s) for k, d in self._kinds.items() for s in d.spares
                      if not s.size and s.ready()]  # fmt: skip
         for kind, spare in fresh:
-            spare.size = max(1, spare.memory())
-            if spare.size > budget:  # alone larger than the budget: its kind starts cold
+            size = max(1, spare.memory())  # given to the spare, which hands it out, if kept
+            if size > budget:  # alone larger than the budget: its kind starts cold
                 _LOGGER.warning("a spare of %s is larger than ORCHESTRA_WARM_MEMORY_MB", kind)
                 with self._lock:
                     self._cold.add(kind)
                 self._forget(lambda k, cold=kind: k == cold)  # type: ignore[misc]
-            elif not self._room_for(kind):
+            elif not self._room_for(kind, size):
                 self._forget_spare(kind, spare)
+            else:
+                spare.size = size
 
     def _forget_spare(self, kind: Kind, spare: _Spare) -> None:
         with self._lock:
@@ -296,13 +298,13 @@ class WarmPool:
             shutil.rmtree(folder, ignore_errors=True)
             return None
 
-    def _room_for(self, kind: Kind) -> bool:
-        """Whether the measured spares fit the budget, once the least recently used kinds'
-        spares (never those of ``kind``, which has just grown) are dropped to make room."""
+    def _room_for(self, kind: Kind, size: int) -> bool:
+        """Whether one more spare of ``kind`` (``size`` bytes) fits the budget, once the least
+        recently used kinds' spares (never those of ``kind``) are dropped to make room."""
         budget = memory_budget(self._settings)
         with self._lock:
             order = sorted(self._kinds.items(), key=lambda item: item[1].last_used)
-        total = sum(s.size for _, d in order for s in d.spares)
+        total = size + sum(s.size for _, d in order for s in d.spares)
         for other, demand in order:
             if total <= budget:
                 return True
