@@ -24,6 +24,7 @@ See docs/architecture.md ("Warm starts").
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -173,6 +174,9 @@ class WarmPool:
                 return None
             self._taught.add(kind)
         learnt.parent.mkdir(parents=True, exist_ok=True)
+        for stale in _learning(learnt):  # a learning task that died with its supervisor
+            if not Path(f"/proc/{stale.name.split('.')[-2]}").exists():
+                stale.unlink(missing_ok=True)
         return learnt
 
     def learnt_file(self, kind: Kind) -> Path:
@@ -279,6 +283,8 @@ class WarmPool:
                      if k not in self._cold and len(d.spares) < d.wanted]  # fmt: skip
         for kind, demand in short:
             learnt = self.learnt_file(kind)
+            if not learnt.is_file() and _learning(learnt):
+                continue  # its first task is still running: a spare now would slow it down
             names = learnt.read_text(encoding="utf-8").split() if learnt.is_file() else []
             spare = self._start(kind, demand, names)
             if spare is not None:
@@ -327,6 +333,11 @@ class WarmPool:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=5)
+
+
+def _learning(learnt: Path) -> list[Path]:
+    """The files a kind's learning tasks are writing (the supervisor's ``learn``: PATH.PID.tmp)."""
+    return list(learnt.parent.glob(f"{glob.escape(learnt.name)}.*.tmp"))
 
 
 def _failed(spare: _Spare) -> bool:
