@@ -28,9 +28,10 @@ def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
     app.conf.update(_config(settings))
     if worker is not None:
 
-        @app.task(name=TASK_NAME, ignore_result=True)
-        def run_task(task_id: int) -> None:
-            worker.run(int(task_id))
+        @app.task(name=TASK_NAME, ignore_result=True, bind=True)
+        def run_task(self: Any, task_id: int) -> None:
+            delivered = getattr(self.request, "delivery_info", None) or {}
+            worker.run(int(task_id), queue=delivered.get("routing_key"))
 
         app.conf.worker_pool = waking_pool()
         _keep_tasks_through_broker_loss()

@@ -110,7 +110,8 @@ def run_worker(settings: Settings, *, name: str, queues: list[str], concurrency:
             [
                 "worker", f"--concurrency={concurrency}",  # the pool: the app's worker_pool
                 f"--queues={','.join(queues)}", f"--hostname={name}@%h",
-                "--without-mingle", "--without-gossip", "--loglevel=INFO",
+                "--without-mingle", "--without-gossip", "--without-heartbeat",
+                "--loglevel=INFO",
             ]
         )  # fmt: skip
     finally:

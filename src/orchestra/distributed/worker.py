@@ -158,7 +158,7 @@ class Worker:
 
     # -- one task -----------------------------------------------------------------------------
 
-    def run(self, task_id: int) -> None:
+    def run(self, task_id: int, queue: str | None = None) -> None:
         """Woken by the message of ``task_id``: run the fairest queued task of its queue.
 
         A message only wakes the worker; which task it runs is fair share's choice
@@ -168,7 +168,8 @@ class Worker:
         task queued (another wake-up took it, it was killed) runs nothing.
         """
         steps = _Steps()
-        queue = self._persist(lambda: self._queue_of(task_id))
+        if queue not in self.queues:  # the message's queue, else its task's
+            queue = self._persist(lambda: self._queue_of(task_id))
         row = self._persist(lambda: lifecycle.claim_fairest(self.db, self.name, queue))
         steps.mark("claim")
         if row is None:
@@ -300,10 +301,11 @@ class Worker:
                 for task_id, e in self._running.items()
                 if e.handle is not None and not e.ended.is_set()
             ]
-        for task_id in started:  # settled elsewhere while this worker was out of reach?
-            row = lifecycle.read(self.db, task_id)
-            if row is None or row.status != TaskStatus.RUNNING or row.worker != self.name:
-                self._stop(task_id, "settled elsewhere")
+        if not started:
+            return
+        mine = lifecycle.running_on(self.db, self.name, started)
+        for task_id in set(started) - mine:  # settled elsewhere while out of reach?
+            self._stop(task_id, "settled elsewhere")
 
     def _guard_lease(self) -> None:
         """Stop every task once the leases went unrenewed for too long (a cut network).

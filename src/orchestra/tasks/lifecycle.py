@@ -23,14 +23,30 @@ session costs several times more per transaction, and the server runs these for 
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, Update, bindparam, delete, func, insert, select, text
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    Connection,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from orchestra.access import audit
 from orchestra.errors import TooManyRequests
@@ -55,6 +71,31 @@ _SET_SPEC = (
             started=bindparam("new_started"), worker=bindparam("new_worker"),
             start=bindparam("new_start"))
 )  # fmt: skip
+_NEW_ID = select(func.nextval(func.pg_get_serial_sequence("tasks", "id")).label("id")).cte()
+_NEW_COLUMNS = (
+    "module_id", "status", "args", "created", "timeout", "install_dir", "executor",
+    "kill_requested", "started", "worker", "submitted_by", "user", "submitter", "queue", "kind",
+    "model_version", "model_digest", "reuse_key",
+)  # fmt: skip
+_ID_STAND_IN = -4_611_686_018_427_387_903  # the id in a spec built before the id is drawn
+_SPEC_ID = bindparam("id_path", type_=ARRAY(Text))  # the key of the spec that holds the id
+# PostgreSQL only: the insert and its spec in one statement, the id drawn from the sequence
+_INSERT_WITH_SPEC = (
+    insert(_TASKS)
+    .from_select(
+        ["id", *_NEW_COLUMNS, "spec"],
+        select(
+            _NEW_ID.c.id,
+            *(bindparam(name, type_=_COLUMNS[name].type) for name in _NEW_COLUMNS),
+            cast(
+                func.jsonb_set(cast(bindparam("spec", type_=JSON), JSONB), _SPEC_ID,
+                               func.to_jsonb(_NEW_ID.c.id)),
+                JSON,
+            ),
+        ),
+    )
+    .returning(_COLUMNS.id)
+)  # fmt: skip
 _COUNT_RUNNING = select(func.count()).select_from(_TASKS).where(_COLUMNS.status == _RUNNING)
 _OLDEST_QUEUED = (
     select(_COLUMNS.id).where(_COLUMNS.status == _QUEUED).order_by(_COLUMNS.id).limit(1)
@@ -67,6 +108,10 @@ _OLDER_QUEUED = (
 # one statement where two would do: how many run, and which queued task is next (or older)
 _SLOTS = select(_COUNT_RUNNING.scalar_subquery(), _OLDEST_QUEUED.scalar_subquery())
 _SLOTS_BEFORE = select(_COUNT_RUNNING.scalar_subquery(), _OLDER_QUEUED.scalar_subquery())
+_RUNNING_ON = select(_COLUMNS.id).where(
+    _COLUMNS.id.in_(bindparam("ids", expanding=True)), _COLUMNS.status == _RUNNING,
+    _COLUMNS.worker == bindparam("worker"),
+)  # fmt: skip
 _ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
 _QUEUED_OF = (
     select(func.count())
@@ -242,6 +287,10 @@ def create(
             _lock_slots(connection)
         if new.max_queued:
             _check_quota(connection, new)
+        if max_running is None and connection.dialect.name == "postgresql":
+            inserted_whole = _insert_with_spec(connection, new, values)
+            if inserted_whole is not None:
+                return inserted_whole, slot_free
         # the insert assigns the id that the spec needs
         inserted = connection.execute(_INSERT, values).inserted_primary_key
         assert inserted is not None
@@ -260,6 +309,22 @@ def create(
              "new_start": values.get("start")},
         )  # fmt: skip
     return TaskRecord(id=task_id, **values), slot_free
+
+
+def _insert_with_spec(
+    connection: Connection, new: NewTask, values: dict[str, Any]
+) -> TaskRecord | None:
+    """A queued task in one statement: PostgreSQL draws the id and writes it into the spec.
+
+    None (nothing written) when the spec holds its id elsewhere than at one top-level key.
+    """
+    spec = new.build_spec(_ID_STAND_IN)
+    keys = [key for key, value in spec.items() if value == _ID_STAND_IN]
+    if len(keys) != 1 or json.dumps(spec).count(str(_ID_STAND_IN)) != 1:
+        return None
+    params = {**values, "spec": spec, "id_path": keys}
+    task_id = int(connection.execute(_INSERT_WITH_SPEC, params).scalar_one())
+    return TaskRecord(id=task_id, **values, spec={**spec, keys[0]: task_id})
 
 
 def _check_quota(connection: Connection, new: NewTask) -> None:
@@ -437,6 +502,13 @@ def read(db: Database, task_id: int) -> TaskRecord | None:
 
 def _read(connection: Connection, task_id: int) -> TaskRecord | None:
     return _record(connection.execute(_ROW, {"task_id": task_id}).first())
+
+
+def running_on(db: Database, worker: str, task_ids: Iterable[int]) -> set[int]:
+    """Those of ``task_ids`` that still run on ``worker``, in one read."""
+    with db.connect() as connection:
+        return set(connection.execute(_RUNNING_ON, {"worker": worker, "ids": list(task_ids)})
+                   .scalars())  # fmt: skip
 
 
 # -- ending -----------------------------------------------------------------------------------
