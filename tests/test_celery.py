@@ -445,3 +445,31 @@ def test_a_worker_with_warm_starts_runs_its_tasks_warm(cluster: Cluster, tmp_pat
     body = cluster.call("GET", f"/task/{task_id}/output/result.txt").body.decode()
     assert body.startswith(f"tag=w{attempt} ")
     worker.stop()
+
+
+def test_a_module_updated_or_removed_is_read_again_at_its_next_submission(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    def version(number: str) -> Path:
+        shutil.rmtree(tmp_path / "changing", ignore_errors=True)  # the source, rewritten
+        code = f'(out / "v.txt").write_text("{number}")'
+        return write_module(tmp_path / "changing", name="changing", code=code,
+                            extra={"version": number})  # fmt: skip
+
+    module_id = cluster.register(version("0.1"))
+    first = cluster.run(module_id)  # the server remembers the generation this one read
+    assert cluster.wait_status(first, {"done", "error"})["status"] == "done"
+    version("0.2")
+    assert cluster.call("POST", f"/module/{module_id}/update").status == 202
+    wait_for(
+        lambda: cluster.call("GET", f"/module/{module_id}").json(),
+        lambda m: m["status"] == "installed" and m["version"] == "0.2", timeout=180,
+        what="the update",
+    )  # fmt: skip
+    second = cluster.run(module_id)
+    assert cluster.wait_status(second, {"done", "error"})["status"] == "done"
+    assert cluster.call("GET", f"/task/{second}/output/v.txt").body == b"0.2"
+    assert cluster.call("DELETE", f"/module/{module_id}").status == 204
+    refused = cluster.call("POST", f"/module/{module_id}/run", {})
+    assert refused.status in (404, 409), refused.body
+    assert cluster.call("GET", f"/tasks?module={module_id}").json()["total"] == 2

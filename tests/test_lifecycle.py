@@ -245,3 +245,27 @@ def test_renewing_a_workers_lease_keeps_its_tasks_and_names_those_to_kill(db: Da
     assert info.heartbeat > old
     workers.forget(db, "w1")
     assert workers.list_workers(db) == []
+
+
+@pytest.mark.parametrize("url", ["postgresql"], indirect=True)
+def test_an_insert_checked_against_the_module_writes_only_while_it_is_installed_so(
+    db: Database,
+) -> None:
+    with db.write() as session:
+        session.execute(update(ModuleRow).where(ModuleRow.id == 1).values(install_dir="g2"))
+
+    def new(generation: str) -> NewTask:
+        spec = lambda i: {"task_id": i, "generation": generation}  # noqa: E731
+        return NewTask(1, {}, 10, generation, spec, if_installed=True)
+
+    row, _ = lifecycle.create(db, new("g2"))
+    read = lifecycle.read(db, row.id)
+    assert read is not None and read.spec == row.spec == {"task_id": row.id, "generation": "g2"}
+    with pytest.raises(lifecycle.ModuleChanged):  # updated since the submission read it
+        lifecycle.create(db, new("g1"))
+    with db.write() as session:
+        session.execute(update(ModuleRow).where(ModuleRow.id == 1).values(status="removed"))
+    with pytest.raises(lifecycle.ModuleChanged):
+        lifecycle.create(db, new("g2"))
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(TaskRow)) == 1  # nothing written

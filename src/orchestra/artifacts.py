@@ -137,13 +137,14 @@ def _code_files(code: Path) -> Iterable[Path]:
 
 def running(db: Database, task_id: int, worker: str | None) -> None:
     """WrongState unless the task runs (on ``worker`` when the row names one)."""
-    row = lifecycle.read(db, task_id)
-    if row is None:
+    found = lifecycle.status_of(db, task_id)
+    if found is None:
         raise NotFound(f"no task {task_id}")
-    if row.status != TaskStatus.RUNNING:
-        raise WrongState(f"task {task_id} is {row.status}: its files can no longer change")
-    if worker and row.worker and row.worker != worker:
-        raise WrongState(f"task {task_id} runs on worker {row.worker}, not {worker}")
+    status, runs_on = found
+    if status != TaskStatus.RUNNING:
+        raise WrongState(f"task {task_id} is {status}: its files can no longer change")
+    if worker and runs_on and runs_on != worker:
+        raise WrongState(f"task {task_id} runs on worker {runs_on}, not {worker}")
 
 
 def check_output_name(name: str) -> list[str]:

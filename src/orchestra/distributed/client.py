@@ -26,6 +26,7 @@ TIMEOUT = 30.0  # seconds one request may take
 ATTEMPTS = 5  # tries of one call before it is given up
 BACKOFF = 0.5  # seconds before the first retry, doubled after each
 _CHUNK = 256 * 1024
+MAX_IDLE = 2  # connections kept open while no thread uses them
 
 
 class ApiError(Exception):
@@ -39,8 +40,10 @@ class ApiError(Exception):
 class ApiClient:
     """Calls the API as worker ``worker``, with the shared token.
 
-    Each thread keeps one connection open (HTTP keep-alive): a worker sends a few requests
-    per task, and a new connection for each costs both sides more than the request itself.
+    Connections are kept open (HTTP keep-alive) and shared by the worker's threads: a new
+    connection for each request costs both sides more than the request itself, and an idle
+    one still costs the API's event loop a look at every turn, so only a few are kept idle
+    (a worker's threads talk to the API at their tasks' ends, rarely all at once).
     """
 
     def __init__(self, base_url: str, token: str, worker: str) -> None:
@@ -50,7 +53,8 @@ class ApiClient:
         self._prefix = parts.path
         self.token = token
         self.worker = worker
-        self._local = threading.local()
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
 
     def check(self) -> dict[str, Any]:
         """The API's answer to a starting worker (version, executor); ApiError when refused."""
@@ -163,7 +167,7 @@ class ApiClient:
     def _exchange(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> Iterator[http.client.HTTPResponse]:
-        """Send a request on this thread's connection; the answer, read to its end after.
+        """Send a request on a kept connection; the answer, read to its end after.
 
         ApiError (with the status) for an answer that is not 2xx. A connection the server
         closed while it was idle is replaced at once, without counting as a failed try.
@@ -171,28 +175,30 @@ class ApiClient:
         every = {"X-Orchestra-Worker": self.worker, **(headers or {})}
         if self.token:
             every["Authorization"] = f"Bearer {self.token}"
-        kept = getattr(self._local, "connection", None)
+        path = self._prefix + path
+        kept = self._take()
+        connection = kept or self._connection()
         try:
-            answer = self._send(kept or self._connection(), method, path, body, every)
+            answer = self._send(connection, method, path, body, every)
         except (ConnectionError, http.client.HTTPException):
             if kept is None:
                 raise
             if hasattr(body, "seek"):
                 body.seek(0)
-            answer = self._send(self._connection(), method, path, body, every)
+            connection = self._connection()
+            answer = self._send(connection, method, path, body, every)
         try:
             if answer.status >= 300:
                 raise ApiError(_error_text(answer), answer.status)
             yield answer
             answer.read()  # the rest, so that the connection can carry the next request
         except BaseException:
-            self._drop()
+            connection.close()
             raise
-        if answer.will_close:
-            self._drop()
+        self._give_back(connection, reusable=not answer.will_close)
 
+    @staticmethod
     def _send(
-        self,
         connection: http.client.HTTPConnection,
         method: str,
         path: str,
@@ -200,23 +206,27 @@ class ApiClient:
         headers: dict[str, str],
     ) -> http.client.HTTPResponse:
         try:
-            connection.request(method, self._prefix + path, body=body, headers=headers)
+            connection.request(method, path, body=body, headers=headers)
             return connection.getresponse()
         except BaseException:
-            self._drop()
+            connection.close()
             raise
 
     def _connection(self) -> http.client.HTTPConnection:
         kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        connection = kind(self._netloc, timeout=TIMEOUT)
-        self._local.connection = connection
-        return connection
+        return kind(self._netloc, timeout=TIMEOUT)
 
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            connection.close()
+    def _take(self) -> http.client.HTTPConnection | None:
+        """An idle kept connection, the last one given back first; None when none is idle."""
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def _give_back(self, connection: http.client.HTTPConnection, *, reusable: bool) -> None:
+        with self._lock:
+            if reusable and len(self._idle) < MAX_IDLE:
+                self._idle.append(connection)
+                return
+        connection.close()
 
 
 def _retry(call: Callable[[], T], what: str, *, attempts: int = ATTEMPTS) -> T:

@@ -141,9 +141,12 @@ class CeleryExecutor:
 
     def _publish(self, task_id: int, queue: str) -> bool:
         try:
+            # published to the queue's list through the default exchange: nothing to declare
+            # (each worker declares the queues it takes), and looking that up costs each send
             self._celery().send_task(
-                TASK_NAME, args=[task_id], queue=queue, task_id=message_id(task_id, _nonce())
-            )
+                TASK_NAME, args=[task_id], queue=queue, task_id=message_id(task_id, _nonce()),
+                declare=[],
+            )  # fmt: skip
         except Exception as exc:  # kombu raises several kinds; the reconciler sends it later
             _LOGGER.warning("task %s not published (the reconciler will retry): %s", task_id, exc)
             return False
@@ -196,12 +199,12 @@ class CeleryExecutor:
 
     def _queued(self, *, before: datetime) -> dict[int, str]:
         """The queued tasks created before ``before``, with the queue each goes to."""
-        query = select(TaskRow.id, TaskRow.spec).where(
+        query = select(TaskRow.id, TaskRow.queue).where(
             TaskRow.status == TaskStatus.QUEUED.value, TaskRow.created < before
         )
         with self._database().connect() as connection:
             rows = list(connection.execute(query))
-        return {int(task_id): str((spec or {}).get("queue") or "default") for task_id, spec in rows}
+        return {int(task_id): str(queue or "default") for task_id, queue in rows}
 
     def _client(self) -> Any:
         if self._redis is None:

@@ -40,6 +40,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
     select,
@@ -51,7 +52,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from orchestra.access import audit
 from orchestra.errors import TooManyRequests
 from orchestra.storage.db import Database
-from orchestra.storage.tables import TaskRow
+from orchestra.storage.tables import ModuleRow, TaskRow
 from orchestra.tasks.status import FINAL, Outcome, TaskStatus
 
 _LOGGER = logging.getLogger(__name__)
@@ -80,22 +81,28 @@ _NEW_COLUMNS = (
 _ID_STAND_IN = -4_611_686_018_427_387_903  # the id in a spec built before the id is drawn
 _SPEC_ID = bindparam("id_path", type_=ARRAY(Text))  # the key of the spec that holds the id
 # PostgreSQL only: the insert and its spec in one statement, the id drawn from the sequence
-_INSERT_WITH_SPEC = (
-    insert(_TASKS)
-    .from_select(
-        ["id", *_NEW_COLUMNS, "spec"],
-        select(
-            _NEW_ID.c.id,
-            *(bindparam(name, type_=_COLUMNS[name].type) for name in _NEW_COLUMNS),
-            cast(
-                func.jsonb_set(cast(bindparam("spec", type_=JSON), JSONB), _SPEC_ID,
-                               func.to_jsonb(_NEW_ID.c.id)),
-                JSON,
-            ),
-        ),
-    )
-    .returning(_COLUMNS.id)
+_NEW_ROW = select(
+    _NEW_ID.c.id,
+    *(bindparam(name, type_=_COLUMNS[name].type) for name in _NEW_COLUMNS),
+    cast(
+        func.jsonb_set(cast(bindparam("spec", type_=JSON), JSONB), _SPEC_ID,
+                       func.to_jsonb(_NEW_ID.c.id)),
+        JSON,
+    ),
 )  # fmt: skip
+_INSERT_WITH_SPEC = (
+    insert(_TASKS).from_select(["id", *_NEW_COLUMNS, "spec"], _NEW_ROW).returning(_COLUMNS.id)
+)
+_INSTALLED_AS_SAID = exists().where(
+    ModuleRow.id == bindparam("module_id"), ModuleRow.status == bindparam("installed"),
+    ModuleRow.install_dir == bindparam("install_dir"),
+)  # fmt: skip
+# the same, written only while the module is installed in the generation the spec names
+_INSERT_IF_INSTALLED = (
+    insert(_TASKS)
+    .from_select(["id", *_NEW_COLUMNS, "spec"], _NEW_ROW.where(_INSTALLED_AS_SAID))
+    .returning(_COLUMNS.id)
+)
 _COUNT_RUNNING = select(func.count()).select_from(_TASKS).where(_COLUMNS.status == _RUNNING)
 _OLDEST_QUEUED = (
     select(_COLUMNS.id).where(_COLUMNS.status == _QUEUED).order_by(_COLUMNS.id).limit(1)
@@ -112,6 +119,7 @@ _RUNNING_ON = select(_COLUMNS.id).where(
     _COLUMNS.id.in_(bindparam("ids", expanding=True)), _COLUMNS.status == _RUNNING,
     _COLUMNS.worker == bindparam("worker"),
 )  # fmt: skip
+_STATUS = select(_COLUMNS.status, _COLUMNS.worker).where(_COLUMNS.id == bindparam("task_id"))
 _ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
 _QUEUED_OF = (
     select(func.count())
@@ -238,6 +246,10 @@ def _lock_slots(connection: Connection) -> None:
 # -- creating and claiming --------------------------------------------------------------------
 
 
+class ModuleChanged(Exception):
+    """A task's module is no longer installed as its submission read it: read it again."""
+
+
 @dataclass(frozen=True)
 class NewTask:
     """What ``create`` inserts; ``build_spec(task_id)`` gives what the executor will run."""
@@ -255,6 +267,8 @@ class NewTask:
     kind: str = "run"  # run or train (SPEC §10)
     model: tuple[int, str] | None = None  # the model version a run was given: number, digest
     reuse_key: str | None = None  # set for a deterministic module's task (tasks.reuse)
+    # inserted only while its module is installed in ``install_dir`` (checked by the insert)
+    if_installed: bool = False
 
     @property
     def submitter(self) -> str:
@@ -317,14 +331,22 @@ def _insert_with_spec(
     """A queued task in one statement: PostgreSQL draws the id and writes it into the spec.
 
     None (nothing written) when the spec holds its id elsewhere than at one top-level key.
+    ModuleChanged when ``new.if_installed`` and its module is not installed as it says.
     """
     spec = new.build_spec(_ID_STAND_IN)
     keys = [key for key, value in spec.items() if value == _ID_STAND_IN]
     if len(keys) != 1 or json.dumps(spec).count(str(_ID_STAND_IN)) != 1:
+        if new.if_installed:
+            raise ModuleChanged(new.module_id)  # checked by the caller, not by this insert
         return None
-    params = {**values, "spec": spec, "id_path": keys}
-    task_id = int(connection.execute(_INSERT_WITH_SPEC, params).scalar_one())
-    return TaskRecord(id=task_id, **values, spec={**spec, keys[0]: task_id})
+    statement = _INSERT_IF_INSTALLED if new.if_installed else _INSERT_WITH_SPEC
+    from orchestra.registry.rows import INSTALLED  # the registry imports this module
+
+    params = {**values, "spec": spec, "id_path": keys, "installed": INSTALLED}
+    task_id = connection.execute(statement, params).scalar_one_or_none()
+    if task_id is None:
+        raise ModuleChanged(new.module_id)
+    return TaskRecord(id=int(task_id), **values, spec={**spec, keys[0]: int(task_id)})
 
 
 def _check_quota(connection: Connection, new: NewTask) -> None:
@@ -498,6 +520,13 @@ def read(db: Database, task_id: int) -> TaskRecord | None:
     """One task row (read in a short transaction), or None."""
     with db.connect() as connection:
         return _read(connection, task_id)
+
+
+def status_of(db: Database, task_id: int) -> tuple[str, str | None] | None:
+    """A task's status and worker (two columns: the row's JSON is not read), or None."""
+    with db.connect() as connection:
+        found = connection.execute(_STATUS, {"task_id": task_id}).first()
+    return None if found is None else (str(found[0]), found[1])
 
 
 def _read(connection: Connection, task_id: int) -> TaskRecord | None:

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from orchestra.config import Settings
     from orchestra.registry import Registry
     from orchestra.storage.db import Database
+    from orchestra.storage.files import InstallFolder
 
 _LOGGER = logging.getLogger(__name__)
+_REMEMBERED = 1000  # modules whose installed generation is remembered at most
 
 
 class Submitter:
@@ -33,6 +35,9 @@ class Submitter:
         self.db = db
         self.registry = registry
         self.executor_name = executor_name
+        # what the registry last answered for each module a task was submitted to: a queued
+        # task's insert checks it still holds (PostgreSQL), instead of a read before it
+        self._installed: dict[int, tuple[Manifest, InstallFolder]] = {}
 
     def create(
         self,
@@ -49,9 +54,10 @@ class Submitter:
         if claim_for is not None:
             # it runs here: ORCHESTRA_SANDBOX=required refuses it now, leaving no row
             sandbox.require(self.settings)
-        args, fresh = request_options(args)
-        manifest, install = self.registry.runnable(module_id)
-        request = self._request(module_id, manifest, args, kind)
+        module_args, fresh = request_options(args)
+        known = self._known(module_id, claim_for)
+        manifest, install = known or self.registry.runnable(module_id)
+        request = self._request(module_id, manifest, module_args, kind)
         generation = install.root.name
         model = request.model
         given = None if model is None else {"module_id": module_id, "version": model[0],
@@ -75,14 +81,37 @@ class Submitter:
             self.executor_name, submitted_by=caller.name, user=caller.user,
             queue=request.overrides.get("queue", manifest.queue),
             max_queued=self.settings.max_queued_per_submitter, kind=kind, model=model,
-            reuse_key=key,
+            reuse_key=key, if_installed=known is not None,
         )  # fmt: skip
         if key is not None and not fresh:
             reused = self._reuse(new, key)
             if reused is not None:
                 return reused, False
         limit = slots if claim_for is not None else None
-        return lifecycle.create(self.db, new, max_running=limit, worker=claim_for)
+        try:
+            created = lifecycle.create(self.db, new, max_running=limit, worker=claim_for)
+        except lifecycle.ModuleChanged:  # updated or removed since: read it again
+            self._installed.pop(module_id, None)
+            return self.create(module_id, args, claim_for=claim_for, slots=slots, kind=kind)
+        self._remember(module_id, manifest, install)
+        return created
+
+    def _known(
+        self, module_id: int, claim_for: str | None
+    ) -> tuple[Manifest, InstallFolder] | None:
+        """The module as last read, when the insert can check it (a queued task, PostgreSQL).
+
+        Never for a deterministic module: an earlier answer may be reused without an insert.
+        """
+        if claim_for is not None or self.db.is_sqlite:
+            return None
+        found = self._installed.get(module_id)
+        return None if found is None or found[0].deterministic else found
+
+    def _remember(self, module_id: int, manifest: Manifest, install: InstallFolder) -> None:
+        if len(self._installed) >= _REMEMBERED:
+            self._installed.clear()  # a bound on memory; each is read again at its next run
+        self._installed[module_id] = (manifest, install)
 
     def _request(
         self, module_id: int, manifest: Manifest, args: Mapping[str, Any], kind: str
