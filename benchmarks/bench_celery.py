@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from harness import (
 from live import Server, orchestra_env, says_ready, wait_while_running
 
 _LOGGER = logging.getLogger(__name__)
+_ANSWERED = re.compile(r"^orchestra_request_seconds_count\{([^}]*)\} (\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 NAME = "celery"
 NUMBER = "9"
@@ -54,7 +57,9 @@ METHOD = (
     "coordinator core keeps L / (CPU per task) worker slots busy with tasks of L seconds. "
     "Flood: M tasks submitted at once through 4 workers; every task must end `done` and each "
     "worker's log must name each task it ran once; the submission rate and the server's "
-    "resident memory at the end. Floors (benchmarks/floors.py), each alone on the same "
+    "resident memory at the end. The capacity run also counts, per task, the requests the API "
+    "answered by route (its /metrics) and the transactions PostgreSQL committed (its "
+    "statistics). Floors (benchmarks/floors.py), each alone on the same "
     "machine: Orchestra's Celery app in a worker process whose task only counts, messages "
     "published back to back; a worker's two writes per task (the claim, the finish with its "
     "NOTIFY) in plain psycopg on the same PostgreSQL; one 3-byte output sent by PUT to the "
@@ -192,6 +197,8 @@ class _Capacity:
     count: int
     seconds: float  # from the first submission to the last `done`
     cpu: dict[str, float]  # CPU seconds per task: the API server, PostgreSQL, Redis
+    requests: dict[str, float]  # requests the API answered per task, by route
+    transactions: float  # PostgreSQL transactions committed per task (every client's)
 
     @property
     def total(self) -> float:
@@ -225,6 +232,13 @@ def _capacity(ctx: Context, scratch: Path, postgres: object, broker: object) -> 
         f"{run.count / run.seconds:.1f} tasks/s, the {slots} slots {busy:.0%} busy sleeping "
         "(the rest: each task's start in its sandbox, on the same 2 cores).",
     )
+    answered = ", ".join(f"{route} {number:.2f}" for route, number in run.requests.items())
+    ctx.report.note(
+        NAME,
+        f"Per task of the capacity run: {sum(run.requests.values()):.2f} requests answered by "
+        f"the API ({answered}); {run.transactions:.1f} PostgreSQL transactions (every "
+        "client's: the server's, the workers' claims, ends and heartbeats).",
+    )
     parts = ", ".join(f"{name} {1000 * cpu:.2f}" for name, cpu in run.cpu.items())
     return [
         Row(
@@ -250,6 +264,7 @@ def _sleeping(
         "PostgreSQL": postgres.process.pid,  # type: ignore[attr-defined]
         "Redis": broker.process.pid,  # type: ignore[attr-defined]
     }
+    routes, commits = _routes_answered(server.port), _commits(postgres)
     before = {name: tree_cpu(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     ids = [server.submit(module_id, {"seconds": f"{sleep:g}"}) for _ in range(count)]
@@ -257,7 +272,30 @@ def _sleeping(
         server.wait(task_id, timeout=3600)
     seconds = time.perf_counter() - start
     cpu = {name: (tree_cpu(pid) - before[name]) / count for name, pid in pids.items()}
-    return _Capacity(count, seconds, cpu)
+    routes = _routes_answered(server.port) - routes
+    requests = {route: number / count for route, number in routes.most_common()}
+    return _Capacity(count, seconds, cpu, requests, (_commits(postgres) - commits) / count)
+
+
+def _routes_answered(port: int) -> Counter[str]:
+    """Requests the server has answered so far, by method and route (its /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as answer:
+        text = answer.read().decode()
+    found: Counter[str] = Counter()
+    for labels, number in _ANSWERED.findall(text):
+        fields = dict(_LABEL.findall(labels))
+        found[f"{fields.get('method')} {fields.get('endpoint')}"] += int(float(number))
+    return found
+
+
+def _commits(postgres: object) -> int:
+    """Transactions PostgreSQL has committed so far, in every database."""
+    import psycopg
+
+    url = postgres.url().replace("postgresql+psycopg://", "postgresql://")  # type: ignore[attr-defined]
+    with psycopg.connect(url, autocommit=True) as connection:
+        found = connection.execute("SELECT sum(xact_commit) FROM pg_stat_database").fetchone()
+    return int(found[0]) if found else 0
 
 
 def _floor_note(ctx: Context, scratch: Path, postgres: object, broker: object) -> str:
