@@ -238,7 +238,8 @@ def test_renewing_a_workers_lease_keeps_its_tasks_and_names_those_to_kill(db: Da
     with db.begin_write() as connection:
         connection.execute(update(TaskRow).values(heartbeat=old))
     assert lifecycle.request_kill(db, second) == TaskStatus.RUNNING
-    assert workers.renew(db, "w1") == [second]
+    renewal = workers.renew(db, "w1")
+    assert renewal.kills == (second,) and renewal.running == {first, second}
     assert lifecycle.settle_lost(db, 60) == []  # renewed just now
     (info,) = workers.list_workers(db)
     assert (info.name, info.queues, info.concurrency) == ("w1", ("default", "gpu"), 2)

@@ -293,18 +293,17 @@ class Worker:
                 outage.worked()
 
     def _renew(self) -> None:
-        for task_id in workers.renew(self.db, self.name):
-            self._stop(task_id, "kill requested")
+        # taken before the renewal reads the rows: each of these was claimed before it
         with self._lock:
             started = [
                 task_id
                 for task_id, e in self._running.items()
                 if e.handle is not None and not e.ended.is_set()
             ]
-        if not started:
-            return
-        mine = lifecycle.running_on(self.db, self.name, started)
-        for task_id in set(started) - mine:  # settled elsewhere while out of reach?
+        renewal = workers.renew(self.db, self.name)
+        for task_id in renewal.kills:
+            self._stop(task_id, "kill requested")
+        for task_id in set(started) - renewal.running:  # settled elsewhere while out of reach?
             self._stop(task_id, "settled elsewhere")
 
     def _guard_lease(self) -> None:

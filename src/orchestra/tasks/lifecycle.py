@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -115,10 +115,6 @@ _OLDER_QUEUED = (
 # one statement where two would do: how many run, and which queued task is next (or older)
 _SLOTS = select(_COUNT_RUNNING.scalar_subquery(), _OLDEST_QUEUED.scalar_subquery())
 _SLOTS_BEFORE = select(_COUNT_RUNNING.scalar_subquery(), _OLDER_QUEUED.scalar_subquery())
-_RUNNING_ON = select(_COLUMNS.id).where(
-    _COLUMNS.id.in_(bindparam("ids", expanding=True)), _COLUMNS.status == _RUNNING,
-    _COLUMNS.worker == bindparam("worker"),
-)  # fmt: skip
 _STATUS = select(_COLUMNS.status, _COLUMNS.worker).where(_COLUMNS.id == bindparam("task_id"))
 _ROW = select(_TASKS).where(_COLUMNS.id == bindparam("task_id"))
 _QUEUED_OF = (
@@ -531,13 +527,6 @@ def status_of(db: Database, task_id: int) -> tuple[str, str | None] | None:
 
 def _read(connection: Connection, task_id: int) -> TaskRecord | None:
     return _record(connection.execute(_ROW, {"task_id": task_id}).first())
-
-
-def running_on(db: Database, worker: str, task_ids: Iterable[int]) -> set[int]:
-    """Those of ``task_ids`` that still run on ``worker``, in one read."""
-    with db.connect() as connection:
-        return set(connection.execute(_RUNNING_ON, {"worker": worker, "ids": list(task_ids)})
-                   .scalars())  # fmt: skip
 
 
 # -- ending -----------------------------------------------------------------------------------

@@ -31,9 +31,17 @@ _RENEW_WORKER = (
     .where(WorkerRow.name == bindparam("worker_name"))
     .values(heartbeat=bindparam("now"))
 )
-_KILLS = select(TaskRow.id).where(
-    TaskRow.worker == bindparam("worker_name"), TaskRow.status == _RUNNING, TaskRow.kill_requested
+_MINE = select(TaskRow.id, TaskRow.kill_requested).where(
+    TaskRow.worker == bindparam("worker_name"), TaskRow.status == _RUNNING
 )
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a renewal found: the worker's running tasks, and those whose kill was asked."""
+
+    running: frozenset[int]
+    kills: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -67,13 +75,15 @@ def register(
         )
 
 
-def renew(db: Database, name: str) -> list[int]:
-    """Renew the worker's heartbeat and its tasks' leases; the ids whose kill was requested."""
+def renew(db: Database, name: str) -> Renewal:
+    """Renew the worker's heartbeat and its tasks' leases; what still runs, what to kill."""
     with db.begin_write() as connection:
         params = {"worker_name": name, "now": now()}
         connection.execute(_RENEW_WORKER, params)
         connection.execute(_RENEW_TASKS, params)
-        return list(connection.execute(_KILLS, params).scalars())
+        mine = connection.execute(_MINE, params).all()
+    return Renewal(frozenset(task_id for task_id, _ in mine),
+                   tuple(task_id for task_id, kill in mine if kill))  # fmt: skip
 
 
 def forget(db: Database, name: str) -> None:
