@@ -109,6 +109,7 @@ class _Demand:
     wanted: int = 1
     last_used: float = field(default_factory=time.monotonic)
     failures: int = 0
+    made: int = 0  # spares started (none while its first task learns what it imports)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -194,7 +195,7 @@ class WarmPool:
             spare = next((s for s in demand.spares if s.size), None)
             if spare is not None:
                 demand.spares.remove(spare)
-            else:  # asked for more than there were: keep one more from now on
+            elif demand.made:  # asked for more than there were ready: one more from now on
                 demand.wanted = min(demand.wanted + 1, max(1, self._settings.max_running))
         self._wake.set()
         return None if spare is None else spare.pid
@@ -290,6 +291,7 @@ class WarmPool:
             if spare is not None:
                 with self._lock:
                     demand.spares.append(spare)
+                    demand.made += 1
 
     def _start(self, kind: Kind, demand: _Demand, names: list[str]) -> _Spare | None:
         self._made += 1
