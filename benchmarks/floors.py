@@ -195,7 +195,7 @@ def _counting_worker(broker_url: str, home: str, count: int, done: Path) -> None
     class Counter:
         seen = 0
 
-        def run(self, task_id: int) -> None:
+        def run(self, task_id: int, queue: str | None = None) -> None:
             self.seen += 1
             if self.seen == count:
                 done.touch()
@@ -204,7 +204,7 @@ def _counting_worker(broker_url: str, home: str, count: int, done: Path) -> None
     app = make_app(settings, Counter())  # type: ignore[arg-type]  # only run() is called
     app.worker_main(
         ["worker", "--concurrency=1", "--queues=default", "--without-mingle", "--without-gossip",
-         "--loglevel=INFO"]
+         "--without-heartbeat", "--loglevel=INFO"]
     )  # fmt: skip
 
 
