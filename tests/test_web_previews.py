@@ -81,3 +81,20 @@ def test_column_names_come_from_the_declared_output_columns() -> None:
     assert column_names("timetable", {}) == ("start", "stop")
     assert column_names("timeseries", {"columns": ["bx", "by"]}) == ("bx", "by")
     assert column_names(None, None) == ()
+
+
+def test_a_quoted_value_with_blanks_stays_one_cell_as_the_catalog_reads_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "catalog.txt"
+    path.write_text(
+        "# Name: events\n"
+        '2020-01-01T00:00:00 2020-01-01T06:00:00 "a shock, then calm" 0.5\n'
+        "2020-01-01T18:00:00\t2020-01-02T00:00:00\tquiet\t0.9\n"
+    )
+    shown = preview("catalog.txt", path, "catalog", ("start", "stop", "comment", "speed"))
+    assert shown.columns == ("start", "stop", "comment", "speed")
+    assert shown.rows[0] == ("2020-01-01T00:00:00", "2020-01-01T06:00:00",
+                             "a shock, then calm", "0.5")  # fmt: skip
+    # each line split at what it holds, as Orchestra reads catalogs
+    assert shown.rows[1] == ("2020-01-01T18:00:00", "2020-01-02T00:00:00", "quiet", "0.9")

@@ -178,6 +178,15 @@ def read_layout(source: BinaryIO) -> Layout:
     return Layout(separator, first[0], tuple(names))
 
 
+def fields(line: str) -> list[str]:
+    """A line's fields as Orchestra reads a catalog's (at its separator, CSV quoting
+    honoured); a line that cannot be split so is split at blanks."""
+    try:
+        return _split(0, line, _separator(line))
+    except MalformedLine:
+        return line.split()
+
+
 def _separator(line: str) -> str:
     """The separator of a data line: the first of tab, semicolon and comma that splits it into
     two times and more, else blanks.

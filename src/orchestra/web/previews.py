@@ -7,12 +7,13 @@ file, only its first ``PREVIEW_BYTES`` are read, and the page says so.
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from orchestra import catalogs
 
 _LOGGER = logging.getLogger(__name__)
 PREVIEW_BYTES = 256 * 1024  # bytes of a file read for its preview
@@ -77,20 +78,13 @@ def preview(name: str, path: Path, output_type: str | None, names: tuple[str, ..
     return table if plot is None else replace(table, kind="series", plot=plot)
 
 
-def _split(line: str, delimiter: str | None) -> list[str]:
-    if delimiter is None:
-        return line.split()
-    return next(csv.reader([line], delimiter=delimiter))
-
-
 def _table(text: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     # lines starting with '#' are comments or an AMDA header: not data
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not lines:
         return (), []
-    first = lines[0]
-    delimiter = "," if "," in first else "\t" if "\t" in first else ";" if ";" in first else None
-    rows = [tuple(cell.strip() for cell in _split(line, delimiter)) for line in lines]
+    # split as the catalogs are read: each line at its separator, CSV quoting honoured
+    rows = [tuple(catalogs.fields(line)) for line in lines]
     if rows[0] and parse_time(rows[0][0]) is None:
         header, data = rows[0], rows[1:]
     else:
