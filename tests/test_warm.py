@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -99,6 +100,11 @@ def _warmed(server: LiveServer, service: Service, folder: Path) -> int:
     return module
 
 
+def _a_spare_ready(metrics: str) -> bool:
+    found = re.search(r'^orchestra_warm_spares\{state="ready"\} (\S+)$', metrics, re.MULTILINE)
+    return found is not None and float(found.group(1)) >= 1
+
+
 def _seen(settings: Settings, task: dict[str, Any]) -> dict[str, Any]:
     return dict(
         json.loads((settings.tasks_dir / str(task["id"]) / "output" / "seen.json").read_text())
@@ -113,6 +119,9 @@ def test_a_warm_task_starts_from_the_installed_state_in_its_own_folders(
     assert first["status"] == "done" and first["start"] == "cold", first
     warm = _until_warm(live_server, module)
     again = _until_warm(live_server, module, tag="b")  # the next spare, once it is ready
+    # and one more is kept ready behind it, which /metrics counts
+    wait_for(lambda: http("GET", f"{live_server.url}/metrics").body.decode(),
+             _a_spare_ready, timeout=30, what="a ready spare in /metrics")  # fmt: skip
     # what the first run imported, submodules included, never the module's own package
     (learnt,) = (settings.home / "warm").glob("*/*.txt")
     names = learnt.read_text().split()
@@ -272,6 +281,8 @@ def test_a_warm_task_outlives_its_server_and_is_adopted_by_the_next(
         for _ in range(40):
             if server.wait_final(server.run(module, tag="w"))["start"] == "warm":
                 break
+        wait_for(lambda: server.call("GET", "/metrics").body.decode(), _a_spare_ready,
+                 timeout=30, what="the next spare")  # fmt: skip
         task_id = server.run(module, tag="long", seconds=4)
         # running, and started: its supervisor has written who runs it (a task claimed but not
         # yet started when its server dies is settled as never started, which is no adoption)

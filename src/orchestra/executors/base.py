@@ -172,3 +172,7 @@ class LocalRuns(Executor, Protocol):
     def orphan_outcome(self, task_id: int, handle: Handle | None, kill_requested: bool) -> Outcome:
         """The outcome of a task whose job is gone without leaving one."""
         ...
+
+    def spares(self) -> dict[str, int]:
+        """How many spare interpreters (warm starts) are ready and how many are starting."""
+        ...

@@ -261,6 +261,11 @@ class LocalExecutor:
         """A running task whose supervisor is gone without a result."""
         return outcomes.orphan_outcome(handle, kill_requested)
 
+    def spares(self) -> dict[str, int]:
+        """How many spare interpreters are ready, and how many starting."""
+        pool = self._warm
+        return {"ready": 0, "starting": 0} if pool is None else pool.spares()
+
 
 def _kind(task: TaskSpec, readonly: list[Path]) -> Kind:
     """What a spare interpreter for ``task`` must be made for (see warm.Kind)."""

@@ -324,10 +324,10 @@ class WarmPool:
         return total <= budget
 
     def spares(self) -> dict[str, int]:
-        """How many spares are ready and how many are starting."""
+        """How many spares are ready (measured: handed out) and how many are starting."""
         with self._lock:
             every = [s for d in self._kinds.values() for s in d.spares]
-        ready = sum(1 for s in every if s.ready())
+        ready = sum(1 for s in every if s.size)
         return {"ready": ready, "starting": len(every) - ready}
 
     def close(self) -> None:

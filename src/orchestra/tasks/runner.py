@@ -226,6 +226,12 @@ class TaskRunner:
         """How many tasks started warm or cold, and how many reused an earlier answer."""
         return queries.starts(self.db)
 
+    def spares(self) -> dict[str, int]:
+        """This process's spare interpreters, ready and starting (none where workers run tasks)."""
+        if not self.executor.runs_here:
+            return {"ready": 0, "starting": 0}
+        return cast("LocalRuns", self.executor).spares()
+
     def active_for_module(self, module_id: int) -> builtins.list[int]:
         """Ids of the module's queued and running tasks."""
         return queries.of_module(self.db, module_id, active_only=True)

@@ -71,6 +71,14 @@ class _TaskCollector(Collector):
         for kind, count in self._service.tasks.starts().items():
             starts.add_metric([kind], count)
         yield starts
+        spares = GaugeMetricFamily(
+            "orchestra_warm_spares",
+            "Spare interpreters of this server, started ahead for warm starts, by state",
+            labels=["state"],
+        )
+        for state, count in self._service.tasks.spares().items():
+            spares.add_metric([state], count)
+        yield spares
 
     def _model_metrics(self) -> Iterator[Metric]:
         trainings = GaugeMetricFamily(
