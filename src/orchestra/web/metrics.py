@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 from flask import Flask, Response, current_app, g, request
@@ -27,6 +27,14 @@ _REGISTERING = frozenset({"modules.register_module", "web.register_post"})
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
 
 
+def _by_label(name: str, text: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """A gauge with one value per ``label`` value."""
+    gauge = GaugeMetricFamily(name, text, labels=[label])
+    for value, count in counts.items():
+        gauge.add_metric([value], count)
+    return gauge
+
+
 class _TaskCollector(Collector):
     """Reads the task and module figures from the service at each scrape."""
 
@@ -40,12 +48,7 @@ class _TaskCollector(Collector):
         self._observe_finished()
         yield from self._durations.collect()
         counts = self._service.tasks.counts()
-        by_status = GaugeMetricFamily(
-            "orchestra_tasks", "Tasks in the database by status", labels=["status"]
-        )
-        for status, count in counts.items():
-            by_status.add_metric([status], count)
-        yield by_status
+        yield _by_label("orchestra_tasks", "Tasks in the database by status", "status", counts)
         yield GaugeMetricFamily(
             "orchestra_queue_depth", "Tasks waiting for a slot", value=counts.get("queued", 0)
         )
@@ -57,28 +60,21 @@ class _TaskCollector(Collector):
         for name, user, count in self._service.tasks.queued_by_submitter():
             by_submitter.add_metric([name, user or ""], count)
         yield by_submitter
-        modules = GaugeMetricFamily("orchestra_modules", "Modules by status", labels=["status"])
-        for status, count in self._module_counts().items():
-            modules.add_metric([status], count)
-        yield modules
+        yield _by_label("orchestra_modules", "Modules by status", "status", self._module_counts())
         yield from self._worker_metrics()
         yield from self._model_metrics()
-        starts = GaugeMetricFamily(
+        yield _by_label(
             "orchestra_task_starts",
             "Tasks by how they started: warm, cold, or reused (answered from an earlier task)",
-            labels=["start"],
+            "start",
+            self._service.tasks.starts(),
         )
-        for kind, count in self._service.tasks.starts().items():
-            starts.add_metric([kind], count)
-        yield starts
-        spares = GaugeMetricFamily(
+        yield _by_label(
             "orchestra_warm_spares",
             "Spare interpreters of this server, started ahead for warm starts, by state",
-            labels=["state"],
+            "state",
+            self._service.tasks.spares(),
         )
-        for state, count in self._service.tasks.spares().items():
-            spares.add_metric([state], count)
-        yield spares
 
     def _model_metrics(self) -> Iterator[Metric]:
         trainings = GaugeMetricFamily(
