@@ -28,7 +28,14 @@ from typing import IO, TYPE_CHECKING, Any
 from orchestra.errors import OrchestraError
 from orchestra.executors import outcomes, proctree, sandbox
 from orchestra.executors.base import Handle, TaskSpec
-from orchestra.executors.warm import LEARN, SPARE_OUTPUT, SPARE_SOURCE, Kind, WarmPool
+from orchestra.executors.warm import (
+    LEARN,
+    SPARE_OUTPUT,
+    SPARE_PROGRAM,
+    SPARE_PROGRAM_INSIDE,
+    Kind,
+    WarmPool,
+)
 from orchestra.models.store import ModelStore
 from orchestra.process import clean_env
 from orchestra.storage.files import InstallFolder, TaskFolder
@@ -170,31 +177,36 @@ class LocalExecutor:
             request["learn"] = str(learnt)
         confine = functools.partial(
             sandbox.confine, settings=self._settings, install=install, network=task.network,
-            limits=task.limits, readonly=readonly,
+            limits=task.limits,
         )  # fmt: skip
         try:
-            confined = confine(request, output=output)
+            confined = confine(request, output=output, readonly=readonly)
         except OrchestraError as exc:  # ORCHESTRA_SANDBOX=required and none here
             raise OSError(str(exc)) from exc
         if kind is not None and self._warm is not None:
             confined["module_argv"] = argv[2:]  # what a spare interpreter is sent (spare.py)
-            spare = self._warm.take(kind, functools.partial(self._spare_spec, confine, request))
+            recipe = functools.partial(self._spare_spec, confine, request, readonly)
+            spare = self._warm.take(kind, recipe)
             if spare is not None:
                 confined["spare"] = spare
         return confined
 
     def _spare_spec(
-        self, confine: Callable[..., dict[str, Any]], request: dict[str, Any], folder: Path,
-        names: list[str],
+        self, confine: Callable[..., dict[str, Any]], request: dict[str, Any],
+        readonly: list[Path], folder: Path, names: list[str],
     ) -> dict[str, Any]:  # fmt: skip
-        """A spare interpreter's spec: the task's sandbox and limits, less the task itself."""
-        inside = SPARE_OUTPUT if sandbox.detect(self._settings.sandbox).active else None
+        """A spare interpreter's spec: the task's sandbox and limits, less the task itself,
+        and its program (read-only)."""
+        boxed = sandbox.detect(self._settings.sandbox).active
         output = folder / "output"
+        program = SPARE_PROGRAM_INSIDE if boxed else str(SPARE_PROGRAM)
         python = request["argv"][0]
         env = {k: v for k, v in request["env"].items() if k != "ORCHESTRA_TASK_ID"}
-        spec = {"argv": [python, "-c", _spare_source(), inside or str(output), *names],
+        spec = {"argv": [python, program, SPARE_OUTPUT if boxed else str(output), *names],
                 "cwd": request["cwd"], "env": env}  # fmt: skip
-        spec = confine(spec, output=output, output_at=inside)
+        spec = confine(spec, output=output, readonly=readonly,
+                       output_at=SPARE_OUTPUT if boxed else None,
+                       readonly_at=[(SPARE_PROGRAM, SPARE_PROGRAM_INSIDE)])  # fmt: skip
         if self._lifeline is not None:  # kept from the interpreter, as from a task
             spec["lifeline"] = self._lifeline[0]
         return spec
@@ -272,11 +284,6 @@ def _kind(task: TaskSpec, readonly: list[Path]) -> Kind:
     limits = json.dumps(dict(task.limits or {}), sort_keys=True)
     model = str(readonly[0]) if readonly else ""
     return Kind(task.module_id, task.generation, task.executable, task.network, model, limits)
-
-
-@functools.cache
-def _spare_source() -> str:
-    return SPARE_SOURCE.read_text(encoding="utf-8")
 
 
 def _supervisor_file(task_dir: Path) -> dict[str, Any]:

@@ -205,13 +205,15 @@ def confine(
     limits: Mapping[str, int] | None = None,
     readonly: Sequence[Path] = (),
     output_at: str | None = None,
+    readonly_at: Sequence[tuple[Path, str]] = (),
 ) -> dict[str, Any]:
     """``spec`` (argv, env, cwd) made to run in the sandbox with its limits, where they apply.
 
     ``network`` and ``limits`` are the module's (``metadata.json``); ``readonly``: folders
     it reads besides its module (a model version); paths are this machine's. ``output_at``:
     where the output folder is seen inside when not at its own path (a spare interpreter's,
-    which has no task yet), with an empty tasks' folder where it makes its task's path.
+    which has no task yet), with an empty tasks' folder where it makes its task's path;
+    ``readonly_at``: files or folders given read-only at another path inside (its program).
     """
     state = require(settings)
     task_limits: dict[str, Any] = effective_limits(settings, limits or {})
@@ -226,6 +228,8 @@ def confine(
                         output_at=output_at, tasks_dir=settings.tasks_dir)  # fmt: skip
     for folder in readonly:  # after the chdir option: bubblewrap reads binds in any order
         prefix += ["--ro-bind", str(folder), str(folder)]
+    for source, inside in readonly_at:
+        prefix += ["--ro-bind", str(source), inside]
     argv = [*prefix, "--", *spec["argv"]]
     env = {**spec["env"], "HOME": "/tmp", "TMPDIR": "/tmp"}
     return {**spec, "argv": argv, "env": env}

@@ -1,7 +1,7 @@
 """A spare interpreter: imports a module's stack ahead of its task, then runs that one task.
 
-Standard library only. Its source is run as ``python -c SOURCE SPARE_OUTPUT [NAME ...]`` by
-a supervisor that has no task yet (``prepared.py``), in the sandbox and the limits a cold task
+Standard library only. Run as ``python spare.py SPARE_OUTPUT [NAME ...]`` by a supervisor
+that has no task yet (``warmstart.py``), in the sandbox and the limits a cold task
 of the module would get, with its output folder bound at SPARE_OUTPUT. It imports the names
 (what an earlier cold run of the module imported), says ``ready`` on descriptor 4, and reads
 its task on descriptor 3: ``{"argv", "env", "cwd"}``, where ``argv`` is what follows
@@ -17,8 +17,8 @@ import sys
 def _prepare() -> None:
     import importlib
 
-    # the module's own files are not imported ahead (their top level may read arguments):
-    # ``-c`` put the working directory, its code folder, first on the path
+    # the module's own files are not imported ahead (their top level may read arguments),
+    # nor this program's folder, which Python put first on the path
     del sys.path[0]
     for name in sys.argv[2:]:
         try:

@@ -39,8 +39,11 @@ if TYPE_CHECKING:
     from orchestra.config import Settings
 
 _LOGGER = logging.getLogger(__name__)
-SPARE_SOURCE = Path(__file__).resolve().parent / "spare.py"
-SPARE_OUTPUT = "/orchestra-spare/output"  # where a spare's output folder is, in its sandbox
+SPARE_PROGRAM = Path(__file__).resolve().parent / "spare.py"
+# where a spare's program and output folder are in its sandbox: not below /tmp, whose
+# listing a task may look at, nor beside the output folder, which its task's path leads to
+SPARE_PROGRAM_INSIDE = "/orchestra-warm/spare.py"
+SPARE_OUTPUT = "/orchestra-spare/output"
 _SWEEP_EVERY = 1.0  # seconds between two looks at idle, gone, dead and oversized spares
 _PENDING_EVERY = 0.05  # the same while a spare is starting: it is handed out once measured
 _FAILURES = 2  # spares of a kind that died before their task: its tasks start cold
