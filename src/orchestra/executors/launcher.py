@@ -127,10 +127,10 @@ class _Launcher:
             if dropped is not None:
                 dropped.drop()
             return {}
-        return self._launch(_check(request))
+        return self._launch(_check(request), line)
 
-    def _launch(self, request: dict[str, Any]) -> dict[str, Any]:
-        line = json.dumps(request).encode()
+    def _launch(self, request: dict[str, Any], line: bytes) -> dict[str, Any]:
+        """Hand ``line`` (``request`` as it came) to its spare, or to the plain supervisor."""
         spare = self.spares.pop(int(request["spec"].get("spare") or 0), None)
         if spare is not None:
             try:

@@ -170,8 +170,9 @@ class LocalExecutor:
         argv = [str(install.python), "-m", task.executable, str(output), *task.args]
         request = {"task_id": task_id, "argv": argv, "cwd": str(install.code), "env": env,
                    "timeout": task.timeout, "grace": task.grace}  # fmt: skip
-        kind = _kind(task, readonly) if self._warm is not None and task.warm else None
-        learnt = None if kind is None or self._warm is None else self._warm.learning(kind)
+        pool = self._warm if task.warm else None
+        kind = None if pool is None else _kind(task, readonly)
+        learnt = None if pool is None or kind is None else pool.learning(kind)
         if learnt is not None:  # a cold run that tells what it imported, for the spares
             request["argv"] = [argv[0], "-c", LEARN, *argv[2:]]
             request["learn"] = str(learnt)
@@ -183,10 +184,10 @@ class LocalExecutor:
             confined = confine(request, output=output, readonly=readonly)
         except OrchestraError as exc:  # ORCHESTRA_SANDBOX=required and none here
             raise OSError(str(exc)) from exc
-        if kind is not None and self._warm is not None:
+        if pool is not None and kind is not None:
             confined["module_argv"] = argv[2:]  # what a spare interpreter is sent (spare.py)
             recipe = functools.partial(self._spare_spec, confine, request, readonly)
-            spare = self._warm.take(kind, recipe)
+            spare = pool.take(kind, recipe)
             if spare is not None:
                 confined["spare"] = spare
         return confined
@@ -199,13 +200,13 @@ class LocalExecutor:
         and its program (read-only)."""
         boxed = sandbox.detect(self._settings.sandbox).active
         output = folder / "output"
+        inside = SPARE_OUTPUT if boxed else None
         program = SPARE_PROGRAM_INSIDE if boxed else str(SPARE_PROGRAM)
         python = request["argv"][0]
         env = {k: v for k, v in request["env"].items() if k != "ORCHESTRA_TASK_ID"}
-        spec = {"argv": [python, program, SPARE_OUTPUT if boxed else str(output), *names],
+        spec = {"argv": [python, program, inside or str(output), *names],
                 "cwd": request["cwd"], "env": env}  # fmt: skip
-        spec = confine(spec, output=output, readonly=readonly,
-                       output_at=SPARE_OUTPUT if boxed else None,
+        spec = confine(spec, output=output, readonly=readonly, output_at=inside,
                        readonly_at=[(SPARE_PROGRAM, SPARE_PROGRAM_INSIDE)])  # fmt: skip
         if self._lifeline is not None:  # kept from the interpreter, as from a task
             spec["lifeline"] = self._lifeline[0]

@@ -156,7 +156,7 @@ class WarmPool:
         self._lock = threading.Lock()
         self._kinds: dict[Kind, _Demand] = {}
         self._cold: set[Kind] = set()  # too large for the budget, or its spares die
-        self._taught: set[Kind] = set()  # those whose first task was asked what it imports
+        self._taught: set[Kind] = set()  # those whose learning this process has looked at
         self._learnt = settings.home / "warm"
         self._folders = settings.home / "spares"
         self._made = 0
@@ -172,11 +172,13 @@ class WarmPool:
         A task that does not end normally (killed, or by a limit) tells nothing: the spares of
         its kind then import nothing ahead, but still save the interpreter's start.
         """
-        learnt = self.learnt_file(kind)
-        with self._lock:
-            if learnt.is_file() or kind in self._taught:
+        with self._lock:  # asked once per kind and process: no look at the disk after that
+            if kind in self._taught:
                 return None
             self._taught.add(kind)
+        learnt = self.learnt_file(kind)
+        if learnt.is_file():
+            return None
         learnt.parent.mkdir(parents=True, exist_ok=True)
         for stale in _learning(learnt):  # a learning task that died with its supervisor
             if not Path(f"/proc/{stale.name.split('.')[-2]}").exists():
@@ -221,6 +223,7 @@ class WarmPool:
             _LOGGER.debug("dropping spare %s: %s", spare.pid, exc)
 
     def _loop(self) -> None:
+        swept = 0.0
         while not self._stopping.is_set():
             with self._lock:
                 pending = any(not s.size for d in self._kinds.values() for s in d.spares)
@@ -229,7 +232,10 @@ class WarmPool:
             if self._stopping.is_set():
                 return
             try:
-                self.sweep()
+                if time.monotonic() - swept >= _SWEEP_EVERY:  # not at every look at a spare
+                    self.sweep()
+                    swept = time.monotonic()
+                self._admit()
                 self._fill()
             except Exception:  # the next round tries again
                 _LOGGER.exception("keeping spare interpreters failed")
@@ -249,7 +255,6 @@ class WarmPool:
                 if demand.failures >= _FAILURES and kind not in self._cold:
                     _LOGGER.warning("spares of %s keep dying: its tasks start cold", kind)
                     self._cold.add(kind)
-        self._admit()
         # what a removed generation imported is of no more use
         for folder in self._learnt.glob("*") if self._learnt.is_dir() else ():
             if not (installs / folder.name).exists():

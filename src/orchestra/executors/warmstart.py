@@ -135,7 +135,7 @@ def _take(
             _fresh_logs(task_dir)
             start, module_pid = "cold", supervisor.start_cold(spec, task_dir, guard, joined=True)
         finally:
-            _remove(spare_dir)
+            _remove_tree(spare_dir)
         try:
             result = supervisor.follow(task_dir, spec, record, guard, module_pid, started,
                                        lifeline, start)  # fmt: skip
@@ -174,19 +174,6 @@ def _fresh_logs(task_dir: str) -> None:
             pass
 
 
-def _remove(spare_dir: str) -> None:
-    for name in ("ready", "output", "stdout.log", "stderr.log"):
-        path = os.path.join(spare_dir, name)
-        try:
-            os.rmdir(path) if name == "output" else os.unlink(path)
-        except OSError:
-            pass
-    try:
-        os.rmdir(spare_dir)
-    except OSError:
-        pass
-
-
 def _leave(spare_dir: str, guard: limits.Guard | None, pid: int | None) -> None:
     """No task for this spare: stop its sandbox, remove its folder and cgroups; exit."""
     if pid is not None:
@@ -198,7 +185,7 @@ def _leave(spare_dir: str, guard: limits.Guard | None, pid: int | None) -> None:
 
 
 def _remove_tree(folder: str) -> None:
-    """Remove the spare's folder, whatever the interpreter wrote into its output."""
+    """Remove the spare's folder, with what is left in it (its output, when it had no task)."""
     for root, dirs, files in os.walk(folder, topdown=False):
         for name in files:
             _quietly(os.unlink, os.path.join(root, name))
