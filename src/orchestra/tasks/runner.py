@@ -4,6 +4,7 @@
 - ``dispatching.Dispatcher``: claims under ``max_running`` and starts tasks here (local only);
 - ``watching.Watcher``: exits, the periodic sweep, adoption, lost remote work;
 - ``outputs.OutputReader`` and ``queries``: what a task left, and the task list;
+- ``reading.TaskReader``: one task, at once or once it has ended;
 - ``waiting.Waiters``: who waits for which task in this process.
 
 Task state lives in the database and in each task's folder; this object only holds what
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any, cast
 from orchestra.errors import NotFound, WrongState, is_disk_full
 from orchestra.executors import get_executor
 from orchestra.executors.base import TaskSpec
-from orchestra.limits import MAX_WAIT
 from orchestra.models.trainings import Trainings
 from orchestra.records import TaskInfo, TaskPage
 from orchestra.storage.files import TaskFolder
@@ -33,6 +33,7 @@ from orchestra.tasks import lifecycle, queries
 from orchestra.tasks.dispatching import Dispatcher
 from orchestra.tasks.lifecycle import TaskRecord
 from orchestra.tasks.outputs import OutputReader
+from orchestra.tasks.reading import TaskReader
 from orchestra.tasks.status import TaskStatus
 from orchestra.tasks.submitting import Submitter
 from orchestra.tasks.waiting import Waiters
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from orchestra.storage.db import Database
 
 _LOGGER = logging.getLogger(__name__)
-POLL_SLICE = 0.05  # seconds between looks at a task that another process supervises
 HANDLE_SLICE = 0.01  # seconds between looks for the supervisor of a task being killed
 HANDLE_WAIT = 5.0  # seconds kill() looks for it; the sweep signals it if it shows up later
 
@@ -63,7 +63,6 @@ class TaskRunner:
         self.db = db
         self.executor = get_executor(settings)
         self.waiters = Waiters()
-        self._listening = False  # a listener wakes this process when a worker ends a task
         self.submitter = Submitter(settings, db, registry, self.executor.name)
         self.dispatcher: Dispatcher | None = None
         if self.executor.runs_here:
@@ -73,6 +72,10 @@ class TaskRunner:
         self.trainings = Trainings(settings, db)
         self.watcher.conclude = self.trainings.conclude
         self.outputs = OutputReader(settings.tasks_dir, db, self.watcher.settle_unwatched)
+        self.reader = TaskReader(db, self.waiters, self.watcher, self.dispatch,
+                                 starts_here=self.dispatcher is not None)  # fmt: skip
+        self.get = self.reader.get
+        self.hears_end = self.reader.hears_end
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -126,76 +129,13 @@ class TaskRunner:
         listen = getattr(self.executor, "listen", None)
         if listen is not None:  # remote tasks: wake their waiters when a worker ends one
             listen(self.waiters.wake)
-            self._listening = True
-
-    def hears_end(self, task_id: int, status: str) -> bool:
-        """Whether this process will be woken when the task ends (else someone must look)."""
-        return self._listening or self._watched(task_id, status)
-
-    def _watched(self, task_id: int, status: str) -> bool:
-        """Whether this process settles the task: it supervises it, or will start it."""
-        return self.watcher.is_watched(task_id) or (
-            self.watcher.serving and status == TaskStatus.QUEUED and self.dispatcher is not None
-        )
+            self.reader.listening = True
 
     def stop(self) -> None:
         """Stop the background threads; running tasks go on and are adopted later."""
         self.watcher.stop()
 
-    # -- waiting ----------------------------------------------------------------------------
-
-    def _wait_final(self, task_id: int, timeout: float) -> TaskRecord:
-        """The task's row once final, or when ``timeout`` seconds have passed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.waiters.event(task_id)  # before the read: a settle cannot slip between
-            try:
-                row = queries.row(self.db, task_id)
-            except NotFound:
-                self.waiters.wake(task_id)
-                raise
-            remaining = deadline - time.monotonic()
-            if TaskStatus(row.status).is_final:
-                self.waiters.wake(task_id)  # nothing will set it now: drop it
-                return row
-            if remaining <= 0:
-                return row
-            if self._check_elsewhere(row):
-                continue
-            watched = self._watched(task_id, row.status)
-            woken = event.wait(min(remaining, 1.0 if watched else POLL_SLICE))
-            if woken and event.final is not None:
-                return event.final  # as the finishing transaction wrote it: no second read
-
-    def _check_elsewhere(self, row: TaskRecord) -> bool:
-        """Move a task along that no thread of this process is watching; True if it moved."""
-        if row.status == TaskStatus.RUNNING:
-            return self.watcher.settle_unwatched(row)
-        if row.status == TaskStatus.QUEUED and not self.watcher.serving:
-            self.dispatch()  # no server: whoever waits starts what the queue allows
-        return False
-
     # -- reading ----------------------------------------------------------------------------
-
-    def get(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
-        """One task; with ``wait``, answer once it is final or up to ``wait`` (max 60) s."""
-        if wait > 0:
-            found = self._wait_final(queries.check_id(task_id), min(wait, MAX_WAIT))
-            return queries.info(found)
-        row = queries.row(self.db, task_id)
-        if not TaskStatus(row.status).is_final and self._check_elsewhere_tolerant(row):
-            row = queries.row(self.db, task_id)
-        return queries.info(row)
-
-    def _check_elsewhere_tolerant(self, row: TaskRecord) -> bool:
-        """``_check_elsewhere`` for a read: a full disk leaves the row as it is, not an error."""
-        try:
-            return self._check_elsewhere(row)
-        except Exception as exc:
-            if not is_disk_full(exc):
-                raise
-            _LOGGER.warning("task %s not settled yet: the disk is full", row.id)
-            return False
 
     def list(
         self,
@@ -257,7 +197,7 @@ class TaskRunner:
             self._signal_supervisor(task_id)
         else:  # the flag is in the database; this only makes the worker act at once
             self.executor.signal_kill(task_id, row.worker)
-        return queries.info(self._wait_final(task_id, self.settings.kill_grace + 5.0))
+        return queries.info(self.reader.wait_final(task_id, self.settings.kill_grace + 5.0))
 
     def _signal_supervisor(self, task_id: int) -> None:
         """Ask a running task's supervisor to stop, once it can be found (it may be starting)."""
