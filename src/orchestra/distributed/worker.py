@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from orchestra import compiles
+from orchestra.distributed import leftovers
 from orchestra.distributed.client import ApiClient, ApiError
 from orchestra.distributed.models import ModelCache
 from orchestra.distributed.modules import WorkerModules
@@ -39,7 +39,6 @@ from orchestra.executors.local import LocalExecutor
 from orchestra.models.trainings import STEPS
 from orchestra.outages import Outage
 from orchestra.storage.files import TaskFolder, safe_join
-from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle, workers
 from orchestra.tasks.status import Outcome, TaskStatus
 
@@ -113,36 +112,12 @@ class Worker:
             hostname=socket.gethostname(),
         )  # fmt: skip
         self._renewed = time.monotonic()  # announcing it was its first heartbeat
-        self._abandon_earlier()
-        self._stop_orphans()
+        leftovers.abandon_earlier(self.db, self.name)
+        leftovers.stop_orphans(self.executor, self.settings.tasks_dir)
         self._beats = threading.Thread(target=self._beat, name="orchestra-heartbeat", daemon=True)
         self._beats.start()
         threading.Thread(target=self._hear_kills, name="orchestra-kills", daemon=True).start()
         threading.Thread(target=self._guard_lease, name="orchestra-lease", daemon=True).start()
-
-    def _abandon_earlier(self) -> None:
-        """Tasks still running under this name were run by an earlier process of it: lost."""
-        query = select(TaskRow.id).where(
-            TaskRow.worker == self.name, TaskRow.status == TaskStatus.RUNNING.value
-        )
-        with self.db.read() as session:
-            left = list(session.scalars(query))
-        why = Outcome(TaskStatus.ERROR, None, f"worker {self.name} restarted while it ran")
-        for task_id in left:
-            if lifecycle.finish(self.db, task_id, why, worker=self.name) is not None:
-                _LOGGER.warning("task %s was left running by an earlier run of it", task_id)
-
-    def _stop_orphans(self) -> None:
-        """Kill what an earlier process of this worker left running here, and its folders."""
-        root = self.settings.tasks_dir
-        if not root.is_dir():
-            return
-        for child in root.iterdir():
-            handle = self.executor.find(int(child.name)) if child.name.isdigit() else None
-            if handle is not None and self.executor.is_alive(handle):
-                _LOGGER.warning("stopping task %s, left running by an earlier run", child.name)
-                self.executor.kill(handle)
-            shutil.rmtree(child, ignore_errors=True)
 
     def stop(self) -> None:
         """Stop the heartbeats and say goodbye; the executor's helpers stop too."""
