@@ -41,3 +41,21 @@ def test_woken_tasks_are_remembered_as_ended_within_a_bound(
     for task_id in (1, 2, 3, 4):
         waiters.wake(task_id)
     assert [waiters.has_ended(t) for t in (1, 2, 3, 4)] == [False, True, True, True]
+
+
+def test_a_call_for_a_task_already_ended_is_refused_so_the_caller_looks() -> None:
+    waiters, made = Waiters(), []
+    waiters.wake(5)
+    assert waiters.call_on_wake(5, lambda: made.append(5)) is False
+    waiters.wake(5)
+    assert made == []
+
+
+def test_a_task_queued_here_is_expected_until_its_wake_and_an_id_used_again_is_not_ended() -> None:
+    waiters = Waiters()
+    waiters.wake(9)  # an earlier task of that id, since deleted
+    waiters.expect(9)
+    assert waiters.expected(9) and not waiters.has_ended(9)
+    assert waiters.call_on_wake(9, lambda: None) is True
+    waiters.wake(9)
+    assert not waiters.expected(9) and waiters.has_ended(9)

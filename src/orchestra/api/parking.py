@@ -121,13 +121,16 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
         with self._cond:
             tickets = self._parked.setdefault(ticket.task_id, [])
             tickets.append(ticket)
+            heard = True
             if len(tickets) == 1:
                 call = self._wake_call(ticket.task_id)
                 self._calls[ticket.task_id] = call
-                self._waiters.call_on_wake(ticket.task_id, call)
+                heard = self._waiters.call_on_wake(ticket.task_id, call)
             heapq.heappush(self._deadlines, (ticket.deadline, next(self._order), ticket))
-            # looked at after the wake call is in place: an end between the two is not missed
-            self._unseen.add(ticket.task_id)
+            # a task queued here tells of its end: no look (the periodic one finds lost wakes);
+            # any other is looked at after the wake call is in place, so no end slips between
+            if not (heard and self._runner.will_hear(ticket.task_id)):
+                self._unseen.add(ticket.task_id)
             self._cond.notify()
 
     def _wake_call(self, task_id: int) -> Call:

@@ -61,6 +61,10 @@ class TaskReader:
         """Whether this process will be woken when the task ends (else someone must look)."""
         return self.listening or self._watched(task_id, status)
 
+    def will_hear(self, task_id: int) -> bool:
+        """Whether ``task_id`` is a task this process queued and will be woken at its end."""
+        return self.waiters.expected(task_id) and self.hears_end(task_id, TaskStatus.QUEUED)
+
     def _watched(self, task_id: int, status: str) -> bool:
         """Whether this process settles the task: it supervises it, or will start it."""
         return self.watcher.is_watched(task_id) or (

@@ -76,6 +76,7 @@ class TaskRunner:
                                  starts_here=self.dispatcher is not None)  # fmt: skip
         self.get = self.reader.get
         self.hears_end = self.reader.hears_end
+        self.will_hear = self.reader.will_hear
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class TaskRunner:
         if dispatcher is None:
             row, _ = self.submitter.create(module_id, args, claim_for=None, kind=kind)
             if row.status == TaskStatus.QUEUED:  # not an earlier answer reused
+                self.waiters.expect(row.id)
                 self._send(row)
             return queries.info(row)
         row, slot_free = self.submitter.create(
@@ -92,6 +94,7 @@ class TaskRunner:
         )
         if row.status == TaskStatus.DONE:  # an earlier answer reused
             return queries.info(row)
+        self.waiters.expect(row.id)
         if row.status == TaskStatus.RUNNING:
             # claimed with the insert: the shortest way to a started task, answered from
             # what the insert wrote

@@ -29,6 +29,7 @@ class Waiters:
         self._events: dict[int, Waiting] = {}
         self._calls: dict[int, list[Call]] = {}
         self._ended: OrderedDict[int, None] = OrderedDict()
+        self._expected: OrderedDict[int, None] = OrderedDict()  # queued here, not ended yet
         self._lock = threading.Lock()
 
     def event(self, task_id: int) -> Waiting:
@@ -36,10 +37,16 @@ class Waiters:
         with self._lock:
             return self._events.setdefault(task_id, Waiting())
 
-    def call_on_wake(self, task_id: int, call: Call) -> None:
-        """Make ``call()`` once, on the next wake of ``task_id`` (a waiter without a thread)."""
+    def call_on_wake(self, task_id: int, call: Call) -> bool:
+        """Make ``call()`` once, on the next wake of ``task_id`` (a waiter without a thread).
+
+        False, and nothing kept, when the task has ended already: no wake will come.
+        """
         with self._lock:
+            if task_id in self._ended:
+                return False
             self._calls.setdefault(task_id, []).append(call)
+            return True
 
     def forget(self, task_id: int, call: Call) -> None:
         """Drop a ``call_on_wake`` no longer wanted."""
@@ -49,6 +56,19 @@ class Waiters:
                 calls.remove(call)
             if not calls:
                 self._calls.pop(task_id, None)
+
+    def expect(self, task_id: int) -> None:
+        """Note a task this process has just queued: it exists, and its end is still to come."""
+        with self._lock:
+            self._ended.pop(task_id, None)  # an id used again (SQLite reuses a deleted one's)
+            self._expected[task_id] = None
+            if len(self._expected) > REMEMBERED:
+                self._expected.popitem(last=False)
+
+    def expected(self, task_id: int) -> bool:
+        """Whether ``task_id`` was queued here and has not been woken since."""
+        with self._lock:
+            return task_id in self._expected
 
     def has_ended(self, task_id: int) -> bool:
         """Whether ``task_id`` was woken lately: every wake tells of a task's end."""
@@ -61,6 +81,7 @@ class Waiters:
             event = self._events.pop(task_id, None)
             calls = self._calls.pop(task_id, [])
             self._ended[task_id] = None
+            self._expected.pop(task_id, None)
             if len(self._ended) > REMEMBERED:
                 self._ended.popitem(last=False)
         if event is not None:
