@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +17,9 @@ from orchestra.service import Service
 from tests.support.gitserver import GitDaemon, make_repo
 from tests.support.helpers import write_module
 from tests.support.paths import DATA, EXAMPLES
+from tests.support.pypi import PackageIndex
+from tests.test_api_modules import _zip_of
+from tests.test_resolve_as_of import dated_module, dated_version, publish_dated
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
@@ -256,6 +261,85 @@ def test_staged_publish_and_a_removed_module_keeps_its_tasks(
     purge = client.post("/ui/module/1/remove", data={"purge": "1"}, headers=HERE)
     assert purge.status_code == 303
     assert service.list_modules(everything=True) == [] and service.list_tasks().total == 0
+
+
+RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"  # this test's own Python
+
+
+@pytest.fixture
+def dated(settings: Settings, package_index: PackageIndex) -> Iterator[Service]:
+    """A service whose requirements come from the loopback index: ``dated`` 1.0 (2020), 2.0."""
+    publish_dated(package_index)
+    service = Service(settings.with_overrides(index_url=package_index.url + "/simple"))
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def test_the_register_page_offers_as_of_and_the_machine_s_pythons(client: FlaskClient) -> None:
+    html = client.get("/ui/register").get_data(as_text=True)
+    assert html.count('name="as_of"') == 2 and html.count('name="python_version"') == 2
+    assert f'<option value="{RUNNING}">' in html and '<option value="commit">' in html
+
+
+def test_the_register_form_records_the_operator_s_python_and_as_of(
+    dated: Service, tmp_path: Path
+) -> None:
+    client = create_app(service=dated).test_client()
+    form = {"source": str(dated_module(tmp_path / "m", "Old")), "ref": "",
+            "as_of": "2022-06-01", "python_version": f" {RUNNING} "}  # fmt: skip
+    answer = client.post("/ui/register", data=form, headers=HERE)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/module/1"
+    dated.registry.join_background(120)
+    module = dated.get_module(1)
+    assert module.status == "installed", module.error
+    assert module.python_requested == RUNNING and module.python_version.startswith(RUNNING + ".")
+    assert module.as_of == "2022-06-01" and dated_version(dated, 1) == "1.0"
+    assert f"<dt>Python</dt><dd>{module.python_version}</dd>" in client.get(
+        "/ui/module/1"
+    ).get_data(as_text=True)
+
+
+def test_empty_choices_of_the_zip_form_are_not_given(dated: Service, tmp_path: Path) -> None:
+    client = create_app(service=dated).test_client()
+    archive = (io.BytesIO(_zip_of(dated_module(tmp_path / "m", "New"))), "m.zip")
+    form = {"file": archive, "subdir": "", "as_of": "", "python_version": ""}
+    answer = client.post("/ui/register", data=form, headers=HERE)
+    assert answer.status_code == 303
+    dated.registry.join_background(120)
+    module = dated.get_module(1)
+    assert module.status == "installed", module.error
+    assert module.as_of is None and module.python_requested is None
+    assert dated_version(dated, 1) == "2.0"  # the newest release: no date was given
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "zipped"),
+    [("as_of", "yesterday", False), ("as_of", "2022-02-30", True),
+     ("python_version", "three", True)],
+)  # fmt: skip
+def test_a_bad_choice_comes_back_in_its_form_naming_it_and_registers_nothing(
+    service: Service, client: FlaskClient, tmp_path: Path, field: str, value: str, zipped: bool
+) -> None:
+    folder = write_module(tmp_path / "m", name="Bad", code="pass")
+    given = {"subdir": "", field: value}
+    if zipped:
+        given["file"] = (io.BytesIO(_zip_of(folder)), "m.zip")  # type: ignore[assignment]
+    else:
+        given.update(source=str(folder), ref="v1")
+    answer = client.post("/ui/register", data=given, headers=HERE)
+    assert answer.status_code == 400 and answer.mimetype == "text/html"
+    html = answer.get_data(as_text=True)
+    message = f"{field}: {value!r}".replace("'", "&#39;")  # the API's message, escaped
+    assert f'<p class="notice bad" role="alert">{message}' in html
+    assert f'name="{field}" value="{value}"' in html  # what was typed is kept
+    if not zipped:
+        assert f'name="source" value="{folder}"' in html and 'name="ref" value="v1"' in html
+    else:
+        assert "choose the archive again" in html
+    assert service.list_modules(everything=True) == []
+    assert not list(service.settings.uploads_dir.glob("*"))  # the upload is not kept
 
 
 def test_a_failed_task_shows_why_and_its_log(service: Service, client: FlaskClient) -> None:

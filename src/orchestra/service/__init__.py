@@ -80,6 +80,7 @@ class Service:
         self.receive_output = transfers.receive_output
         self.append_log = transfers.append_log
         self.machine = system.machine
+        self.pythons = system.pythons
         self.workers = system.workers
         self.finished_tasks = system.finished_tasks
         self.health = system.health

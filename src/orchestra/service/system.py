@@ -42,6 +42,15 @@ class System:
 
         return machine.finished_since(self._backend.db, after)
 
+    def pythons(self) -> list[str]:
+        """The Python versions an environment can be built with here, as "3.x", newest first."""
+        from orchestra import interpreters
+
+        found = interpreters.available_pythons()
+        # uv builds no Python 2 environment: such an interpreter is no choice to offer
+        minors = (".".join(v.split(".")[:2]) for v in reversed(found) if v.startswith("3."))
+        return list(dict.fromkeys(minors))
+
     def health(self) -> dict[str, Any]:
         """Liveness, version and counts."""
         from orchestra.executors import sandbox

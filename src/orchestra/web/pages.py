@@ -9,6 +9,7 @@ after waiting up to ``?wait=`` seconds for a task to end.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -158,30 +159,53 @@ def remove(module_id: int) -> BaseResponse:
 
 @bp.get("/register")
 def register() -> str:
-    """The form: a git URL (with ref and sub-folder) or a zip archive."""
-    return render_template("register.html")
+    """The form: a git URL (with ref and sub-folder) or a zip archive, and the optional choices."""
+    return _register_page()
+
+
+def _register_page(posted: str | None = None, error: InvalidInput | None = None) -> str:
+    """The register page; after a refused form, that form again as sent, with the reason."""
+    return render_template(
+        "register.html", pythons=service().pythons(), posted=posted, values=request.form,
+        error=error,
+    )  # fmt: skip
 
 
 @bp.post("/register")
-def register_post() -> BaseResponse:
+def register_post() -> BaseResponse | tuple[str, int]:
     """Accept a registration; the module's page then shows the install's progress."""
-    svc = service()
-    form = request.form
-    subdir, staged = form.get("subdir") or None, form.get("staged") == "1"
     archive = _uploaded_archive()
+    try:
+        info = _register(archive)
+    except InvalidInput as exc:
+        # nothing was registered: the operator corrects the field the message names
+        return _register_page("zip" if archive else "git", exc), exc.http_status
+    return _see("web.module", module_id=info.id)
+
+
+def _register(archive: Path | None) -> ModuleInfo:
+    """Register from the zip, else the form's source; empty fields are not given."""
+    begin = partial(
+        service().register_in_background,
+        subdir=_optional("subdir"), staged=request.form.get("staged") == "1",
+        # what the module may not declare (SPEC §2), checked by the service as for the API
+        as_of=_optional("as_of"), python=_optional("python_version"),
+    )  # fmt: skip
     if archive is not None:
         try:
-            info = svc.register_in_background(archive=archive, subdir=subdir, staged=staged)
+            return begin(archive=archive)
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
-    else:
-        source = (form.get("source") or "").strip()
-        if not source:
-            raise InvalidInput("give a git URL or folder, or choose a zip archive", key="source")
-        ref = form.get("ref") or None
-        info = svc.register_in_background(source, ref=ref, subdir=subdir, staged=staged)
-    return _see("web.module", module_id=info.id)
+    source = _optional("source")
+    if source is None:
+        raise InvalidInput("give a git URL or folder, or choose a zip archive", key="source")
+    return begin(source, ref=_optional("ref"))
+
+
+def _optional(name: str) -> str | None:
+    """A text field of the posted form, None when left empty (or blank)."""
+    return (request.form.get(name) or "").strip() or None
 
 
 # -- tasks --------------------------------------------------------------------------------
