@@ -223,3 +223,14 @@ def test_another_model_version_runs_anew(
     other = _run(client, module, json={"model": 2})
     assert other["status"] == "done" and other["reused_from"] is None, other
     assert _run(client, module, json={"model": "2"})["reused_from"] == other["id"]
+
+
+def test_the_dashboard_shows_how_a_task_started_and_links_a_reused_answer(
+    client: FlaskClient, module: int
+) -> None:
+    first = _run(client, module, json={"start": "2019"})
+    second = _run(client, module, json={"start": "2019"})
+    page = client.get(f"/ui/task/{first['id']}").get_data(as_text=True)
+    assert "cold</span>" in page and "answered from" not in page
+    page = client.get(f"/ui/task/{second['id']}").get_data(as_text=True)
+    assert f'href="/ui/task/{first["id"]}">task #{first["id"]}</a>' in page

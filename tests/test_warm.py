@@ -186,9 +186,12 @@ def test_killing_a_warm_task_ends_its_whole_tree(
         marker = f"orchestra-warm-marker-{attempt}-{time.time_ns()}"
         task_id = _start(live_server, module, marker=marker)
         wait_for(lambda m=marker: _running_with(m), bool, timeout=30, what="the grandchild")  # type: ignore[misc]
+        running = http("GET", f"{live_server.url}/task/{task_id}").json()
         http("POST", f"{live_server.url}/task/{task_id}/kill")
         task = _final(live_server, task_id)
         assert task["status"] == "killed", task
+        # the server that launched it says how it started while it runs, as its end does
+        assert running["status"] == "running" and running["start"] == task["start"], running
         wait_for(lambda m=marker: _running_with(m), lambda left: not left, timeout=15,
                  what="the task's detached grandchild")  # type: ignore[misc]  # fmt: skip
         if task["start"] == "warm":

@@ -223,7 +223,8 @@ SCHEMAS: dict[str, Any] = {
             "start": {
                 "type": ["string", "null"],
                 "enum": ["warm", "cold", None],
-                "description": "whether its interpreter had already imported the module's stack",
+                "description": "whether its interpreter had already imported the module's stack"
+                " (null while a worker's task runs, and when it never started)",
             },
         },
     },

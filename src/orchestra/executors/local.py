@@ -151,7 +151,8 @@ class LocalExecutor:
         if reply is None:
             (task_dir / "spec.json").write_text(json.dumps(request), encoding="utf-8")
             reply = _start_detached(task_dir, self._lifeline_fds())
-        return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir)}
+        return {"pid": int(reply["pid"]), "start": reply.get("start"), "task_dir": str(task_dir),
+                "warm": bool(reply.get("warm"))}  # fmt: skip
 
     def launch_request(self, task_id: int, spec: Mapping[str, Any]) -> dict[str, Any]:
         """What the supervisor runs: the spec resolved in this data folder; OSError if none."""

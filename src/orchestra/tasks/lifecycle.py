@@ -61,8 +61,9 @@ _LOGGER = logging.getLogger(__name__)
 _TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
 _COLUMNS = _TASKS.c
 _RUNNING = TaskStatus.RUNNING.value
-# how a claimed task's interpreter starts (SPEC section 12): every start is a new interpreter
-COLD = "cold"
+# how a task's interpreter started (SPEC section 12): known once it has started, so a claim
+# leaves it empty and the task's end writes it; a server says it of its own tasks meanwhile
+COLD, WARM = "cold", "warm"
 _QUEUED = TaskStatus.QUEUED.value
 _INSERT = insert(_TASKS)
 _SET_SPEC = (
@@ -154,7 +155,7 @@ _CLAIM = _Move(
     .where(_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _QUEUED,
            _COLUMNS.kill_requested.is_(False))
     .values(status=_RUNNING, started=bindparam("now"), worker=bindparam("worker"),
-            heartbeat=bindparam("heartbeat"), start=COLD)
+            heartbeat=bindparam("heartbeat"), start=None)
 )  # fmt: skip
 _NOTIFY = text("SELECT pg_notify(:channel, :task)")
 _FINISH_CONDITION = (_COLUMNS.id == bindparam("task_id"), _COLUMNS.status == _RUNNING)
@@ -310,8 +311,7 @@ def create(
             running, older = connection.execute(_SLOTS_BEFORE, {"task_id": task_id}).one()
             slot_free = int(running or 0) < max_running
             if slot_free and older is None:
-                values.update(status=_RUNNING, started=values["created"], worker=worker,
-                              start=COLD)  # fmt: skip
+                values.update(status=_RUNNING, started=values["created"], worker=worker)
         connection.execute(
             _SET_SPEC,
             {"task_id": task_id, "new_spec": values["spec"], "new_status": values["status"],

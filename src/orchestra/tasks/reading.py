@@ -8,6 +8,7 @@ gone unnoticed, a queue without a server) is moved along by whoever reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -50,12 +51,16 @@ class TaskReader:
     def get(self, task_id: int, *, wait: float = 0.0) -> TaskInfo:
         """One task; with ``wait``, answer once it is final or up to ``wait`` (max 60) s."""
         if wait > 0:
-            found = self.wait_final(queries.check_id(task_id), min(wait, MAX_WAIT))
-            return queries.info(found)
-        row = queries.row(self.db, task_id)
-        if not TaskStatus(row.status).is_final and self._check_elsewhere_tolerant(row):
+            row = self.wait_final(queries.check_id(task_id), min(wait, MAX_WAIT))
+        else:
             row = queries.row(self.db, task_id)
-        return queries.info(row)
+            if not TaskStatus(row.status).is_final and self._check_elsewhere_tolerant(row):
+                row = queries.row(self.db, task_id)
+        found = queries.info(row)
+        if found.start is None and found.status == TaskStatus.RUNNING:
+            # written at its end; until then the server that launched it knows
+            return dataclasses.replace(found, start=self.watcher.started_as(task_id))
+        return found
 
     def hears_end(self, task_id: int, status: str) -> bool:
         """Whether this process will be woken when the task ends (else someone must look)."""

@@ -19,7 +19,7 @@ from orchestra.outages import Outage
 from orchestra.storage import space
 from orchestra.storage.tables import TaskRow
 from orchestra.tasks import lifecycle
-from orchestra.tasks.lifecycle import TaskRecord
+from orchestra.tasks.lifecycle import COLD, WARM, TaskRecord
 from orchestra.tasks.status import Outcome, TaskStatus
 
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ class Watcher:
     def is_watched(self, task_id: int) -> bool:
         """True when an exit watcher of this process will settle the task."""
         return task_id in self._watched
+
+    def started_as(self, task_id: int) -> str | None:
+        """``warm`` or ``cold`` for a task this process launched and watches; else None."""
+        handle = self._handles.get(task_id)
+        if handle is None or "warm" not in handle:
+            return None
+        return WARM if handle["warm"] else COLD
 
     def watch(self, task_id: int, handle: Handle, spec: Mapping[str, Any] | None = None) -> None:
         """Settle the task as soon as its supervisor ends (a server only)."""
