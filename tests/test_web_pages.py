@@ -296,9 +296,10 @@ def test_the_register_form_records_the_operator_s_python_and_as_of(
     assert module.status == "installed", module.error
     assert module.python_requested == RUNNING and module.python_version.startswith(RUNNING + ".")
     assert module.as_of == "2022-06-01" and dated_version(dated, 1) == "1.0"
-    assert f"<dt>Python</dt><dd>{module.python_version}</dd>" in client.get(
-        "/ui/module/1"
-    ).get_data(as_text=True)
+    page = client.get("/ui/module/1").get_data(as_text=True)
+    assert f"<dt>Python</dt><dd>{module.python_version} " in page
+    assert f"asked for {RUNNING}</span>" in page
+    assert "<dt>Resolved as of</dt><dd>2022-06-01 " in page
 
 
 def test_empty_choices_of_the_zip_form_are_not_given(dated: Service, tmp_path: Path) -> None:
@@ -312,6 +313,8 @@ def test_empty_choices_of_the_zip_form_are_not_given(dated: Service, tmp_path: P
     assert module.status == "installed", module.error
     assert module.as_of is None and module.python_requested is None
     assert dated_version(dated, 1) == "2.0"  # the newest release: no date was given
+    page = client.get("/ui/module/1").get_data(as_text=True)
+    assert "asked for" not in page and "Resolved as of" not in page
 
 
 @pytest.mark.parametrize(
