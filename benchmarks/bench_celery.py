@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,7 +25,7 @@ from harness import (
     fmt_value,
     tree_cpu,
 )
-from live import Server, orchestra_env, says_ready, wait_while_running
+from live import Cluster, Server, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
 _ANSWERED = re.compile(r"^orchestra_request_seconds_count\{([^}]*)\} (\S+)$", re.MULTILINE)
@@ -92,69 +91,11 @@ def run_bench(ctx: Context) -> list[Row]:
         postgres.stop()
 
 
-class _Cluster:
-    """A celery API server on a fresh database and its workers, all on this machine."""
-
-    def __init__(self, ctx: Context, root: Path, postgres: object, broker: object) -> None:
-        root.mkdir(parents=True)
-        self.root = root
-        self.database = postgres.new_database()  # type: ignore[attr-defined]
-        self.broker = broker.url()  # type: ignore[attr-defined]
-        common = {"database_url": self.database, "broker_url": self.broker}
-        self.server = Server(
-            orchestra_env(root / "api", ctx.uv_cache, executor="celery", **common),
-            root / "api.log",
-        )
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.worker_env = orchestra_env(
-            root / "w", ctx.uv_cache, api_url=f"http://127.0.0.1:{self.server.port}", **common
-        )
-
-    def add_workers(self, count: int, concurrency: int = 1) -> None:
-        """Start ``count`` more workers and wait until each consumes."""
-        for _ in range(count):
-            index = len(self.workers)
-            env = {**self.worker_env, "ORCHESTRA_HOME": str(self.root / f"worker-{index}")}
-            argv = [sys.executable, "-m", "orchestra", "worker", "--name", f"b{index}",
-                    "--concurrency", str(concurrency)]  # fmt: skip
-            with open(self.root / f"b{index}.log", "ab") as log:
-                self.workers.append(
-                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-                )
-        for index in range(len(self.workers)):
-            self._wait_ready(index)
-
-    def _wait_ready(self, index: int) -> None:
-        log = self.root / f"b{index}.log"
-        wait_while_running(
-            lambda: says_ready(log), self.workers[index], log, f"worker b{index} did not start"
-        )
-
-    def runs_per_task(self) -> Counter[int]:
-        """How many times the workers' logs say each task ended."""
-        found: Counter[int] = Counter()
-        for index in range(len(self.workers)):
-            text = (self.root / f"b{index}.log").read_text(errors="replace")
-            found.update(int(n) for n in re.findall(r"task (\d+) ended", text))
-        return found
-
-    def close(self) -> None:
-        """Stop the workers, then the server."""
-        for worker in self.workers:
-            worker.terminate()
-        for worker in self.workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        self.server.stop()
-
-
 def _overhead(
     ctx: Context, scratch: Path, module: Path, postgres: object, broker: object
 ) -> list[Row]:
     reps = ctx.reps(60, 5)
-    cluster = _Cluster(ctx, scratch / "overhead", postgres, broker)
+    cluster = Cluster(ctx, scratch / "overhead", postgres, broker)
     local = Server(orchestra_env(scratch / "overhead-local", ctx.uv_cache), scratch / "local.log")
     try:
         cluster.add_workers(1)
@@ -214,7 +155,7 @@ def _capacity(ctx: Context, scratch: Path, postgres: object, broker: object) -> 
     slots, sleep = workers * concurrency, ctx.count(SLEEP, 0.5)
     count = slots * ctx.count(ROUNDS, 2)
     module = ctx.prepare("sleep", scratch / "sleep-module")
-    cluster = _Cluster(ctx, scratch / "capacity", postgres, broker)
+    cluster = Cluster(ctx, scratch / "capacity", postgres, broker)
     try:
         cluster.add_workers(workers, concurrency)
         module_id = cluster.server.register(module)
@@ -255,7 +196,7 @@ def _capacity(ctx: Context, scratch: Path, postgres: object, broker: object) -> 
 
 
 def _sleeping(
-    cluster: _Cluster, module_id: int, count: int, sleep: float, postgres: object, broker: object
+    cluster: Cluster, module_id: int, count: int, sleep: float, postgres: object, broker: object
 ) -> _Capacity:
     """``count`` tasks of ``sleep`` seconds submitted at once, awaited; the coordinator's CPU."""
     server = cluster.server
@@ -316,7 +257,7 @@ def _floor_note(ctx: Context, scratch: Path, postgres: object, broker: object) -
 
 def _flood(ctx: Context, scratch: Path, module: Path, postgres: object, broker: object) -> Row:
     count = ctx.count(10_000, 50)
-    cluster = _Cluster(ctx, scratch / "flood", postgres, broker)
+    cluster = Cluster(ctx, scratch / "flood", postgres, broker)
     try:
         cluster.add_workers(4)
         module_id = cluster.server.register(module)

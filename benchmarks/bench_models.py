@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench_celery import _Cluster
 from context import Context
 from harness import (
     ROOT,
@@ -24,7 +23,7 @@ from harness import (
     paired_ratios,
     timed,
 )
-from live import Server, celery_services, home_database, orchestra_env
+from live import Cluster, Server, celery_services, home_database, orchestra_env
 
 if TYPE_CHECKING:
     from orchestra.models.store import ModelStore
@@ -170,7 +169,7 @@ def _fill(home: Path, module_id: int, total: int) -> None:
 def _prediction(ctx: Context) -> list[Row]:
     """Runs with and without a model through one Celery worker, and first runs that fetch."""
     with celery_services(ctx.folder(f"{NAME}-services")) as (postgres, broker):
-        cluster = _Cluster(ctx, ctx.folder(f"{NAME}-predict") / "cluster", postgres, broker)
+        cluster = Cluster(ctx, ctx.folder(f"{NAME}-predict") / "cluster", postgres, broker)
         try:
             cluster.add_workers(1)
             return _on_worker(ctx, cluster.server)

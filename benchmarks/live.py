@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from harness import ROOT, BenchError, run, user_env
 
 if TYPE_CHECKING:
+    from context import Context
+
     from orchestra.storage.db import Database
 
 _LOGGER = logging.getLogger(__name__)
@@ -228,6 +232,64 @@ class Server:
                 raise BenchError(f"task {task_id} ended {status}")
             time.sleep(interval)
         raise BenchError(f"task {task_id} not done after {timeout:g} s")
+
+
+class Cluster:
+    """A celery API server on a fresh database and its workers, all on this machine."""
+
+    def __init__(self, ctx: Context, root: Path, postgres: object, broker: object) -> None:
+        root.mkdir(parents=True)
+        self.root = root
+        self.database = postgres.new_database()  # type: ignore[attr-defined]
+        self.broker = broker.url()  # type: ignore[attr-defined]
+        common = {"database_url": self.database, "broker_url": self.broker}
+        self.server = Server(
+            orchestra_env(root / "api", ctx.uv_cache, executor="celery", **common),
+            root / "api.log",
+        )
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.worker_env = orchestra_env(
+            root / "w", ctx.uv_cache, api_url=f"http://127.0.0.1:{self.server.port}", **common
+        )
+
+    def add_workers(self, count: int, concurrency: int = 1) -> None:
+        """Start ``count`` more workers and wait until each consumes."""
+        for _ in range(count):
+            index = len(self.workers)
+            env = {**self.worker_env, "ORCHESTRA_HOME": str(self.root / f"worker-{index}")}
+            argv = [sys.executable, "-m", "orchestra", "worker", "--name", f"b{index}",
+                    "--concurrency", str(concurrency)]  # fmt: skip
+            with open(self.root / f"b{index}.log", "ab") as log:
+                self.workers.append(
+                    subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+                )
+        for index in range(len(self.workers)):
+            self._wait_ready(index)
+
+    def _wait_ready(self, index: int) -> None:
+        log = self.root / f"b{index}.log"
+        wait_while_running(
+            lambda: says_ready(log), self.workers[index], log, f"worker b{index} did not start"
+        )
+
+    def runs_per_task(self) -> Counter[int]:
+        """How many times the workers' logs say each task ended."""
+        found: Counter[int] = Counter()
+        for index in range(len(self.workers)):
+            text = (self.root / f"b{index}.log").read_text(errors="replace")
+            found.update(int(n) for n in re.findall(r"task (\d+) ended", text))
+        return found
+
+    def close(self) -> None:
+        """Stop the workers, then the server."""
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self.server.stop()
 
 
 # -- the data folder --------------------------------------------------------------------------

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import shutil
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from orchestra.service import Service
-from tests.support.helpers import http, wait_for, wait_for_status, write_module
+from tests.support.helpers import http, wait_for, wait_for_status, write_module, zipped
 from tests.support.paths import EXAMPLES
 
 if TYPE_CHECKING:
@@ -92,15 +91,6 @@ def test_a_source_that_fails_later_ends_in_error_with_the_reason(
     assert module["error"] == "install.files: 'tinymod' not found in the module folder"
 
 
-def _zip_of(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
 def test_an_uploaded_zip_is_installed_and_the_client_file_name_is_never_used(
     client: FlaskClient, service: Service, tmp_path: Path
 ) -> None:
@@ -109,7 +99,7 @@ def test_an_uploaded_zip_is_installed_and_the_client_file_name_is_never_used(
     )
     answer = client.post(
         "/modules",
-        data={"file": (io.BytesIO(_zip_of(folder)), "../../escape.zip")},
+        data={"file": (io.BytesIO(zipped(folder)), "../../escape.zip")},
         content_type="multipart/form-data",
     )
     assert answer.status_code == 202, answer.json

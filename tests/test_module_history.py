@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from tests.support.helpers import (
     wait_for,
     wait_for_status,
     write_module,
+    zipped,
 )
 
 if TYPE_CHECKING:
@@ -35,15 +35,6 @@ def _module(folder: Path, *, name: str = "history", says: str = "one", **extra: 
         metadata = json.loads((folder / "metadata.json").read_text())
         (folder / "metadata.json").write_text(json.dumps({**metadata, **extra}))
     return folder
-
-
-def _zipped(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
 
 
 def _module_now(client: FlaskClient, module_id: int) -> dict[str, Any]:
@@ -109,7 +100,7 @@ def test_an_update_from_a_new_zip_serves_the_old_version_until_installed(
     client: FlaskClient, service: Service, tmp_path: Path
 ) -> None:
     module_id = service.register(str(_module(tmp_path / "v1", says="one"))).id
-    new = _zipped(_module(tmp_path / "v2", says="two", version="2"))
+    new = zipped(_module(tmp_path / "v2", says="two", version="2"))
     answer = client.post(
         f"/module/{module_id}/update",
         data={"file": (io.BytesIO(new), "v2.zip")},
@@ -139,14 +130,14 @@ def test_a_module_whose_install_failed_is_recovered_by_an_update_through_the_api
     (broken / "metadata.json").write_text(json.dumps(metadata))
     answer = client.post(
         "/modules",
-        data={"file": (io.BytesIO(_zipped(broken)), "broken.zip")},
+        data={"file": (io.BytesIO(zipped(broken)), "broken.zip")},
         content_type="multipart/form-data",
     )
     module_id = answer.json["id"]
     failed = _settled(client, module_id)
     assert failed["status"] == "error" and "missing.py" in failed["error"]
     assert client.post(f"/module/{module_id}/run").status_code == 409
-    fixed = _zipped(_module(tmp_path / "fixed", says="fixed"))
+    fixed = zipped(_module(tmp_path / "fixed", says="fixed"))
     answer = client.post(
         f"/module/{module_id}/update",
         data={"file": (io.BytesIO(fixed), "fixed.zip")},

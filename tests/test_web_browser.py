@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ import pytest
 from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.browser import Visit, other_origin, visit
-from tests.support.helpers import write_module
+from tests.support.helpers import write_module, zipped
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.server import LiveServer, serve_in_thread
 
@@ -46,14 +45,6 @@ def tab(browser: Browser, live_server: LiveServer, shots: Path) -> Iterator[Visi
         assert opened.dialogs == []
 
 
-def _zip(folder: Path, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w") as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                archive.write(path, path.relative_to(folder).as_posix())
-    return target
-
-
 def _status(tab: Visit, status: str, timeout: float = 120_000) -> None:
     tab.page.locator(f".page-head .badge.{status}").wait_for(timeout=timeout)
 
@@ -61,7 +52,8 @@ def _status(tab: Visit, status: str, timeout: float = 120_000) -> None:
 def test_register_a_zip_watch_it_install_run_it_and_download_its_output(
     tab: Visit, live_server: LiveServer, tmp_path: Path
 ) -> None:
-    archive = _zip(EXAMPLES / "catalog", tmp_path / "catalog.zip")
+    archive = tmp_path / "catalog.zip"
+    archive.write_bytes(zipped(EXAMPLES / "catalog"))
     tab.go("/ui/register")
     tab.screenshot("register")
     tab.page.set_input_files("#zip-form input[type=file]", str(archive))

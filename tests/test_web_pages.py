@@ -15,10 +15,9 @@ from orchestra.app import create_app
 from orchestra.config import Settings
 from orchestra.service import Service
 from tests.support.gitserver import GitDaemon, make_repo
-from tests.support.helpers import write_module
+from tests.support.helpers import write_module, zipped
 from tests.support.paths import DATA, EXAMPLES
 from tests.support.pypi import PackageIndex
-from tests.test_api_modules import _zip_of
 from tests.test_resolve_as_of import dated_module, dated_version, publish_dated
 
 if TYPE_CHECKING:
@@ -304,7 +303,7 @@ def test_the_register_form_records_the_operator_s_python_and_as_of(
 
 def test_empty_choices_of_the_zip_form_are_not_given(dated: Service, tmp_path: Path) -> None:
     client = create_app(service=dated).test_client()
-    archive = (io.BytesIO(_zip_of(dated_module(tmp_path / "m", "New"))), "m.zip")
+    archive = (io.BytesIO(zipped(dated_module(tmp_path / "m", "New"))), "m.zip")
     form = {"file": archive, "subdir": "", "as_of": "", "python_version": ""}
     answer = client.post("/ui/register", data=form, headers=HERE)
     assert answer.status_code == 303
@@ -318,17 +317,17 @@ def test_empty_choices_of_the_zip_form_are_not_given(dated: Service, tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "zipped"),
+    ("field", "value", "as_zip"),
     [("as_of", "yesterday", False), ("as_of", "2022-02-30", True),
      ("python_version", "three", True)],
 )  # fmt: skip
 def test_a_bad_choice_comes_back_in_its_form_naming_it_and_registers_nothing(
-    service: Service, client: FlaskClient, tmp_path: Path, field: str, value: str, zipped: bool
+    service: Service, client: FlaskClient, tmp_path: Path, field: str, value: str, as_zip: bool
 ) -> None:
     folder = write_module(tmp_path / "m", name="Bad", code="pass")
     given = {"subdir": "", field: value}
-    if zipped:
-        given["file"] = (io.BytesIO(_zip_of(folder)), "m.zip")  # type: ignore[assignment]
+    if as_zip:
+        given["file"] = (io.BytesIO(zipped(folder)), "m.zip")  # type: ignore[assignment]
     else:
         given.update(source=str(folder), ref="v1")
     answer = client.post("/ui/register", data=given, headers=HERE)
@@ -337,7 +336,7 @@ def test_a_bad_choice_comes_back_in_its_form_naming_it_and_registers_nothing(
     message = f"{field}: {value!r}".replace("'", "&#39;")  # the API's message, escaped
     assert f'<p class="notice bad" role="alert">{message}' in html
     assert f'name="{field}" value="{value}"' in html  # what was typed is kept
-    if not zipped:
+    if not as_zip:
         assert f'name="source" value="{folder}"' in html and 'name="ref" value="v1"' in html
     else:
         assert "choose the archive again" in html

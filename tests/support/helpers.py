@@ -12,6 +12,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +182,13 @@ def write_module(
     )
     (package / "__main__.py").write_text(main)
     return folder
+
+
+def zipped(folder: Path) -> bytes:
+    """A zip archive of ``folder``'s files (bytecode caches left out), as a module is uploaded."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
