@@ -104,17 +104,17 @@ class ParkingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
         params = dict(parse_qsl(request.query or "", keep_blank_values=True))
         if found.group(1) and params.get("partial") != "1":
             return None  # the dashboard waits only for its live part of the page
-        if self._protect_reads and not ({"AUTHORIZATION", "COOKIE"} & set(request.headers)):
-            return None  # refused at once by the app: no point in holding it
-        authorization = request.headers.get("AUTHORIZATION")
-        if authorization is not None and not self._admits(authorization):
-            return None  # a token that may not read is told so at once, not after the wait
         try:
             seconds = parse_wait(params.get("wait"))
         except InvalidInput:
             return None  # the view names the problem
         if seconds <= 0:
             return None
+        if self._protect_reads and not ({"AUTHORIZATION", "COOKIE"} & set(request.headers)):
+            return None  # refused at once by the app: no point in holding it
+        authorization = request.headers.get("AUTHORIZATION")
+        if authorization is not None and not self._admits(authorization):
+            return None  # a token that may not read is told so at once, not after the wait
         return _Ticket(channel, int(found.group(2)), time.monotonic() + seconds)
 
     def _park(self, ticket: _Ticket) -> None:
