@@ -71,6 +71,20 @@ def test_help_and_version_exit_0(settings: Settings) -> None:
     assert code == 0 and out.startswith("orchestra ")
 
 
+def test_the_command_line_starts_a_registration_before_the_database_layer_is_imported() -> None:
+    # a registration builds while SQLAlchemy loads and the database opens in a thread
+    # (about a third of a second): importing the command line and the service must not
+    # pull the database layer in first
+    probe = (
+        "import sys, orchestra.cli.commands, orchestra.service; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'sqlalchemy', 'alembic', 'flask', 'celery', 'psycopg'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=clean_environ(), check=True, timeout=60)  # fmt: skip
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_register_list_show_and_remove_in_the_flag_spelling(settings: Settings) -> None:
     code, out, err = run_cli(["--register", CATALOG], settings)
     assert code == 0, err

@@ -9,15 +9,12 @@ transaction of its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, insert, select
 
-from orchestra.access.caller import current
-from orchestra.errors import InvalidInput, OrchestraError
+from orchestra.errors import InvalidInput
 from orchestra.limits import MAX_PAGE
 from orchestra.records import AuditEntry, AuditPage
 from orchestra.storage.tables import AuditRow
@@ -61,16 +58,6 @@ def record_now(
             record(connection, who, action, obj, outcome, detail)
     except Exception as exc:  # the answer to the caller matters more than its trace here
         _LOGGER.warning("audit entry %s %s %s not written: %s", who, action, obj, exc)
-
-
-@contextmanager
-def failures(db: Callable[[], Database], action: str, obj: str) -> Iterator[None]:
-    """Record a change that fails with an OrchestraError as ``failed``, then let it go on."""
-    try:
-        yield
-    except OrchestraError as exc:
-        record_now(db(), current().name, action, obj, FAILED, exc.message)
-        raise
 
 
 def page(

@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from orchestra.errors import InvalidInput, NotFound, WrongState
-from orchestra.models import versions
 from orchestra.models.store import SHA256, ModelStore, write_zip
-from orchestra.models.trainings import METRICS, STEPS, read_metrics, read_steps
 from orchestra.records import Aliases, ModelVersion, TaskInfo
 from orchestra.storage.files import TaskFolder, safe_join
-from orchestra.tasks import queries
 from orchestra.tasks.status import Outcome, TaskStatus
 
 if TYPE_CHECKING:
@@ -54,6 +51,8 @@ class Models:
 
     def list_models(self, module_id: int) -> list[ModelVersion]:
         """A module's versions, newest first."""
+        from orchestra.models import versions
+
         return versions.listing(self._backend.db, self._known(module_id))
 
     def list_models_json(self, module_id: int) -> bytes:
@@ -62,6 +61,8 @@ class Models:
         A list of thousands of versions costs tens of milliseconds to read and render; one
         small query tells whether it changed (on any server sharing the database).
         """
+        from orchestra.models import versions
+
         db = self._backend.db
         self._known(module_id)
         seen = versions.fingerprint(db, module_id)
@@ -79,12 +80,16 @@ class Models:
 
     def get_model(self, module_id: int, version: int) -> ModelVersion:
         """One version's record."""
+        from orchestra.models import versions
+
         return versions.one(self._backend.db, self._known(module_id), version)[0]
 
     def model_files(
         self, module_id: int, version: int
     ) -> tuple[ModelVersion, list[tuple[str, Path]]]:
         """A version's record and its files as (relative path, path here) pairs."""
+        from orchestra.models import versions
+
         record, contents = versions.one(self._backend.db, self._known(module_id), version)
         if record.removed:
             raise NotFound(f"version {version}'s files went with module {module_id}")
@@ -99,18 +104,26 @@ class Models:
 
     def delete_model(self, module_id: int, version: int) -> None:
         """Delete a version no alias points at and no queued or running task uses."""
+        from orchestra.models import versions
+
         versions.delete_version(self._backend.db, self.store, self._known(module_id), version)
 
     def aliases(self, module_id: int) -> Aliases:
         """The aliases and their history."""
+        from orchestra.models import versions
+
         return versions.aliases(self._backend.db, self._known(module_id))
 
     def move_alias(self, module_id: int, name: str, version: int) -> Aliases:
         """Point an alias at a version (the move, by the current caller, audited)."""
+        from orchestra.models import versions
+
         return versions.move_alias(self._backend.db, self._known(module_id), name, version)
 
     def remove_alias(self, module_id: int, name: str) -> Aliases:
         """Remove an alias (kept in the history, audited)."""
+        from orchestra.models import versions
+
         return versions.remove_alias(self._backend.db, self._known(module_id), name)
 
     # -- workers (SPEC §6) ------------------------------------------------------------------
@@ -128,6 +141,8 @@ class Models:
     ) -> ModelVersion:
         """Make the version of a worker's training once every file it names is here."""
         from orchestra.artifacts import running
+        from orchestra.models import versions
+        from orchestra.tasks import queries
 
         running(self._backend.db, task_id, worker)
         stored = self.store.check_sent(sent.get("contents"), sent.get("digest"))
@@ -143,10 +158,16 @@ class Models:
 
     def figures(self) -> tuple[dict[str, int], dict[int, int]]:
         """Training tasks by status and kept versions by module, for /metrics."""
+        from orchestra.models import versions
+
         return versions.figures(self._backend.db)
 
     def task_metrics(self, task_id: int) -> dict[str, Any]:
         """A training's ``metrics.jsonl`` lines so far and its ``metrics.json`` (or null)."""
+        from orchestra.models import versions
+        from orchestra.models.trainings import METRICS, STEPS, read_metrics, read_steps
+        from orchestra.tasks import queries
+
         row = queries.row(self._backend.db, task_id)
         folder = TaskFolder(self.settings.tasks_dir, task_id).output
         steps, final = read_steps(folder / STEPS), read_metrics(folder / METRICS)

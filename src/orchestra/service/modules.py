@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestra import installer
-from orchestra.access import audit
-from orchestra.errors import NotFound, WrongState
+from orchestra.access.caller import current
+from orchestra.errors import NotFound, OrchestraError, WrongState
 from orchestra.manifest import check_choices
 from orchestra.records import ModuleInfo, ModuleSummary
 from orchestra.sources import SourceSpec
@@ -57,9 +57,21 @@ class Modules:
             registry = self._backend.registry
             return registry.registration.record(built, staged=staged, progress=report)
 
-    def _failures(self, action: str, obj: str) -> AbstractContextManager[None]:
-        """Leave a change that fails in the audit log (its success is written with it)."""
-        return audit.failures(lambda: self._backend.db, action, obj)
+    @contextmanager
+    def _failures(self, action: str, obj: str) -> Iterator[None]:
+        """Leave a change that fails in the audit log (its success is written with it).
+
+        The audit log's module (and SQLAlchemy) is imported only then: a registration from
+        the command line builds the module while the database opens in the background.
+        """
+        try:
+            yield
+        except OrchestraError as exc:
+            from orchestra.access import audit
+
+            db, caller = self._backend.db, current().name
+            audit.record_now(db, caller, action, obj, audit.FAILED, exc.message)
+            raise
 
     def register_in_background(
         self,

@@ -7,12 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestra.access import audit
 from orchestra.access.caller import current
 from orchestra.access.roles import Role
 from orchestra.errors import Forbidden, WrongState
 from orchestra.records import Pruned, TaskInfo, TaskPage
-from orchestra.tasks import queries
 
 if TYPE_CHECKING:
     from orchestra.config import Settings
@@ -68,6 +66,9 @@ class Tasks:
 
         The ``run`` role may kill and delete the tasks it submitted; ``operate`` any task.
         """
+        from orchestra.access import audit
+        from orchestra.tasks import queries
+
         caller = current()
         if caller.may(Role.OPERATE):
             return caller.name

@@ -23,6 +23,7 @@ session costs several times more per transaction, and the server runs these for 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from sqlalchemy import (
     ARRAY,
     JSON,
     Connection,
+    Insert,
     Table,
     Text,
     Update,
@@ -47,7 +49,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import update as sql_update
-from sqlalchemy.dialects.postgresql import JSONB
 
 from orchestra.access import audit
 from orchestra.errors import TooManyRequests
@@ -81,29 +82,39 @@ _NEW_COLUMNS = (
 )  # fmt: skip
 _ID_STAND_IN = -4_611_686_018_427_387_903  # the id in a spec built before the id is drawn
 _SPEC_ID = bindparam("id_path", type_=ARRAY(Text))  # the key of the spec that holds the id
-# PostgreSQL only: the insert and its spec in one statement, the id drawn from the sequence
-_NEW_ROW = select(
-    _NEW_ID.c.id,
-    *(bindparam(name, type_=_COLUMNS[name].type) for name in _NEW_COLUMNS),
-    cast(
-        func.jsonb_set(cast(bindparam("spec", type_=JSON), JSONB), _SPEC_ID,
-                       func.to_jsonb(_NEW_ID.c.id)),
-        JSON,
-    ),
-)  # fmt: skip
-_INSERT_WITH_SPEC = (
-    insert(_TASKS).from_select(["id", *_NEW_COLUMNS, "spec"], _NEW_ROW).returning(_COLUMNS.id)
-)
-_INSTALLED_AS_SAID = exists().where(
-    ModuleRow.id == bindparam("module_id"), ModuleRow.status == bindparam("installed"),
-    ModuleRow.install_dir == bindparam("install_dir"),
-)  # fmt: skip
-# the same, written only while the module is installed in the generation the spec names
-_INSERT_IF_INSTALLED = (
-    insert(_TASKS)
-    .from_select(["id", *_NEW_COLUMNS, "spec"], _NEW_ROW.where(_INSTALLED_AS_SAID))
-    .returning(_COLUMNS.id)
-)
+
+
+@functools.cache
+def _pg_inserts() -> tuple[Insert, Insert]:
+    """PostgreSQL only: the insert and its spec in one statement, the id drawn from the
+    sequence; and the same, written only while the module is installed in the generation
+    the spec names. Built on first use: PostgreSQL's dialect takes 20 ms to import, which
+    every command on SQLite would pay.
+    """
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    new_row = select(
+        _NEW_ID.c.id,
+        *(bindparam(name, type_=_COLUMNS[name].type) for name in _NEW_COLUMNS),
+        cast(
+            func.jsonb_set(cast(bindparam("spec", type_=JSON), JSONB), _SPEC_ID,
+                           func.to_jsonb(_NEW_ID.c.id)),
+            JSON,
+        ),
+    )  # fmt: skip
+    installed_as_said = exists().where(
+        ModuleRow.id == bindparam("module_id"), ModuleRow.status == bindparam("installed"),
+        ModuleRow.install_dir == bindparam("install_dir"),
+    )  # fmt: skip
+    columns = ["id", *_NEW_COLUMNS, "spec"]
+    return (
+        insert(_TASKS).from_select(columns, new_row).returning(_COLUMNS.id),
+        insert(_TASKS)
+        .from_select(columns, new_row.where(installed_as_said))
+        .returning(_COLUMNS.id),
+    )
+
+
 _COUNT_RUNNING = select(func.count()).select_from(_TASKS).where(_COLUMNS.status == _RUNNING)
 _OLDEST_QUEUED = (
     select(_COLUMNS.id).where(_COLUMNS.status == _QUEUED).order_by(_COLUMNS.id).limit(1)
@@ -335,7 +346,8 @@ def _insert_with_spec(
         if new.if_installed:
             raise ModuleChanged(new.module_id)  # checked by the caller, not by this insert
         return None
-    statement = _INSERT_IF_INSTALLED if new.if_installed else _INSERT_WITH_SPEC
+    plain, if_installed = _pg_inserts()
+    statement = if_installed if new.if_installed else plain
     from orchestra.registry.rows import INSTALLED  # the registry imports this module
 
     params = {**values, "spec": spec, "id_path": keys, "installed": INSTALLED}
