@@ -60,6 +60,10 @@ def _parked(live_server: LiveServer, paths: list[str]) -> tuple[list[Any], list[
     return answers, threads
 
 
+def _held(api: Any) -> int:
+    return sum(type(entry).__name__ == "_Held" for entry in list(api._map.values()))
+
+
 def test_two_hundred_waiters_are_parked_and_health_answers_meanwhile(
     live_server: LiveServer, service: Service, tmp_path: Path
 ) -> None:
@@ -67,6 +71,8 @@ def test_two_hundred_waiters_are_parked_and_health_answers_meanwhile(
     assert api is not None
     task_id = _run(url, _sleeper(service, tmp_path), 8)
     answers, threads = _parked(live_server, [f"/task/{task_id}?wait=50"] * WAITERS)
+    # the loop no longer asks the parked connections at each turn: stand-ins hold their place
+    assert _held(api) == WAITERS
     health = http("GET", f"{url}/health", timeout=20)  # the waiters' time is 50 s
     assert health.status == 200
     # answered while the task still runs: no thread was held by those waiting for it
@@ -75,7 +81,7 @@ def test_two_hundred_waiters_are_parked_and_health_answers_meanwhile(
         thread.join(60)
     assert [a[0] for a in answers] == [200] * WAITERS
     assert {a[1]["status"] for a in answers} == {"done"}
-    assert api.dispatcher.parked() == 0
+    assert api.dispatcher.parked() == 0 and _held(api) == 0
 
 
 def test_a_wait_ends_with_its_time_and_answers_the_task_as_it_is(
