@@ -17,7 +17,7 @@ from sqlalchemy import Table, insert, select
 from orchestra.errors import InvalidInput
 from orchestra.limits import MAX_PAGE
 from orchestra.records import AuditEntry, AuditPage
-from orchestra.storage.tables import AuditRow
+from orchestra.storage.tables import AuditRow, now
 
 if TYPE_CHECKING:
     from orchestra.storage.db import Database
@@ -30,12 +30,6 @@ _INSERT = insert(_AUDIT)
 _DETAIL_MAX = 2000  # characters of detail kept (an installer's message can be long)
 
 
-def _now() -> datetime:
-    from orchestra.tasks.lifecycle import now
-
-    return now()
-
-
 def record(
     executor: Any, who: str, action: str, obj: str, outcome: str = OK, detail: str = ""
 ) -> None:
@@ -44,7 +38,7 @@ def record(
         raise ValueError(f"audit outcome {outcome!r}")
     executor.execute(
         _INSERT,
-        {"at": _now(), "who": who[:64], "action": action[:64], "object": obj[:300],
+        {"at": now(), "who": who[:64], "action": action[:64], "object": obj[:300],
          "outcome": outcome, "detail": detail[:_DETAIL_MAX]},
     )  # fmt: skip
 

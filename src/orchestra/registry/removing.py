@@ -22,9 +22,6 @@ if TYPE_CHECKING:
     from orchestra.registry.catalog import Catalog
     from orchestra.storage.db import Database
 
-from orchestra.models import versions as models
-from orchestra.models.store import ModelStore
-
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -84,7 +81,11 @@ class Generations:
 
 
 class Removal:
-    """Taking modules away: with their row, or keeping it for their tasks' history."""
+    """Taking modules away: with their row, or keeping it for their tasks' history.
+
+    The model store's modules are imported where used: a registration from the command line
+    waits for this package to load, and it never removes a module.
+    """
 
     def __init__(self, settings: Settings, db: Database, catalog: Catalog) -> None:
         self.settings = settings
@@ -93,6 +94,9 @@ class Removal:
 
     def remove(self, module_id: int) -> None:
         """Remove a module's record, files and environment."""
+        from orchestra.models import versions as models
+        from orchestra.models.store import ModelStore
+
         check_id(module_id)
         try:
             with self.db.write() as session:
@@ -113,6 +117,9 @@ class Removal:
 
     def retire(self, module_id: int) -> None:
         """Remove a module but keep its row, as ``removed``, for its tasks' history."""
+        from orchestra.models import versions as models
+        from orchestra.models.store import ModelStore
+
         check_id(module_id)
         with self.db.write() as session:
             row = session.get(ModuleRow, module_id)
@@ -141,6 +148,8 @@ class Removal:
 
     def drop_removed_without_tasks(self) -> int:
         """Delete removed modules' rows once no task of theirs is left; how many."""
+        from orchestra.models import versions as models
+
         with self.db.write() as session:
             orphans = select(ModuleRow.id).where(
                 ModuleRow.status == REMOVED,

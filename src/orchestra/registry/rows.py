@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from orchestra.errors import InstallError, NotFound, OrchestraError
 from orchestra.limits import MAX_ID
 from orchestra.records import ModuleInfo
-from orchestra.storage.tables import ModuleRow
+from orchestra.storage.tables import ModuleRow, now
 
 if TYPE_CHECKING:
     from orchestra.installer import Built
@@ -21,11 +21,6 @@ _LOGGER = logging.getLogger(__name__)
 
 INSTALLING, INSTALLED, ERROR, REMOVED = "installing", "installed", "error", "removed"
 ACTIVE_TASKS = ("queued", "running")
-
-
-def now() -> datetime:
-    """The current time as stored in rows (UTC, naive)."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def epoch(moment: datetime) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +26,11 @@ _LIVE_TOKEN = "revoked IS NULL"
 # ids are 64-bit everywhere (the API accepts any up to 2**63 - 1): BIGINT on PostgreSQL, whose
 # INTEGER is 32-bit; SQLite's INTEGER already is 64-bit, and must stay INTEGER to be the rowid
 Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def now() -> datetime:
+    """The current time as rows store it: UTC, naive."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):

@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -53,7 +53,7 @@ from sqlalchemy import update as sql_update
 from orchestra.access import audit
 from orchestra.errors import TooManyRequests
 from orchestra.storage.db import Database
-from orchestra.storage.tables import ModuleRow, TaskRow
+from orchestra.storage.tables import ModuleRow, TaskRow, now
 from orchestra.tasks.status import FINAL, Outcome, TaskStatus
 
 _LOGGER = logging.getLogger(__name__)
@@ -229,11 +229,6 @@ class TaskRecord:
     reuse_key: str | None = None
     reused_from: int | None = None
     start: str | None = None
-
-
-def now() -> datetime:
-    """The current time as naive UTC, as stored."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def record(found: Any) -> TaskRecord:
