@@ -53,6 +53,8 @@ def run_bench(ctx: Context) -> list[Row]:
             raise BenchError("a task ended before the latencies with waiters were measured")
         answers = crowd.finish(timeout=first_end + 120)
         finished = {t: _stamp(server.client.get(f"/task/{t}")["finished"]) for t in ids}
+        # a task outlives its server by design: the probe would sleep on for ten minutes
+        server.client.post(f"/task/{probe}/kill")
     return _rows(ctx, alone, crowded, answers, finished, waiters)
 
 
