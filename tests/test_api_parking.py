@@ -109,6 +109,10 @@ def test_waiting_for_an_ended_or_unknown_task_answers_at_once(
     assert time.monotonic() - start < 20  # neither waited for its 30 s
     bad = http("GET", f"{url}/task/{task_id}?wait=soon", timeout=10)
     assert bad.status == 400 and "wait" in bad.json()["error"]
+    # the final row kept for the waiters that come just after the end goes with the task
+    assert http("DELETE", f"{url}/task/{task_id}").status == 204
+    gone = http("GET", f"{url}/task/{task_id}?wait=30", timeout=40)
+    assert gone.status == 404, gone.body
 
 
 def test_a_killed_task_releases_its_waiters_with_the_final_status(

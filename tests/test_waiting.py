@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import pytest
 
 from orchestra.tasks import waiting
 from orchestra.tasks.waiting import Waiters
+
+if TYPE_CHECKING:
+    from orchestra.tasks.lifecycle import TaskRecord
 
 
 def test_a_call_is_made_once_at_the_next_wake_and_a_forgotten_one_never() -> None:
@@ -59,3 +64,29 @@ def test_a_task_queued_here_is_expected_until_its_wake_and_an_id_used_again_is_n
     assert waiters.call_on_wake(9, lambda: None) is True
     waiters.wake(9)
     assert not waiters.expected(9) and waiters.has_ended(9)
+
+
+def test_a_final_row_handed_to_a_wake_answers_for_a_while_then_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waiters, row = Waiters(), cast("TaskRecord", object())
+    waiters.wake(4)  # a wake without its row (a worker's NOTIFY): nothing to answer with
+    assert waiters.final(4) is None
+    waiters.wake(4, row)
+    assert waiters.final(4) is row
+    waiters.forget_final([4])  # deleted here
+    assert waiters.final(4) is None
+    waiters.wake(4, row)
+    waiters.expect(4)  # the id used again
+    assert waiters.final(4) is None
+    monkeypatch.setattr(waiting, "FINAL_KEPT", 0.0)
+    waiters.wake(5, row)
+    assert waiters.final(5) is None  # kept no longer than FINAL_KEPT
+
+
+def test_final_rows_are_kept_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(waiting, "REMEMBERED", 2)
+    waiters, row = Waiters(), cast("TaskRecord", object())
+    for task_id in (1, 2, 3):
+        waiters.wake(task_id, row)
+    assert [waiters.final(t) is row for t in (1, 2, 3)] == [False, True, True]

@@ -78,6 +78,9 @@ class TaskReader:
 
     def wait_final(self, task_id: int, timeout: float) -> TaskRecord:
         """The task's row once final, or when ``timeout`` seconds have passed."""
+        final = self.waiters.final(task_id)
+        if final is not None:
+            return final  # ended moments ago: its waiters need no read each
         deadline = time.monotonic() + timeout
         while True:
             event = self.waiters.event(task_id)  # before the read: a settle cannot slip between

@@ -235,6 +235,7 @@ class TaskRunner:
             deleted = lifecycle.delete_final(self.db, [task_id], by=by)
         if not deleted:
             raise WrongState(f"task {task_id} is {row.status}; only ended tasks can be deleted")
+        self.waiters.forget_final(deleted)
         shutil.rmtree(folder, ignore_errors=True)
 
     def forget_module(self, module_id: int) -> None:
@@ -245,7 +246,9 @@ class TaskRunner:
             except (WrongState, NotFound):
                 pass  # ended meanwhile
         ids = queries.of_module(self.db, module_id)
-        for task_id in lifecycle.delete_final(self.db, ids):
+        deleted = lifecycle.delete_final(self.db, ids)
+        self.waiters.forget_final(deleted)
+        for task_id in deleted:
             shutil.rmtree(TaskFolder(self.settings.tasks_dir, task_id).root, ignore_errors=True)
 
     # -- files ------------------------------------------------------------------------------
