@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_overhead import bare_command
@@ -21,7 +22,7 @@ from harness import (
     run,
     user_env,
 )
-from live import Server, orchestra_env
+from live import Cluster, Server, celery_services, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ METHOD = (
     "Forest OUT --start … --stop …` from the installed code folder), which gives the next "
     "spare the second it needs to import. First tasks: copies of the module under other "
     "names, each registered and run once on that server and on a second one with "
-    "`ORCHESTRA_WARM=0`."
+    "`ORCHESTRA_WARM=0`. On a worker: a real PostgreSQL and Redis, `orchestra serve` with "
+    "ORCHESTRA_EXECUTOR=celery and one `orchestra worker` (concurrency 1, its own data "
+    "folder, warm starts on), the module registered there and run until a task starts warm, "
+    "then warm tasks alternated with the same bare command."
 )
 
 
@@ -75,12 +79,43 @@ def run_bench(ctx: Context) -> list[Row]:
         task = lambda: _request_to_done(server, module_id)  # noqa: E731
         ctx.log(f"{NAME}: {reps} rep(s) of a warm task through the server / the bare command")
         tasks, bares = alternate(reps, [task, bare], ctx.log if ctx.quick else None)
-    ctx.report.note(NAME, f"the first warm task was task {tries + 1} (the first one learns).")
+    on_worker, worker_bares, worker_tries = _on_worker(ctx, module, bare, reps)
+    ctx.report.note(
+        NAME,
+        f"the first warm task was task {tries + 1} on the server (the first one learns), "
+        f"task {worker_tries} on the worker.",
+    )
     name = json.loads((module / "metadata.json").read_text())["name"]
-    rows = [_first_row([f for f, _ in learning], today), _later_row(tasks, bares)]
+    rows = [
+        _first_row([f for f, _ in learning], today),
+        _later_row("later task started warm, request to done", tasks, bares),
+        _later_row(
+            "later task started warm on a Celery worker (1 worker, PostgreSQL and Redis), "
+            "request to done", on_worker, worker_bares,
+        ),
+    ]  # fmt: skip
     for row in rows:
         row.measurement = f"{name}: {row.measurement}"
     return rows
+
+
+def _on_worker(
+    ctx: Context, module: Path, bare: Callable[[], float], reps: int
+) -> tuple[list[float], list[float], int]:
+    """Warm tasks through one Celery worker against the bare command; tries to the first."""
+    with celery_services(ctx.folder(f"{NAME}-services")) as (postgres, broker):
+        cluster = Cluster(ctx, ctx.folder(f"{NAME}-cluster") / "cluster", postgres, broker)
+        try:
+            cluster.add_workers(1)
+            server = cluster.server
+            module_id = server.register(module)
+            tries = server.warm_up(module_id)  # the worker builds its environment first
+            task = lambda: _request_to_done(server, module_id)  # noqa: E731
+            ctx.log(f"{NAME}: {reps} rep(s) of a warm task through a worker / the bare command")
+            tasks, bares = alternate(reps, [task, bare], ctx.log if ctx.quick else None)
+        finally:
+            cluster.close()
+    return tasks, bares, tries
 
 
 def _copy(module: Path, dest: Path, index: int) -> Path:
@@ -130,11 +165,11 @@ def _first_row(learning: list[float], today: list[float]) -> Row:
     )  # fmt: skip
 
 
-def _later_row(tasks: list[float], bares: list[float]) -> Row:
+def _later_row(label: str, tasks: list[float], bares: list[float]) -> Row:
     mine, theirs = Stats(tuple(tasks)), Stats(tuple(bares))
     ratios = paired_ratios(tasks, bares)
     return Row(
-        NUMBER, "later task started warm, request to done",
+        NUMBER, label,
         f"{fmt_stats(mine, 's')}, p95 {fmt_value(mine.p95, 's')}",
         f"{fmt_stats(theirs, 's')} bare command", f"{ratios.median:.2f}× median",
         target=f"≤ {TARGET_WARM:g}× the bare command", met=ratios.median <= TARGET_WARM,

@@ -19,7 +19,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from harness import Stats, disk_usage, paired_ratios  # noqa: E402
 
 ROWS_PER_BENCH = {"1": 3, "2": 2, "3": 3, "4": 3, "5": 2, "6": 4, "7": 1, "8": 4, "9": 4,
-                  "10": 5, "11": 2, "12": 3, "13": 4, "14": 2, "15": 1}  # fmt: skip
+                  "10": 5, "11": 2, "12": 3, "13": 4, "14": 3, "15": 1}  # fmt: skip
 
 
 @pytest.mark.slow
