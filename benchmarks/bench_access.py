@@ -1,4 +1,4 @@
-"""10. Access (SPEC §11): what judging a token costs a read, and a fair-share claim's time."""
+"""10. Access: what judging a token costs a read, and a fair-share claim's time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Catalogs and time tables (SPEC §8): checked line by line, AMDA's header, VOTable."""
+"""Catalogs and time tables: checked line by line, AMDA's header, VOTable."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_each_service_runs_the_celery_executor_on_the_shared_services(
     settings = _settings(compose, name)
     services = compose["services"]
     assert settings.executor == "celery"
-    # the API holds the admin token; workers only a worker token (SPEC §11)
+    # the API holds the admin token; workers only a worker token
     assert settings.api_token == (TOKEN if name == "api" else WORKER_TOKEN)
     database, broker = urlsplit(settings.database_url), urlsplit(settings.broker_url)
     assert database.scheme == "postgresql+psycopg" and broker.scheme == "redis"
@@ -139,7 +139,7 @@ def test_each_worker_has_its_own_name_and_folder(compose: dict[str, Any], name: 
     parsed = build_parser().parse_args(command[1:])
     assert (parsed.command, parsed.name, parsed.queues) == ("worker", name, ["default"])
     others = [n for n in ORCHESTRA_SERVICES if n != name]
-    for other in others:  # SPEC §6: workers and servers share no file system
+    for other in others:  # workers and servers share no file system
         assert not _volumes(services[name]) & _volumes(services[other]), (name, other)
 
 

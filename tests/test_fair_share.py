@@ -1,4 +1,4 @@
-"""Fair share (SPEC §11): the next task to start is the oldest of the submitter with the
+"""Fair share: the next task to start is the oldest of the submitter with the
 fewest running, so one client's long queue holds back another's task by one task's end;
 quotas on queued tasks answer 429."""
 

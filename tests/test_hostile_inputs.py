@@ -638,7 +638,7 @@ def test_protected_reads_need_the_token_on_a_real_server(tmp_path: Path, uv_cach
     server = ServerProcess(tmp_path / "home", uv_cache, api_token=TOKEN, protect_reads="1")
     try:
         server.start()
-        assert http("GET", server.url + "/health").status == 200  # always open (SPEC §11)
+        assert http("GET", server.url + "/health").status == 200  # always open
         assert http("GET", server.url + "/modules").status == 401
         assert http("GET", server.url + "/tasks/1").status == 401
         good = {"Authorization": f"Bearer {TOKEN}"}

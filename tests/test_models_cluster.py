@@ -1,4 +1,4 @@
-"""Trainings and model versions on workers (SPEC §6, §10): real API, Redis, PostgreSQL and two
+"""Trainings and model versions on workers: real API, Redis, PostgreSQL and two
 workers, each with its own data folder in its own network namespace."""
 
 from __future__ import annotations

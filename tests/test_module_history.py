@@ -1,4 +1,4 @@
-"""Staged modules, updates through the API, removal that keeps history, pruning (SPEC §4)."""
+"""Staged modules, updates through the API, removal that keeps history, pruning."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Answers reused (SPEC section 12): a deterministic module's earlier answer to the same request."""
+"""Answers reused: a deterministic module's earlier answer to the same request."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def guarded(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, uv_cache: Path
 ) -> Iterator[tuple[ServerProcess, _Listener]]:
     """A real server with a token (in its own environment), and a port to reach; its tasks
-    start cold, or warm wherever they can (SPEC section 12: every promise holds for both)."""
+    start cold, or warm wherever they can (every promise holds for both)."""
     warm = "1" if request.param == "warm" else "0"
     home = tmp_path_factory.mktemp("sandbox") / "home"
     server = ServerProcess(home, uv_cache, api_token=TOKEN, warm=warm)

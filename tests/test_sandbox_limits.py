@@ -26,7 +26,7 @@ STATE = sandbox.detect("auto")
 @pytest.fixture(params=["cold", "warm"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path, uv_cache: Path) -> Settings:
     """The server's limits: each test module crosses one of them (or its own, lower one);
-    its tasks start cold, or warm where they can (SPEC section 12: the limits hold for both)."""
+    its tasks start cold, or warm where they can (the limits hold for both)."""
     return load_settings(
         {"home": tmp_path / "home", "uv_cache": str(uv_cache), "max_running": 2,
          "task_memory_mb": 256, "task_cpu_seconds": 1, "task_output_mb": 5,

@@ -1,4 +1,4 @@
-"""Warm starts (SPEC section 12), in the real sandbox: isolated, fresh, killed whole, or cold."""
+"""Warm starts, in the real sandbox: isolated, fresh, killed whole, or cold."""
 
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def test_with_a_token_changes_need_sign_in_and_the_same_origin(
     svc = guarded.service
     with visit(browser, guarded.url, shots) as tab:
         tab.go("/ui/module/1")
-        # before signing in, no role: the run form is not offered (SPEC §11)
+        # before signing in, no role: the run form is not offered
         assert tab.page.locator(".run-form").count() == 0
         assert svc.list_tasks().total == 0
         tab.screenshot("refused")

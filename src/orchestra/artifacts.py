@@ -1,6 +1,6 @@
 """What workers on other machines send and fetch: module packages, output files, log chunks.
 
-Workers share no file system with the API server (SPEC §6), so the server hands out a zip of
+Workers share no file system with the API server, so the server hands out a zip of
 a module generation (its code, metadata and lock, with a checksum) and receives each remote
 task's output files and log chunks into the task's own folder here, where downloads and log
 reads find them exactly as for a local task.

@@ -1,4 +1,4 @@
-"""Catalogs and time tables for AMDA: check each line, write the format AMDA reads (SPEC §8).
+"""Catalogs and time tables for AMDA: check each line, write the format AMDA reads.
 
 A ``catalog`` or ``timetable`` output is a text file of intervals, one a line: a start and
 a stop time (ISO 8601), then, for a catalog, its columns. Modules write such files in many
@@ -353,7 +353,7 @@ def header_lines(facts: Mapping[str, Any], scan: Scan) -> list[str]:
         lines += [f"ListStartDate: {iso(scan.first_start)}", f"ListStopDate: {iso(scan.last_stop)}"]
     lines += [f"Contact: {_one_line(facts.get('contact'))}"]
     lines += [f"Creation Date: {iso(datetime.now(UTC).replace(tzinfo=None, microsecond=0))}"]
-    if model := facts.get("model"):  # the model version a run was given (SPEC §10)
+    if model := facts.get("model"):  # the model version a run was given
         lines += [f"Historic: model v{int(model['version'])} ({_one_line(model['digest'])}) "
                   f"trained by task {_one_line(model.get('task'))}"]  # fmt: skip
     if kind == "catalog":

@@ -65,7 +65,7 @@ PROGRESS_EVERY = 10.0  # seconds between "still installing" notes
 _CHUNK = 256 * 1024  # bytes sent or received at a time
 _UPDATE_FAILED = "update failed: "  # how the server records a failed update of a serving module
 _BUSY = frozenset({"installing", "updating"})  # module states that end by themselves
-USER_HEADER = "X-Orchestra-User"  # the end user the command acts for (SPEC §11)
+USER_HEADER = "X-Orchestra-User"  # the end user the command acts for
 _STEP_FAILED = re.compile(r"(?P<step>[\w][\w .-]{0,40}?) failed: (?P<rest>.*)", re.DOTALL)
 
 
@@ -597,7 +597,7 @@ class Client(_Remote):
 
 
 class RemoteAccess(_Remote):
-    """Tokens and the audit log on the server (SPEC §11)."""
+    """Tokens and the audit log on the server."""
 
     def create_token(self, name: str, *, role: str, expires_days: float | None = None) -> NewToken:
         """Make a token on the server; its secret is in the answer only."""
@@ -632,7 +632,7 @@ class RemoteAccess(_Remote):
 
 
 class RemoteModels(_Remote):
-    """Trainings, model versions and aliases on the server (SPEC §10)."""
+    """Trainings, model versions and aliases on the server."""
 
     def __init__(self, url: str, http: _Connection, get_task: Callable[[int], TaskInfo]) -> None:
         super().__init__(url, http)

@@ -52,7 +52,7 @@ class Built:
     fetched: FetchedSource
     python_version: str
     log: str
-    lock: list[str]  # the exact versions installed: what workers install (SPEC §6)
+    lock: list[str]  # the exact versions installed: what workers install
     exclude_newer: str | None = None  # the upload time after which the index was ignored
 
 

@@ -25,7 +25,7 @@ _PYVER = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 AS_OF_COMMIT = "commit"  # install.resolve_as_of: the date of the registered git commit
 LIMIT_KEYS = ("memory_mb", "cpu_seconds", "output_mb", "processes")
-# request options (SPEC §10, §12): given like arguments, never passed to the module
+# request options: given like arguments, never passed to the module
 REQUEST_OPTIONS = ("model", "fresh", "base", "promote")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -74,11 +74,11 @@ class Manifest:
     timeout: float | None
     inputs: dict[str, Param] = field(default_factory=dict)
     requirements_file: str | None = None
-    network: bool = False  # whether its tasks may use the network (SPEC section 9)
+    network: bool = False  # whether its tasks may use the network
     limits: dict[str, int] = field(default_factory=dict)  # its own limits, by LIMIT_KEYS
     queue: str = "default"  # the queue its tasks go to on workers (install.queue)
     resolve_as_of: str | None = None  # a date, or "commit": nothing released later is used
-    train: Training | None = None  # how it is trained (SPEC §10); None: it is not
+    train: Training | None = None  # how it is trained; None: it is not
     model_required: bool = False  # whether a run needs a model version (model.required)
     # same generation and arguments give the same outputs: answers may be reused (section 12)
     deterministic: bool = False
@@ -105,7 +105,7 @@ def load_manifest(folder: Path) -> Manifest:
 
 
 def reserved_names(manifest: Manifest) -> list[str]:
-    """Declared inputs that take the name of a request option (SPEC §12)."""
+    """Declared inputs that take the name of a request option."""
     sections = {"args": manifest.args, "hyperparameters": manifest.hyperparameters}
     if manifest.train is not None:
         sections |= {"train.args": manifest.train.args,

@@ -103,9 +103,9 @@ class TaskInfo(_Record):
     module_name: str | None = None
     module_status: str | None = None
     worker: str | None = None  # the server process or remote worker that ran it
-    submitted_by: str = "local"  # the token's name (SPEC §11), "local" for the command line
+    submitted_by: str = "local"  # the token's name, "local" for the command line
     user: str | None = None  # the end user the caller acted for (X-Orchestra-User)
-    kind: str = "run"  # run or train (SPEC §10)
+    kind: str = "run"  # run or train
     # the model version it was given (a run), or its base (a training): {version, digest}
     model: dict[str, Any] | None = None
     trained: int | None = None  # the version a done training made
@@ -179,7 +179,7 @@ class AuditPage(_Record):
 
 @dataclass(frozen=True)
 class ModelVersion(_Record):
-    """One model version of a module (SPEC §10)."""
+    """One model version of a module."""
 
     version: int
     module: int

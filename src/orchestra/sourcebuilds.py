@@ -1,6 +1,6 @@
 """Source packages built in the sandbox, into wheels the environment then installs.
 
-Where the sandbox works, nothing from outside runs outside it (SPEC §9), so an environment is
+Where the sandbox works, nothing from outside runs outside it, so an environment is
 installed with building disabled (``--no-build``). A requirement the index offers only as a
 source archive is built in the sandbox instead: its requirements go into a scratch
 environment there, where uv builds what it must into the shared cache. uv then still refuses

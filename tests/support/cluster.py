@@ -90,7 +90,7 @@ class Cluster(ApiCalls):
         self.worker_db = self.database.replace("127.0.0.1:", f"{host}:").replace(
             f":{postgres.port}/", f":{self.relay.port}/"
         )
-        # workers hold a token with the worker role, never the admin one (SPEC §11)
+        # workers hold a token with the worker role, never the admin one
         self.worker_token = make_token(self.database, "workers", "worker")
 
     def start_api(self) -> None:

@@ -1,4 +1,4 @@
-"""The audit log (SPEC §11): append-only, written in the transaction of the change it records.
+"""The audit log: append-only, written in the transaction of the change it records.
 
 Other parts record through ``record(connection_or_session, …)`` inside their own write
 transaction, so that an entry exists exactly when its change does. A change that failed (its

@@ -1,4 +1,4 @@
-"""API tokens (SPEC §11): made at random, kept only as SHA-256, looked up on every request.
+"""API tokens: made at random, kept only as SHA-256, looked up on every request.
 
 A token is 256 random bits; its SHA-256 is all the database keeps, and a request's token is
 found by its digest and compared in constant time (PITFALLS #24: no slow password hash is

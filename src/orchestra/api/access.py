@@ -1,4 +1,4 @@
-"""Tokens and the audit log (SPEC §11): admin only, as the rules table says."""
+"""Tokens and the audit log: admin only, as the rules table says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training and model versions (SPEC §10): train, versions, download, aliases, metrics."""
+"""Training and model versions: train, versions, download, aliases, metrics."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def task_metrics(task_id: int) -> Response:
     return jsonify(service().task_metrics(task_id))
 
 
-# -- for workers (SPEC §6) ----------------------------------------------------------------
+# -- for workers ----------------------------------------------------------------
 
 
 @for_workers

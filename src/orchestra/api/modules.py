@@ -18,7 +18,7 @@ from orchestra.errors import InvalidInput
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("modules", __name__)
 _SOURCE_KEYS = ("source", "ref", "subdir")
-# what an operator supplies for a module that does not declare it (SPEC §2)
+# what an operator supplies for a module that does not declare it
 _CHOICE_KEYS = ("as_of", "python_version")
 
 

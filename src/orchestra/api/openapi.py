@@ -42,7 +42,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _STRING_OR_NULL = {"type": ["string", "null"]}
-# what an operator supplies for a module that does not declare it (SPEC §2)
+# what an operator supplies for a module that does not declare it
 _CHOICES = {
     "as_of": {"type": "string", "description": "YYYY-MM-DD or commit: install.resolve_as_of"},
     "python_version": {"type": "string", "description": "X.Y: install.python_version"},
@@ -910,7 +910,7 @@ def _operation(
             operation["security"] = [{"bearer": []}]
             operation["responses"]["401"] = _error("missing, unknown, revoked or expired token")
         operation["responses"]["403"] = _error(f"the token's role may not (needs {access.needed})")
-    if changes:  # any write may meet a full disk, or ORCHESTRA_MIN_FREE_MB (SPEC section 9)
+    if changes:  # any write may meet a full disk, or ORCHESTRA_MIN_FREE_MB
         operation["responses"]["507"] = _error("no space left on the disk of the data folder")
     if method == "GET" and changes:
         operation["deprecated"] = True

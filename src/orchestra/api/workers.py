@@ -1,4 +1,4 @@
-"""What workers on other machines call: module packages, output uploads, log chunks (SPEC §6)."""
+"""What workers on other machines call: module packages, output uploads, log chunks."""
 
 from __future__ import annotations
 

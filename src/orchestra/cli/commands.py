@@ -60,7 +60,7 @@ class Context:
                 from orchestra.access.caller import LOCAL, set_current
                 from orchestra.service import Service
 
-                # the command line on this data folder acts as "local" (SPEC §11)
+                # the command line on this data folder acts as "local"
                 self._acting = set_current(Caller(LOCAL.name, LOCAL.role, self.user))
                 self._service = Service(self.settings)
         return self._service

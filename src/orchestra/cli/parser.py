@@ -210,7 +210,7 @@ def _task_commands(commands: argparse._SubParsersAction, common: argparse.Argume
 def _access_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from orchestra.access.roles import ROLES
 
-    p = commands.add_parser("token", parents=[common], help="API tokens with roles (SPEC §11)")
+    p = commands.add_parser("token", parents=[common], help="API tokens with roles")
     actions = p.add_subparsers(dest="token_action", metavar="ACTION", required=True)
     q = actions.add_parser("create", parents=[common], help="make a token; printed once")
     q.add_argument("name", help="[a-z][a-z0-9_-]{0,63}, unique among live tokens")
@@ -247,7 +247,7 @@ def _moment(text: str) -> datetime:
 
 
 def _model_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = commands.add_parser("train", parents=[common], help="start a training task (SPEC §10)")
+    p = commands.add_parser("train", parents=[common], help="start a training task")
     p.add_argument("id", type=object_id, metavar="ID", help="the module")
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
     p.add_argument("--base", metavar="V", help="start from version V (a number or @alias)")

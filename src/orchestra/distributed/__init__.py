@@ -1,4 +1,4 @@
-"""Tasks on other machines (SPEC §6): the Celery app, the worker, and what it asks of the API.
+"""Tasks on other machines: the Celery app, the worker, and what it asks of the API.
 
 Celery, Redis's client and psycopg are the optional extra ``distributed``; nothing here is
 imported unless ``ORCHESTRA_EXECUTOR=celery`` or ``orchestra worker`` asks for it.

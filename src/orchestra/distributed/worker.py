@@ -359,7 +359,7 @@ class _LogShipper:
         self.task_id = task_id
         self.paths = {"stdout": folder.stdout, "stderr": folder.stderr}
         self.sent = {"stdout": 0, "stderr": 0}
-        # a training's metrics.jsonl, sent whole whenever it grew (SPEC §10: read as it trains)
+        # a training's metrics.jsonl, sent whole whenever it grew (read as it trains)
         self.steps = folder.output / STEPS if steps else None
         self.snapshot = folder.root / f".{STEPS}"  # still while it is sent: the task appends
         self.steps_sent = 0

@@ -1,4 +1,4 @@
-"""Judging every request by the one table of rules (``access.rules``, SPEC §11).
+"""Judging every request by the one table of rules (``access.rules``).
 
 Before each request: find the route's rule (a route without one is refused), find who asks
 (a bearer token; on the dashboard also its sign-in cookie), and let the request through when
@@ -93,7 +93,7 @@ def _judge(tokens: TokenStore, protect_reads: bool) -> tuple[Caller, Response | 
     if rule.anonymous == "always":  # /health, sign-in: open whatever is sent
         return Caller(ANONYMOUS_NAME, None), None
     user = _user()
-    if not tokens.enabled():  # no token anywhere: everyone may do everything (SPEC §5)
+    if not tokens.enabled():  # no token anywhere: everyone may do everything
         return Caller(ANONYMOUS_NAME, Role.ADMIN, user), None
     caller = _identify(tokens, user)
     if caller is None:

@@ -64,7 +64,7 @@ def _http_error(exc: HTTPException) -> Any:
 
 
 def _unexpected_error(exc: Exception) -> Response:
-    if is_disk_full(exc):  # not a bug: an answer the client can act on (SPEC section 9)
+    if is_disk_full(exc):  # not a bug: an answer the client can act on
         from orchestra.edge.routing import current_service
 
         return _orchestra_error(disk_full(current_service().settings.home))

@@ -51,7 +51,7 @@ class TaskSpec:
     catalog: Mapping[str, Any] | None = None
     network: bool = False  # the module's ``network``: whether its sandbox lets it out
     limits: Mapping[str, int] | None = None  # the module's own ``limits`` (memory_mb, ...)
-    kind: str = "run"  # run, or train: its output folder is the model folder (SPEC §10)
+    kind: str = "run"  # run, or train: its output folder is the model folder
     # the model version given read-only ({module_id, version, digest}): a run's model, or a
     # training's base
     model: Mapping[str, Any] | None = None

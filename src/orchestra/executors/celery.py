@@ -1,4 +1,4 @@
-"""The Celery executor (``ORCHESTRA_EXECUTOR=celery``): tasks run on workers (SPEC §6).
+"""The Celery executor (``ORCHESTRA_EXECUTOR=celery``): tasks run on workers.
 
 The API server only publishes "run task N" to the module's queue; workers claim the row,
 run it and record the outcome. What the broker may lose, the database still holds: the

@@ -101,7 +101,7 @@ def _done(
             return Outcome(TaskStatus.ERROR, 0, message, files)
         files = [by_name[name] for name in declared]
     if catalog:
-        # AMDA's header is written where the task ran (SPEC §8); sizes change with it
+        # AMDA's header is written where the task ran; sizes change with it
         problem = catalogs.finish_outputs(folder.output, [f["name"] for f in files], catalog)
         files = _restat(folder.output, files)
         if problem:

@@ -1,4 +1,4 @@
-"""Warm starts (SPEC section 12): spare interpreters, each started ahead for one task.
+"""Warm starts: spare interpreters, each started ahead for one task.
 
 A spare is what a cold task of a module would be, started before the task exists: a
 supervisor (forked by the launcher, ``warmstart.py``) that has already made the task's sandbox

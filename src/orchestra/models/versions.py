@@ -1,4 +1,4 @@
-"""Model versions, aliases and their history in the database (SPEC §10).
+"""Model versions, aliases and their history in the database.
 
 A version is made in one write transaction: its number taken from the module's counter
 (never given twice), its row, its folder of links, and the ``default`` alias for a module's

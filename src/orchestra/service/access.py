@@ -1,4 +1,4 @@
-"""The service's access: tokens with roles and the audit log (SPEC §11)."""
+"""The service's access: tokens with roles and the audit log."""
 
 from __future__ import annotations
 

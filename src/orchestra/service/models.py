@@ -126,7 +126,7 @@ class Models:
 
         return versions.remove_alias(self._backend.db, self._known(module_id), name)
 
-    # -- workers (SPEC §6) ------------------------------------------------------------------
+    # -- workers ------------------------------------------------------------------
 
     def has_blob(self, sha: str) -> bool:
         """Whether the store holds the file whose content hashes to ``sha``."""

@@ -1,4 +1,4 @@
-"""What workers on other machines fetch from and send to the API (SPEC §6)."""
+"""What workers on other machines fetch from and send to the API."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class ModuleRow(Base):
     # the exact package versions resolved at registration ({"python": …, "packages": […]}),
     # which every worker installs
     lock: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # what the operator supplied for a module that does not say (SPEC §2), kept by updates:
+    # what the operator supplied for a module that does not say, kept by updates:
     # install.resolve_as_of (a date or "commit") and install.python_version
     as_of: Mapped[str | None] = mapped_column(String(32))
     python_requested: Mapped[str | None] = mapped_column(String(32))
@@ -104,14 +104,14 @@ class TaskRow(Base):
     # the lease: renewed by whoever runs it; NULL for the local executor, whose tasks are
     # watched through their supervisors instead
     heartbeat: Mapped[datetime | None] = mapped_column()
-    # who asked (SPEC §11): the token's name ("local" for the command line on this data
+    # who asked: the token's name ("local" for the command line on this data
     # folder), the end user it acted for, and both as one key that fair share groups by
     submitted_by: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
     user: Mapped[str | None] = mapped_column(String(200))
     submitter: Mapped[str] = mapped_column(String(270), default="local", server_default="local")
     # the queue a worker takes it from (install.queue); copied from the spec to be indexed
     queue: Mapped[str] = mapped_column(String(100), default="default", server_default="default")
-    # run or train (SPEC §10); a run of a module with versions records the one it was given
+    # run or train; a run of a module with versions records the one it was given
     kind: Mapped[str] = mapped_column(String(8), default="run", server_default="run")
     model_version: Mapped[int | None] = mapped_column(Integer)
     model_digest: Mapped[str | None] = mapped_column(String(80))
@@ -136,7 +136,7 @@ class TaskRow(Base):
 
 
 class ModelVersionRow(Base):
-    """A model version: what a training task wrote, stored by content (SPEC §10)."""
+    """A model version: what a training task wrote, stored by content."""
 
     __tablename__ = "model_versions"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -211,7 +211,7 @@ class WorkerRow(Base):
 
 
 class TokenRow(Base):
-    """An API token (SPEC §11): only its SHA-256 is kept, never the token itself."""
+    """An API token: only its SHA-256 is kept, never the token itself."""
 
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -10,7 +10,7 @@ lock taken before the count. READ COMMITTED alone lets two transactions both cou
 slot (PITFALLS #17); row locks (``FOR UPDATE SKIP LOCKED``) would keep two claims off one row
 but not the count of the others. The lock is held for one short transaction per claim.
 
-Which queued task a claim takes is fair share's choice (SPEC §11, ``fairest``): the oldest
+Which queued task a claim takes is fair share's choice (``fairest``): the oldest
 of the submitter with the fewest tasks running, ties to the one whose last task started
 longest ago. A remote worker's claim (``claim_fairest``) picks in a plain query, locks the
 row it named with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and picks again when another
@@ -62,7 +62,7 @@ _LOGGER = logging.getLogger(__name__)
 _TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
 _COLUMNS = _TASKS.c
 _RUNNING = TaskStatus.RUNNING.value
-# how a task's interpreter started (SPEC section 12): known once it has started, so a claim
+# how a task's interpreter started: known once it has started, so a claim
 # leaves it empty and the task's end writes it; a server says it of its own tasks meanwhile
 COLD, WARM = "cold", "warm"
 _QUEUED = TaskStatus.QUEUED.value
@@ -263,11 +263,11 @@ class NewTask:
     install_dir: str | None
     build_spec: Callable[[int], dict[str, Any]]
     executor: str = "local"
-    submitted_by: str = "local"  # who asked (SPEC §11): the token's name
+    submitted_by: str = "local"  # who asked: the token's name
     user: str | None = None  # the end user it asked for
     queue: str = "default"  # the queue workers take it from
     max_queued: int = 0  # the submitter's queued tasks allowed (0: no limit)
-    kind: str = "run"  # run or train (SPEC §10)
+    kind: str = "run"  # run or train
     model: tuple[int, str] | None = None  # the model version a run was given: number, digest
     reuse_key: str | None = None  # set for a deterministic module's task (tasks.reuse)
     # inserted only while its module is installed in ``install_dir`` (checked by the insert)
@@ -401,7 +401,7 @@ def _next_claim(connection: Connection, max_running: int) -> int | None:
 
 
 def fairest(connection: Connection, queue: str | None = None) -> int | None:
-    """The queued task (of ``queue``, or any) that fair share starts next (SPEC §11).
+    """The queued task (of ``queue``, or any) that fair share starts next.
 
     The oldest queued task of the submitter with the fewest tasks running, ties going to
     the submitter whose last task started longest ago (one that never started one first).

@@ -1,4 +1,4 @@
-"""A run or training request read against what its module declares (SPEC §10, §12).
+"""A run or training request read against what its module declares.
 
 The request options (``model`` for runs; ``base`` and ``promote`` for trainings) are taken
 out before the arguments are bound: they are never passed to the module. A module without
@@ -38,7 +38,7 @@ class Request:
 def run(
     submitter: Submitter, module_id: int, manifest: Manifest, args: Mapping[str, Any]
 ) -> Request:
-    """A run: arguments bound; a trained module's version resolved now (SPEC §10)."""
+    """A run: arguments bound; a trained module's version resolved now."""
     settings = submitter.settings
     timeout = manifest.timeout or settings.task_timeout
     if manifest.train is None:

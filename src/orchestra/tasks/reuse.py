@@ -1,4 +1,4 @@
-"""Answers reused (SPEC section 12): a deterministic module's earlier answer to the same request.
+"""Answers reused: a deterministic module's earlier answer to the same request.
 
 A task of a module that declares ``"deterministic": true`` carries a key made of what fixes its
 answer: the generation it runs in (code and environment), its arguments as recorded (defaults

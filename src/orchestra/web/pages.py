@@ -188,7 +188,7 @@ def _register(archive: Path | None) -> ModuleInfo:
     begin = partial(
         service().register_in_background,
         subdir=_optional("subdir"), staged=request.form.get("staged") == "1",
-        # what the module may not declare (SPEC §2), checked by the service as for the API
+        # what the module may not declare, checked by the service as for the API
         as_of=_optional("as_of"), python=_optional("python_version"),
     )  # fmt: skip
     if archive is not None:

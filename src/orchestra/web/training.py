@@ -1,4 +1,4 @@
-"""The dashboard's trainings and model versions (SPEC §10): versions with their metrics as
+"""The dashboard's trainings and model versions: versions with their metrics as
 columns, a train form with typed hyperparameters, alias moves, and a training's curves."""
 
 from __future__ import annotations

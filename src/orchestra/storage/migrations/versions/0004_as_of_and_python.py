@@ -5,7 +5,7 @@ Revises: 0003
 
 ``as_of`` is ``install.resolve_as_of`` (a date or "commit") and ``python_requested`` is
 ``install.python_version``, given at registration for a module that does not declare them
-and kept by its updates (SPEC §2).
+and kept by its updates.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Access (SPEC §11): tokens with roles, the audit log, who submitted each task, fair share.
+"""Access: tokens with roles, the audit log, who submitted each task, fair share.
 
 Revision ID: 0005
 Revises: 0004

@@ -1,4 +1,4 @@
-"""Training tasks and model versions (SPEC §10).
+"""Training tasks and model versions.
 
 Revision ID: 0006
 Revises: 0005
