@@ -4,6 +4,11 @@ No Flask, no argparse here. Each concern is a part in a module of its own (``mod
 ``tasks``, ``transfers`` for workers, ``system``, ``access`` for tokens and the audit log);
 ``Service`` opens what they share, starts and stops a server's background work, and lists
 below which part answers each call.
+
+Importing the service imports no database layer (SQLAlchemy and the modules built on it): a
+registration from the command line builds its environment while ``Backend`` opens the
+database in a thread, so the parts import what reads or writes the database inside the
+calls that use it (``tests/test_cli.py`` checks it).
 """
 
 from __future__ import annotations
