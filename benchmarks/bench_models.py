@@ -23,7 +23,7 @@ from harness import (
     paired_ratios,
     timed,
 )
-from live import Cluster, Server, celery_services, home_database, orchestra_env
+from live import Server, home_database, one_worker, orchestra_env
 
 if TYPE_CHECKING:
     from orchestra.models.store import ModelStore
@@ -168,13 +168,8 @@ def _fill(home: Path, module_id: int, total: int) -> None:
 
 def _prediction(ctx: Context) -> list[Row]:
     """Runs with and without a model through one Celery worker, and first runs that fetch."""
-    with celery_services(ctx.folder(f"{NAME}-services")) as (postgres, broker):
-        cluster = Cluster(ctx, ctx.folder(f"{NAME}-predict") / "cluster", postgres, broker)
-        try:
-            cluster.add_workers(1)
-            return _on_worker(ctx, cluster.server)
-        finally:
-            cluster.close()
+    with one_worker(ctx, f"{NAME}-predict") as server:
+        return _on_worker(ctx, server)
 
 
 def _on_worker(ctx: Context, server: Server) -> list[Row]:

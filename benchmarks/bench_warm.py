@@ -22,7 +22,7 @@ from harness import (
     run,
     user_env,
 )
-from live import Cluster, Server, celery_services, orchestra_env
+from live import Server, one_worker, orchestra_env
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -103,18 +103,12 @@ def _on_worker(
     ctx: Context, module: Path, bare: Callable[[], float], reps: int
 ) -> tuple[list[float], list[float], int]:
     """Warm tasks through one Celery worker against the bare command; tries to the first."""
-    with celery_services(ctx.folder(f"{NAME}-services")) as (postgres, broker):
-        cluster = Cluster(ctx, ctx.folder(f"{NAME}-cluster") / "cluster", postgres, broker)
-        try:
-            cluster.add_workers(1)
-            server = cluster.server
-            module_id = server.register(module)
-            tries = server.warm_up(module_id)  # the worker builds its environment first
-            task = lambda: _request_to_done(server, module_id)  # noqa: E731
-            ctx.log(f"{NAME}: {reps} rep(s) of a warm task through a worker / the bare command")
-            tasks, bares = alternate(reps, [task, bare], ctx.log if ctx.quick else None)
-        finally:
-            cluster.close()
+    with one_worker(ctx, NAME) as server:
+        module_id = server.register(module)
+        tries = server.warm_up(module_id)  # the worker builds its environment first
+        task = lambda: _request_to_done(server, module_id)  # noqa: E731
+        ctx.log(f"{NAME}: {reps} rep(s) of a warm task through a worker / the bare command")
+        tasks, bares = alternate(reps, [task, bare], ctx.log if ctx.quick else None)
     return tasks, bares, tries
 
 

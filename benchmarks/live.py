@@ -355,3 +355,15 @@ def celery_services(scratch: Path) -> Iterator[tuple[Any, Any]]:
     finally:
         broker.stop()
         postgres.stop()
+
+
+@contextmanager
+def one_worker(ctx: Context, name: str) -> Iterator[Server]:
+    """A Celery API server with one worker, on a PostgreSQL and Redis of their own."""
+    with celery_services(ctx.folder(f"{name}-services")) as (postgres, broker):
+        cluster = Cluster(ctx, ctx.folder(f"{name}-cluster") / "cluster", postgres, broker)
+        try:
+            cluster.add_workers(1)
+            yield cluster.server
+        finally:
+            cluster.close()
